@@ -1,0 +1,148 @@
+//! `bench decompress`: reconstruction bandwidth of W_base + D next to memcpy of the same
+//! output bytes, measured interleaved in the same run (machines are noisy; ratios travel).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use rayon::prelude::*;
+
+use switchyard::bundle::{materialize, Bundle, TensorDelta};
+use switchyard::codec::{self, CodecParams, Output};
+use switchyard::gguf::TensorInfo;
+use switchyard::synth::{self, DeltaSpec};
+use switchyard::{quants, GgmlType};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// W_base + D into a buffer vs memcpy of the same bytes.
+    Decompress(DecompressArgs),
+}
+
+#[derive(Args)]
+pub struct DecompressArgs {
+    /// Benchmark every changed tensor of this expert of a bundle instead of a synthetic matrix.
+    #[arg(long, requires = "expert")]
+    bundle: Option<PathBuf>,
+    #[arg(long)]
+    expert: Option<String>,
+    /// Synthetic matrix: output rows.
+    #[arg(long, default_value_t = 4096)]
+    rows: usize,
+    /// Synthetic matrix: input channels.
+    #[arg(long, default_value_t = 4096)]
+    cols: usize,
+    /// Synthetic: codec bits.
+    #[arg(long, default_value_t = 2)]
+    bits: u8,
+    /// Synthetic: base tensor type (f32, f16, bf16, q8_0, q4_0, q4_1, ...).
+    #[arg(long, default_value = "f16")]
+    base_type: String,
+    /// Output type: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    out_type: String,
+    /// Timed repetitions of each side.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+}
+
+pub fn run(c: BenchCommand) -> Result<()> {
+    match c {
+        BenchCommand::Decompress(a) => decompress(a),
+    }
+}
+
+/// One reconstruction job: a base tensor and its delta.
+struct Job {
+    info: TensorInfo,
+    base: Vec<u8>,
+    delta: Option<TensorDelta>,
+}
+
+fn synthetic_job(a: &DecompressArgs) -> Result<Job> {
+    let ty = GgmlType::from_name(&a.base_type).ok_or_else(|| anyhow::anyhow!("unknown base type '{}'", a.base_type))?;
+    let mut rng = synth::rng(7);
+    let w = synth::structured_delta(a.cols, a.rows, &DeltaSpec { noise: 1.0, rank: 0, low_rank: 0.0, outlier_fraction: 0.0, outlier: 0.0 }, 0.02, &mut rng);
+    let base = quants::quantize_par(ty, &w, a.cols)?;
+    let d = synth::structured_delta(a.cols, a.rows, &DeltaSpec { rank: 0, ..Default::default() }, 0.02, &mut rng);
+    let params = CodecParams { bits: a.bits, ..Default::default() };
+    let c = codec::compress(&d, a.cols, a.rows, None, &params)?;
+    let info = TensorInfo { name: "synthetic".into(), ty, ne: vec![a.cols as u64, a.rows as u64], offset: 0 };
+    Ok(Job { info, base, delta: Some(TensorDelta::Codec(c)) })
+}
+
+fn bundle_jobs(path: &PathBuf, expert: &str) -> Result<Vec<Job>> {
+    let b = Bundle::open(path)?;
+    let e = b.expert_index(expert)?;
+    let mut jobs = Vec::new();
+    for name in b.changed_tensors(e).map(String::from).collect::<Vec<_>>() {
+        let info = b.file.tensor(&name).expect("validated").clone();
+        let base = b.file.try_tensor_data(&info)?.to_vec();
+        jobs.push(Job { delta: b.delta(e, &name)?, info, base });
+    }
+    Ok(jobs)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn decompress(a: DecompressArgs) -> Result<()> {
+    let out_ty = GgmlType::from_name(&a.out_type).filter(|t| t.is_float()).ok_or_else(|| anyhow::anyhow!("output type must be f32, f16 or bf16"))?;
+    let jobs = match (&a.bundle, &a.expert) {
+        (Some(b), Some(e)) => bundle_jobs(b, e)?,
+        _ => vec![synthetic_job(&a)?],
+    };
+    if jobs.is_empty() || a.iters == 0 {
+        bail!("nothing to benchmark");
+    }
+    let elems: usize = jobs.iter().map(|j| j.info.n_elements() as usize).sum();
+    let out_bytes = elems * out_ty.block_geometry().1;
+    let mut out = vec![0u8; out_bytes];
+    let src = vec![1u8; out_bytes];
+
+    let run_decompress = |out: &mut [u8]| -> Result<()> {
+        let mut off = 0;
+        for j in &jobs {
+            let n = j.info.n_elements() as usize;
+            let bytes = n * out_ty.block_geometry().1;
+            let dst = &mut out[off..off + bytes];
+            let o = match out_ty {
+                GgmlType::F32 => Output::F32(bytemuck::cast_slice_mut(dst)),
+                GgmlType::F16 => Output::F16(bytemuck::cast_slice_mut(dst)),
+                _ => Output::BF16(bytemuck::cast_slice_mut(dst)),
+            };
+            materialize(&j.info, &j.base, j.delta.as_ref(), o)?;
+            off += bytes;
+        }
+        Ok(())
+    };
+    // The baseline: the same number of output bytes copied by the same threads.
+    let chunk = out_bytes.div_ceil(rayon::current_num_threads()).max(1);
+    let run_memcpy = |out: &mut [u8]| out.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+
+    run_decompress(&mut out)?; // warm-up: page faults, lookup tables
+    run_memcpy(&mut out);
+    let (mut t_dec, mut t_cpy) = (Vec::new(), Vec::new());
+    for _ in 0..a.iters {
+        let t = Instant::now();
+        run_memcpy(&mut out);
+        t_cpy.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        run_decompress(&mut out)?;
+        t_dec.push(t.elapsed().as_secs_f64());
+    }
+    let (dec, cpy) = (median(&mut t_dec), median(&mut t_cpy));
+    let gbs = |s: f64| out_bytes as f64 / s / 1e9;
+    let what = match (&a.bundle, &a.expert) {
+        (Some(b), Some(e)) => format!("bundle {} expert '{e}': {} tensors", b.display(), jobs.len()),
+        _ => format!("synthetic {}x{} {} base, {}-bit codec (1% salient, group 128)", a.rows, a.cols, a.base_type, a.bits),
+    };
+    println!("decompress {what}, {elems} params -> {} output, {} threads, median of {}", out_ty, rayon::current_num_threads(), a.iters);
+    println!("  reconstruct: {:8.3} ms  {:7.2} GB/s of output", dec * 1e3, gbs(dec));
+    println!("  memcpy:      {:8.3} ms  {:7.2} GB/s", cpy * 1e3, gbs(cpy));
+    println!("  ratio reconstruct/memcpy = {:.3}", cpy / dec);
+    Ok(())
+}

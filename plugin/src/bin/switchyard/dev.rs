@@ -1,0 +1,113 @@
+//! Conversions and synthetic models: the plumbing tests, demos and fine-tuning scripts need.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
+use safetensors::Dtype;
+
+use switchyard::convert::{gguf_to_hf, hf_to_gguf};
+use switchyard::gguf::GgufFile;
+use switchyard::hf::HfModel;
+use switchyard::synth::{self, DeltaSpec};
+use switchyard::GgmlType;
+
+#[derive(Args)]
+pub struct ToHfArgs {
+    model: PathBuf,
+    /// Safetensors dtype: f32 (exact) or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn to_hf(a: ToHfArgs) -> Result<()> {
+    let dtype = match a.dtype.as_str() {
+        "f32" => Dtype::F32,
+        "bf16" => Dtype::BF16,
+        "f16" => Dtype::F16,
+        other => return Err(anyhow!("--dtype must be f32, f16 or bf16 (got '{other}')")),
+    };
+    let f = GgufFile::open(&a.model)?;
+    gguf_to_hf(&f, &a.output, dtype)?;
+    println!("wrote {} ({} tensors)", a.output.display(), f.tensors.len());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct FromHfArgs {
+    hf_dir: PathBuf,
+    /// GGUF whose tokenizer.* metadata the new model carries (its vocabulary must match).
+    #[arg(long)]
+    tokenizer_from: PathBuf,
+    /// Type of 2-D weights (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1).
+    #[arg(long = "type", default_value = "f32")]
+    ty: String,
+    #[arg(long, default_value = "switchyard model")]
+    name: String,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn from_hf(a: FromHfArgs) -> Result<()> {
+    let ty = GgmlType::from_name(&a.ty).ok_or_else(|| anyhow!("unknown type '{}'", a.ty))?;
+    let hf = HfModel::open(&a.hf_dir)?;
+    let tok = GgufFile::open(&a.tokenizer_from)?;
+    let n_tokens = tok.metadata.get_str_array("tokenizer.ggml.tokens")?.len();
+    if n_tokens != hf.config.vocab_size {
+        return Err(anyhow!(
+            "vocab mismatch: {} has {n_tokens} tokens, {} has vocab_size {}",
+            a.tokenizer_from.display(),
+            a.hf_dir.join("config.json").display(),
+            hf.config.vocab_size
+        ));
+    }
+    hf_to_gguf(&hf, &tok, &a.name, ty, &a.output)?;
+    println!("wrote {}", a.output.display());
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum SynthCommand {
+    /// A tiny random llama model (Hugging Face folder) with a given vocabulary size.
+    Tiny {
+        /// Take the vocabulary size from this GGUF's tokenizer.
+        #[arg(long)]
+        vocab_from: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// A synthetic expert of a base: structured deltas (noise, low rank, outlier channels).
+    Expert {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        /// Scale of the whole delta relative to the default structure.
+        #[arg(long, default_value_t = 1.0)]
+        strength: f32,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+pub fn synth(c: SynthCommand) -> Result<()> {
+    match c {
+        SynthCommand::Tiny { vocab_from, seed, output } => {
+            let tok = GgufFile::open(&vocab_from)?;
+            let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens")?.len();
+            synth::tiny_llama(&output, vocab, seed)?;
+            println!("wrote {} (vocab {vocab})", output.display());
+        }
+        SynthCommand::Expert { base, seed, strength, output } => {
+            let d = DeltaSpec::default();
+            let spec = DeltaSpec { noise: d.noise * strength, low_rank: d.low_rank * strength, outlier: d.outlier * strength, ..d };
+            synth::make_expert(&HfModel::open(&base)?, &output, &spec, seed)?;
+            println!("wrote {}", output.display());
+        }
+    }
+    Ok(())
+}

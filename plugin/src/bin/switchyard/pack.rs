@@ -1,0 +1,145 @@
+//! `pack` and `extract`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use switchyard::bundle::Bundle;
+use switchyard::codec::{CodecParams, Method};
+use switchyard::extract::{extract as extract_expert, ExtractType};
+use switchyard::pack::{pack as pack_bundle, EmbeddingStorage, PackOptions};
+
+use crate::progress;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CodecArg {
+    /// ME-Switch salient-aware mixed precision.
+    Salient,
+    /// Sign bits and one scale per matrix.
+    Bitdelta,
+    /// Round-to-nearest, one step per output row.
+    Rtn,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum EmbedArg {
+    Q8_0,
+    Lossless,
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// The base model as llama.cpp runs it (any type switchyard dequantizes).
+    #[arg(long)]
+    base_gguf: PathBuf,
+    /// The base model's Hugging Face folder (config.json + safetensors).
+    #[arg(long)]
+    base: PathBuf,
+    /// An expert as NAME=HF_DIR; repeat for more.
+    #[arg(long = "expert", value_parser = crate::parse_named_path, required = true)]
+    experts: Vec<(String, PathBuf)>,
+    /// Bits per non-salient delta parameter (1-4).
+    #[arg(long, default_value_t = 2)]
+    bits: u8,
+    /// Fraction of input channels kept at high precision.
+    #[arg(long, default_value_t = 0.01)]
+    salient: f32,
+    /// Bits of the salient channels (8 or 16).
+    #[arg(long, default_value_t = 16)]
+    salient_bits: u8,
+    /// Input channels per step size (0: one per output row).
+    #[arg(long, default_value_t = 128)]
+    group_size: usize,
+    /// Codec: salient (default), or a baseline for comparisons.
+    #[arg(long, value_enum, default_value = "salient")]
+    codec: CodecArg,
+    /// llama.cpp importance matrix (legacy .dat or GGUF) weighting the salient-channel choice.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// How changed embeddings/output are stored.
+    #[arg(long, value_enum, default_value = "q8-0")]
+    embeddings: EmbedArg,
+    /// Output bundle.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn pack(a: PackArgs) -> Result<()> {
+    let params = match a.codec {
+        CodecArg::Salient => CodecParams {
+            method: Method::Salient,
+            bits: a.bits,
+            salient_fraction: a.salient,
+            salient_bits: a.salient_bits,
+            group_size: a.group_size,
+        },
+        CodecArg::Bitdelta => CodecParams::bitdelta(),
+        CodecArg::Rtn => CodecParams::rtn(a.bits),
+    };
+    params.validate()?;
+    let opts = PackOptions {
+        params,
+        imatrix: a.imatrix,
+        embeddings: match a.embeddings {
+            EmbedArg::Q8_0 => EmbeddingStorage::Q8_0,
+            EmbedArg::Lossless => EmbeddingStorage::Lossless,
+        },
+    };
+    let pb = progress::bar("pack");
+    let report = pack_bundle(&a.base_gguf, &a.base, &a.experts, &opts, &a.output, &progress::reporter(&pb))?;
+    pb.finish_and_clear();
+    println!("wrote {} ({})", a.output.display(), crate::mib(report.bundle_bytes));
+    for (name, n, bytes) in report.experts {
+        println!("  expert {name}: {n} tensors changed, {} of deltas", crate::mib(bytes as u64));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
+pub struct ExtractArgs {
+    bundle: PathBuf,
+    /// Expert name, or "base".
+    #[arg(long)]
+    expert: String,
+    /// Type of changed tensors: auto = F32 where the base is F32, else F16.
+    #[arg(long = "type", value_enum, default_value = "auto")]
+    ty: TypeArg,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn extract(a: ExtractArgs) -> Result<()> {
+    let bundle = Bundle::open(&a.bundle)?;
+    bundle.verify_base()?;
+    let ty = match a.ty {
+        TypeArg::Auto => ExtractType::Auto,
+        TypeArg::F32 => ExtractType::F32,
+        TypeArg::F16 => ExtractType::F16,
+        TypeArg::Bf16 => ExtractType::BF16,
+    };
+    let pb = progress::bar("extract");
+    let report = extract_expert(&bundle, &a.expert, ty, &a.output, &|d, n| {
+        pb.set_length(n);
+        pb.set_position(d);
+    })?;
+    pb.finish_and_clear();
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, from, to) in &report.changed {
+        *kinds.entry(format!("{from} -> {to}")).or_default() += 1;
+    }
+    println!("wrote {} (expert '{}')", a.output.display(), a.expert);
+    println!("  {} tensors unchanged (base bytes kept)", report.unchanged);
+    for (k, n) in kinds {
+        println!("  {n} tensors reconstructed, {k}");
+    }
+    Ok(())
+}

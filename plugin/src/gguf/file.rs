@@ -1,0 +1,129 @@
+//! A GGUF file opened read-only through a memory map: the header is parsed once and tensor
+//! data is served as slices of the map, so multi-gigabyte models cost no copies.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::metadata::Metadata;
+use super::read::parse_with_index;
+use super::tensor::TensorInfo;
+use crate::error::{Error, Result};
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub version: u32,
+    pub metadata: Metadata,
+    pub tensors: Vec<TensorInfo>,
+    pub alignment: u64,
+    /// Absolute offset of the data section in the file.
+    pub data_offset: u64,
+    mmap: memmap2::Mmap,
+    /// Name -> position in `tensors`, as parsed (see [`GgufFile::tensor`] for why it is checked).
+    index: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("n_kv", &self.metadata.len())
+            .field("n_tensors", &self.tensors.len())
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .field("file_size", &self.file_size())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Maps `path` read-only and validates its header and data layout. Error messages use the
+    /// path as given as the file label.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and private to this struct. As with any file map, another
+        // process truncating or rewriting the file while it is mapped could change or fault the
+        // bytes under us; GGUF models are not edited in place (our writer replaces files by
+        // rename), and this is the same contract ggml's own loader accepts.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let label = path.display().to_string();
+        let (header, index) = parse_with_index(&mmap, &label)?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            version: header.version,
+            metadata: header.metadata,
+            tensors: header.tensors,
+            alignment: header.alignment,
+            data_offset: header.data_offset,
+            mmap,
+            index,
+        })
+    }
+
+    /// The file label used in error messages (the path as given to `open`).
+    pub fn label(&self) -> &str {
+        self.metadata.label()
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap
+    }
+
+    /// O(1) lookup. The fields are public, so the index is confirmed against `tensors` and a
+    /// linear search is the fallback if the caller has edited the list.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        match self.index.get(name).and_then(|&i| self.tensors.get(i)) {
+            Some(t) if t.name == name => Some(t),
+            _ => self.tensors.iter().find(|t| t.name == name),
+        }
+    }
+
+    /// The data of a tensor of this file (bounds were validated by `open`).
+    ///
+    /// # Panics
+    /// If `info` describes bytes outside the file, which cannot happen for the entries of
+    /// `self.tensors` as parsed; use [`GgufFile::try_tensor_data`] for descriptors of other origin.
+    pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
+        match self.try_tensor_data(info) {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The data of `info`, or an error naming the tensor if it lies outside the file.
+    pub fn try_tensor_data(&self, info: &TensorInfo) -> Result<&[u8]> {
+        let start = self.data_offset.checked_add(info.offset);
+        let end = start.and_then(|s| s.checked_add(info.n_bytes()));
+        let slice = match (start, end) {
+            (Some(s), Some(e)) => usize::try_from(s)
+                .ok()
+                .zip(usize::try_from(e).ok())
+                .and_then(|(s, e)| self.mmap.get(s..e)),
+            _ => None,
+        };
+        slice.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: tensor '{}': offset {} + {} bytes lies outside the data section",
+                self.label(),
+                info.name,
+                info.offset,
+                info.n_bytes()
+            ))
+        })
+    }
+
+    /// The data of the tensor called `name`, or an error naming the file and the tensor.
+    pub fn tensor_data_by_name(&self, name: &str) -> Result<&[u8]> {
+        let info = self
+            .tensor(name)
+            .ok_or_else(|| Error::Invalid(format!("{}: no tensor named '{name}'", self.label())))?;
+        self.try_tensor_data(info)
+    }
+}

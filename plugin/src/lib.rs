@@ -1,0 +1,26 @@
+//! switchyard: one base model plus compressed fine-tuned "expert" deltas in one GGUF bundle.
+//!
+//! Module map:
+//! - [`gguf`]: GGUF read/write (ordered metadata, ggml's size caps, atomic writes).
+//! - [`ggml_type`], [`quants`]: ggml tensor types and their (de)quantization on the CPU.
+//! - [`imatrix`]: llama.cpp importance-matrix files (legacy `.dat` and GGUF).
+//! - [`hf`]: Hugging Face safetensors folders and the HF -> GGUF tensor mapping.
+//! - [`codec`]: the salient-aware delta codec and its baselines (BitDelta, round-to-nearest).
+//! - [`bundle`]: the bundle format (base GGUF + expert deltas) and its validation.
+
+pub mod error;
+pub mod ggml_type;
+pub mod gguf;
+pub mod quants;
+
+pub use error::{Error, Result};
+pub use ggml_type::GgmlType;
+pub mod bundle;
+pub mod codec;
+pub mod convert;
+pub mod eval;
+pub mod extract;
+pub mod hf;
+pub mod imatrix;
+pub mod pack;
+pub mod synth;

@@ -1,0 +1,213 @@
+//! Building a bundle from a base GGUF and fine-tuned Hugging Face folders:
+//! D = W_expert - dequantize(W_base) for every tensor, then the codec for linear weights,
+//! 8-bit deltas for embeddings/output and whole F32 copies for norms and biases.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::bundle::fingerprint::base_fingerprint;
+use crate::bundle::{write_bundle, ExpertDeltas, ExpertInfo, TensorDelta};
+use crate::codec::{self, CodecParams};
+use crate::convert::config_from_gguf;
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::hf::{self, HfConfig, HfModel};
+use crate::imatrix::Imatrix;
+use crate::{quants, GgmlType};
+
+/// How tensors that are not linear weights but 2-D (token embeddings, output) are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddingStorage {
+    /// The delta as Q8_0 (8.5 bits per parameter).
+    Q8_0,
+    /// The expert's tensor whole in F32.
+    Lossless,
+}
+
+#[derive(Clone, Debug)]
+pub struct PackOptions {
+    pub params: CodecParams,
+    pub imatrix: Option<PathBuf>,
+    pub embeddings: EmbeddingStorage,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions { params: CodecParams::default(), imatrix: None, embeddings: EmbeddingStorage::Q8_0 }
+    }
+}
+
+/// Progress callback: (what, done, total).
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
+
+/// Linear weights are the matrices that multiply activations inside a block: the codec's
+/// target. Norms, biases, the MoE router, embeddings and output are stored apart.
+pub fn is_linear_weight(name: &str, ne: &[u64]) -> bool {
+    const LINEAR: &[&str] = &[
+        "attn_q", "attn_k", "attn_v", "attn_output", "attn_qkv", "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_exps", "ffn_up_exps",
+        "ffn_down_exps", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp",
+    ];
+    let Some(rest) = name.strip_prefix("blk.") else { return false };
+    let Some((_, part)) = rest.split_once('.') else { return false };
+    let Some(kind) = part.strip_suffix(".weight") else { return false };
+    ne.len() >= 2 && LINEAR.contains(&kind) && ne[0] % 8 == 0
+}
+
+/// Check that `hf` describes the same network as the base GGUF: same architecture and sizes.
+fn check_same_model(base_label: &str, base: &HfConfig, other: &HfConfig, other_label: &str) -> Result<()> {
+    let fields: [(&str, usize, usize); 7] = [
+        ("num_hidden_layers", base.num_hidden_layers, other.num_hidden_layers),
+        ("hidden_size", base.hidden_size, other.hidden_size),
+        ("intermediate_size", base.intermediate_size, other.intermediate_size),
+        ("num_attention_heads", base.num_attention_heads, other.num_attention_heads),
+        ("num_key_value_heads", base.n_head_kv(), other.n_head_kv()),
+        ("head_dim", base.head_dim(), other.head_dim()),
+        ("vocab_size", base.vocab_size, other.vocab_size),
+    ];
+    if hf::Arch::from_model_type(&base.model_type) != hf::Arch::from_model_type(&other.model_type) {
+        crate::bail_invalid!(
+            "{other_label}: model_type '{}' does not match the base's '{}' ({base_label})",
+            other.model_type,
+            base.model_type
+        );
+    }
+    for (key, b, o) in fields {
+        if b != o {
+            let what = if key == "vocab_size" { "vocab mismatch: " } else { "" };
+            crate::bail_invalid!("{what}{other_label}: {key} is {o} but the base ({base_label}) has {b}");
+        }
+    }
+    Ok(())
+}
+
+/// Deltas of one expert against `base`.
+pub fn expert_deltas(
+    base: &GgufFile,
+    expert: &HfModel,
+    info: ExpertInfo,
+    imatrix: Option<&Imatrix>,
+    opts: &PackOptions,
+    progress: Progress<'_>,
+) -> Result<ExpertDeltas> {
+    let dir = expert.dir.display().to_string();
+    // Every expert tensor must land somewhere in the base model.
+    for hf_name in expert.tensor_names() {
+        if hf::is_ignored_hf_tensor(hf_name) {
+            continue;
+        }
+        let Some(g) = hf::gguf_name(hf_name) else {
+            crate::bail_unsupported!("{dir}: tensor '{hf_name}' has no GGUF counterpart in this architecture");
+        };
+        if base.tensor(&g).is_none() && !(g == "output.weight" && expert.config.tie_word_embeddings) {
+            crate::bail_invalid!("{dir}: tensor '{hf_name}' ('{g}') is not in the base model {}", base.label());
+        }
+    }
+    let linear_total: u64 = base.tensors.len() as u64;
+    let mut out = Vec::new();
+    for (k, t) in base.tensors.iter().enumerate() {
+        progress(&format!("{}: {}", info.name, t.name), k as u64, linear_total);
+        if let Some(d) = tensor_delta(base, t, expert, &dir, &info, imatrix, opts)? {
+            out.push((t.name.clone(), d));
+        }
+    }
+    progress(&info.name, linear_total, linear_total);
+    Ok(ExpertDeltas { info, tensors: out })
+}
+
+fn tensor_delta(
+    base: &GgufFile,
+    t: &TensorInfo,
+    expert: &HfModel,
+    dir: &str,
+    info: &ExpertInfo,
+    imatrix: Option<&Imatrix>,
+    opts: &PackOptions,
+) -> Result<Option<TensorDelta>> {
+    let hf_name = hf::hf_name(&t.name).unwrap_or_default();
+    if expert.shape(&hf_name).is_none() {
+        crate::bail_invalid!("{dir}: missing tensor '{hf_name}' (base tensor '{}')", t.name);
+    }
+    let (w_expert, ne) = expert.gguf_tensor(&t.name)?;
+    if ne != t.ne {
+        let vocab = if t.name == "token_embd.weight" || t.name == "output.weight" { "vocab mismatch: " } else { "" };
+        crate::bail_invalid!("{vocab}{dir}: tensor '{hf_name}' has shape {ne:?} (ggml order) but base tensor '{}' in {} has {:?}", t.name, base.label(), t.ne);
+    }
+    let base_bytes = base.try_tensor_data(t)?;
+    let n = t.n_elements() as usize;
+    let w_base = quants::dequantize_par(t.ty, base_bytes, n, t.ne[0] as usize)
+        .map_err(|e| Error::Invalid(format!("{}: tensor '{}': {e}", base.label(), t.name)))?;
+    let mut d = w_expert;
+    d.par_iter_mut().zip(&w_base).for_each(|(e, b)| *e -= b);
+    if d.par_iter().all(|&x| x == 0.0) {
+        return Ok(None);
+    }
+    if let Some(bad) = d.iter().position(|x| !x.is_finite()) {
+        crate::bail_invalid!("{dir}: tensor '{hf_name}' has a non-finite value at element {bad}");
+    }
+    let n_in = t.ne[0] as usize;
+    if is_linear_weight(&t.name, &t.ne) {
+        let act = imatrix.and_then(|m| m.get(&t.name));
+        let c = codec::compress(&d, n_in, n / n_in, act, &info.params)
+            .map_err(|e| Error::Invalid(format!("expert '{}', tensor '{}': {e}", info.name, t.name)))?;
+        return Ok(Some(TensorDelta::Codec(c)));
+    }
+    if t.ne.len() >= 2 && opts.embeddings == EmbeddingStorage::Q8_0 && n_in % GgmlType::Q8_0.block_size() == 0 {
+        let data = quants::quantize_par(GgmlType::Q8_0, &d, n_in)?;
+        return Ok(Some(TensorDelta::Dense { ty: GgmlType::Q8_0, data }));
+    }
+    // Whole tensor, losslessly: the expert's own values (base + d exactly as the expert has them).
+    d.iter_mut().zip(&w_base).for_each(|(x, b)| *x += b);
+    Ok(Some(TensorDelta::Replace { data: d }))
+}
+
+/// What `pack` made, for the command line to print.
+pub struct PackReport {
+    pub experts: Vec<(String, usize, usize)>,
+    pub bundle_bytes: u64,
+}
+
+/// Build the bundle at `out` from `base_gguf` (+ its Hugging Face folder `base_hf` for the
+/// architecture checks) and `experts` as (name, Hugging Face folder).
+pub fn pack(
+    base_gguf: &Path,
+    base_hf: &Path,
+    experts: &[(String, PathBuf)],
+    opts: &PackOptions,
+    out: &Path,
+    progress: Progress<'_>,
+) -> Result<PackReport> {
+    opts.params.validate()?;
+    if experts.is_empty() {
+        crate::bail_invalid!("no experts given (use --expert NAME=HF_DIR)");
+    }
+    let base = GgufFile::open(base_gguf)?;
+    let gguf_cfg = config_from_gguf(&base)?;
+    let base_model = HfModel::open(base_hf)?;
+    let gguf_label = base.label().to_string();
+    let hf_label = base_hf.join("config.json").display().to_string();
+    check_same_model(&gguf_label, &gguf_cfg, &base_model.config, &format!("wrong base: {hf_label}"))?;
+    let imatrix = match &opts.imatrix {
+        Some(p) => Some(Imatrix::load(p)?),
+        None => None,
+    };
+    let fingerprint = base_fingerprint(&base);
+    let mut deltas = Vec::new();
+    for (name, dir) in experts {
+        crate::bundle::naming::check_expert_name(name)?;
+        let model = HfModel::open(dir)?;
+        check_same_model(&gguf_label, &gguf_cfg, &model.config, &dir.join("config.json").display().to_string())?;
+        let info = ExpertInfo {
+            name: name.clone(),
+            params: opts.params,
+            imatrix: opts.imatrix.as_ref().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()),
+        };
+        deltas.push(expert_deltas(&base, &model, info, imatrix.as_ref(), opts, progress)?);
+    }
+    write_bundle(out, &base, &fingerprint, &deltas)?;
+    let bundle_bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(PackReport {
+        experts: deltas.iter().map(|d| (d.info.name.clone(), d.tensors.len(), d.stored_bytes())).collect(),
+        bundle_bytes,
+    })
+}
