@@ -87,11 +87,12 @@ fn shortest_f64(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
-/// Write `hf` as a GGUF llama.cpp loads: architecture keys from its config, `tokenizer.*` keys
-/// copied from `tokenizer_from`, 2-D weights in `ty`, everything else F32.
-pub fn hf_to_gguf(hf: &HfModel, tokenizer_from: &GgufFile, name: &str, ty: GgmlType, out: &Path) -> Result<()> {
+/// Write `hf` as a GGUF: architecture keys from its config, `tokenizer.*` keys copied from
+/// `tokenizer_from` (llama.cpp needs them to load the model; switchyard does not), 2-D weights
+/// in `ty`, everything else F32.
+pub fn hf_to_gguf(hf: &HfModel, tokenizer_from: Option<&GgufFile>, name: &str, ty: GgmlType, out: &Path) -> Result<()> {
     let mut md = arch_metadata(hf.arch, &hf.config, name, ty);
-    for (k, v) in tokenizer_from.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+    for (k, v) in tokenizer_from.iter().flat_map(|t| t.metadata.iter()).filter(|(k, _)| k.starts_with("tokenizer.")) {
         md.insert(k, v.clone());
     }
     let mut names: Vec<String> = Vec::new();

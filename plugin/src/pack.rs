@@ -162,6 +162,7 @@ fn tensor_delta(
 }
 
 /// What `pack` made, for the command line to print.
+#[derive(Debug)]
 pub struct PackReport {
     pub experts: Vec<(String, usize, usize)>,
     pub bundle_bytes: u64,
@@ -182,6 +183,9 @@ pub fn pack(
         crate::bail_invalid!("no experts given (use --expert NAME=HF_DIR)");
     }
     let base = GgufFile::open(base_gguf)?;
+    if base.metadata.contains_key(crate::bundle::naming::KEY_FORMAT_VERSION) {
+        crate::bail_invalid!("{}: is already a switchyard bundle; give the plain base model GGUF", base.label());
+    }
     let gguf_cfg = config_from_gguf(&base)?;
     let base_model = HfModel::open(base_hf)?;
     let gguf_label = base.label().to_string();

@@ -144,7 +144,7 @@ fn check_data_layout(tensors: &[TensorInfo], alignment: u64, data_offset: u64, f
     for t in tensors {
         let name = &t.name;
         let offset = t.offset;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             bail_invalid!("{label}: tensor '{name}': offset {offset} is not a multiple of alignment {alignment}");
         }
         if offset < expected {

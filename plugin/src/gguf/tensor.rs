@@ -114,7 +114,7 @@ pub(crate) fn check_shape(ty: GgmlType, ne: &[u64]) -> Result<u64, String> {
     }
     let (blck, size) = ty.block_geometry();
     let row = ne[0];
-    if row % blck as u64 != 0 {
+    if !row.is_multiple_of(blck as u64) {
         return Err(format!(
             "row length ne[0] = {row} is not a multiple of the {} block size {blck}",
             ty.name()

@@ -452,3 +452,37 @@ fn value_helpers() {
         assert_eq!(ValueType::from_u32(id).unwrap().id(), id);
     }
 }
+
+/// The vocabulary-only GGUF files shipped in llama.cpp's source tree (written by gguf-py), when a
+/// llama.cpp build has been cached by `scripts/build-llama.sh`; skipped otherwise. They must parse
+/// and re-encode to the same bytes, up to the header padding that gguf-py omits when a file has
+/// no tensors and the version number of v2 files.
+#[test]
+fn real_vocab_files_round_trip_when_available() {
+    let cache = std::env::var_os("SWITCHYARD_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"));
+    let Ok(builds) = std::fs::read_dir(cache.join("llama")) else {
+        eprintln!("no cached llama.cpp build: skipped");
+        return;
+    };
+    let mut files: Vec<std::path::PathBuf> = builds
+        .flatten()
+        .filter_map(|b| std::fs::read_dir(b.path().join("src/models")).ok())
+        .flat_map(|d| d.flatten().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    files.sort();
+    files.dedup_by(|a, b| a.file_name() == b.file_name());
+    for path in files.iter().take(8) {
+        let f = GgufFile::open(path).unwrap();
+        assert!(f.metadata.get_str("tokenizer.ggml.model").is_ok(), "{}", path.display());
+        let infos: Vec<TensorInfoOut> = f.tensors.iter().map(TensorInfoOut::from).collect();
+        let mut enc = header_bytes(&f.metadata, &infos).unwrap();
+        assert_eq!(enc.len() as u64, f.data_offset, "{}", path.display());
+        let mut orig = f.bytes().to_vec();
+        orig.resize(enc.len().max(orig.len()), 0);
+        enc[4..8].copy_from_slice(&f.version.to_le_bytes());
+        assert!(orig.starts_with(&enc), "{} does not round-trip", path.display());
+    }
+}

@@ -256,8 +256,17 @@ pub(super) fn quant_q2_k(src: &[f32], dst: &mut [u8]) {
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            let (scale, min) =
-                make_qkx2_quants(3, xs, &weights, &mut levels[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
+            let (scale, min) = make_qkx2_quants(
+                3,
+                xs,
+                &weights,
+                &mut levels[16 * j..16 * j + 16],
+                &mut laux,
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
             scales[j] = scale;
             mins[j] = min;
             if scale > max_scale {
@@ -319,7 +328,8 @@ pub(super) fn quant_q3_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0.0f32;
         let mut amax = 0.0f32;
         for j in 0..16 {
-            scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut levels[16 * j..16 * j + 16]);
+            scales[j] =
+                make_q3_quants(4, &x[16 * j..16 * j + 16], &mut levels[16 * j..16 * j + 16]);
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;
@@ -420,8 +430,17 @@ fn q45_k_levels(
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (scale, min) =
-            make_qkx2_quants(nmax, xs, &weights, &mut levels[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
+        let (scale, min) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut levels[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = scale;
         mins[j] = min;
         if scale > max_scale {
@@ -432,7 +451,11 @@ fn q45_k_levels(
         }
     }
 
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -519,7 +542,11 @@ pub(super) fn quant_q6_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;
         for ib in 0..16 {
-            let scale = make_qx_quants_rmse1(32, &x[16 * ib..16 * ib + 16], &mut levels[16 * ib..16 * ib + 16]);
+            let scale = make_qx_quants_rmse1(
+                32,
+                &x[16 * ib..16 * ib + 16],
+                &mut levels[16 * ib..16 * ib + 16],
+            );
             scales[ib] = scale;
             if scale.abs() > max_abs_scale {
                 max_abs_scale = scale.abs();
@@ -556,7 +583,8 @@ pub(super) fn quant_q6_k(src: &[f32], dst: &mut [u8]) {
                 let q = |k: usize| lv[l + 32 * k] as u8;
                 ql[64 * h + l] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
                 ql[64 * h + l + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
-                qh[32 * h + l] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+                qh[32 * h + l] =
+                    (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
             }
         }
         for (o, s) in rest[..16].iter_mut().zip(sc) {

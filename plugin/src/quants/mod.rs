@@ -63,7 +63,20 @@ pub fn can_quantize(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | MXFP4
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
+            | MXFP4
     )
 }
 
@@ -72,8 +85,11 @@ fn bytes_for(ty: GgmlType, n: usize, what: &str) -> Result<usize> {
     let bytes = ty
         .row_bytes(n as u64)
         .map_err(|e| Error::Invalid(format!("{what} {ty}: {e}")))?;
-    usize::try_from(bytes)
-        .map_err(|_| Error::Invalid(format!("{what} {ty}: {n} elements ({bytes} bytes) do not fit in memory")))
+    usize::try_from(bytes).map_err(|_| {
+        Error::Invalid(format!(
+            "{what} {ty}: {n} elements ({bytes} bytes) do not fit in memory"
+        ))
+    })
 }
 
 /// Dequantize `dst.len()` elements of type `ty` from `src` into `dst`.
@@ -83,7 +99,9 @@ fn bytes_for(ty: GgmlType, n: usize, what: &str) -> Result<usize> {
 /// `dequantize_row_*` (and `ggml_fp16_to_fp32_row` / `ggml_bf16_to_fp32_row` for F16 / BF16).
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
+        return Err(Error::Unsupported(format!(
+            "dequantizing {ty} is not supported"
+        )));
     }
     let need = bytes_for(ty, dst.len(), "dequantizing")?;
     if src.len() != need {
@@ -124,7 +142,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// (as on x86-64), see `kquantize.rs`.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     if !can_quantize(ty) {
-        return Err(Error::Unsupported(format!("quantizing to {ty} is not supported")));
+        return Err(Error::Unsupported(format!(
+            "quantizing to {ty} is not supported"
+        )));
     }
     let need = bytes_for(ty, src.len(), "quantizing to")?;
     if dst.len() != need {
@@ -159,7 +179,9 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
 /// Dequantize `n_elements` elements of `ty` (a multiple of its block size) from `src`.
 pub fn dequantize(ty: GgmlType, src: &[u8], n_elements: usize) -> Result<Vec<f32>> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
+        return Err(Error::Unsupported(format!(
+            "dequantizing {ty} is not supported"
+        )));
     }
     // Validate before allocating: a bogus element count must not trigger a huge allocation.
     let need = bytes_for(ty, n_elements, "dequantizing")?;
@@ -177,7 +199,9 @@ pub fn dequantize(ty: GgmlType, src: &[u8], n_elements: usize) -> Result<Vec<f32
 /// Quantize all of `src` (a multiple of the block size of `ty`) into a new buffer.
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
     if !can_quantize(ty) {
-        return Err(Error::Unsupported(format!("quantizing to {ty} is not supported")));
+        return Err(Error::Unsupported(format!(
+            "quantizing to {ty} is not supported"
+        )));
     }
     let mut out = vec![0u8; bytes_for(ty, src.len(), "quantizing to")?];
     quantize_row(ty, src, &mut out)?;
@@ -187,7 +211,9 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
 /// Shape checks shared by the parallel functions: returns (rows, bytes per row).
 fn tensor_rows(ty: GgmlType, n_elements: usize, ne0: usize, what: &str) -> Result<(usize, usize)> {
     if ne0 == 0 {
-        return Err(Error::Invalid(format!("{what} {ty}: row length ne[0] is 0")));
+        return Err(Error::Invalid(format!(
+            "{what} {ty}: row length ne[0] is 0"
+        )));
     }
     if n_elements / ne0 * ne0 != n_elements {
         return Err(Error::Invalid(format!(
@@ -206,10 +232,20 @@ fn rows_per_task(ne0: usize) -> usize {
 /// in parallel over groups of rows. Same result as [`dequantize`].
 pub fn dequantize_par(ty: GgmlType, src: &[u8], n_elements: usize, ne0: usize) -> Result<Vec<f32>> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
+        return Err(Error::Unsupported(format!(
+            "dequantizing {ty} is not supported"
+        )));
     }
     let (rows, row_bytes) = tensor_rows(ty, n_elements, ne0, "dequantizing")?;
-    check_tensor_bytes(ty, src.len(), rows, row_bytes, n_elements, "dequantizing", "source")?;
+    check_tensor_bytes(
+        ty,
+        src.len(),
+        rows,
+        row_bytes,
+        n_elements,
+        "dequantizing",
+        "source",
+    )?;
     let mut out = vec![0f32; n_elements];
     dequantize_par_into(ty, src, ne0, &mut out)?;
     Ok(out)
@@ -218,10 +254,20 @@ pub fn dequantize_par(ty: GgmlType, src: &[u8], n_elements: usize, ne0: usize) -
 /// Like [`dequantize_par`] into a caller-provided buffer; `dst.len()` is the element count.
 pub fn dequantize_par_into(ty: GgmlType, src: &[u8], ne0: usize, dst: &mut [f32]) -> Result<()> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
+        return Err(Error::Unsupported(format!(
+            "dequantizing {ty} is not supported"
+        )));
     }
     let (rows, row_bytes) = tensor_rows(ty, dst.len(), ne0, "dequantizing")?;
-    check_tensor_bytes(ty, src.len(), rows, row_bytes, dst.len(), "dequantizing", "source")?;
+    check_tensor_bytes(
+        ty,
+        src.len(),
+        rows,
+        row_bytes,
+        dst.len(),
+        "dequantizing",
+        "source",
+    )?;
     let per = rows_per_task(ne0);
     dst.par_chunks_mut(per * ne0)
         .zip(src.par_chunks(per * row_bytes))
@@ -232,12 +278,17 @@ pub fn dequantize_par_into(ty: GgmlType, src: &[u8], ne0: usize, dst: &mut [f32]
 /// Same result as [`quantize`].
 pub fn quantize_par(ty: GgmlType, src: &[f32], ne0: usize) -> Result<Vec<u8>> {
     if !can_quantize(ty) {
-        return Err(Error::Unsupported(format!("quantizing to {ty} is not supported")));
+        return Err(Error::Unsupported(format!(
+            "quantizing to {ty} is not supported"
+        )));
     }
     let (rows, row_bytes) = tensor_rows(ty, src.len(), ne0, "quantizing to")?;
-    let total = rows
-        .checked_mul(row_bytes)
-        .ok_or_else(|| Error::Invalid(format!("quantizing to {ty}: {} elements overflow", src.len())))?;
+    let total = rows.checked_mul(row_bytes).ok_or_else(|| {
+        Error::Invalid(format!(
+            "quantizing to {ty}: {} elements overflow",
+            src.len()
+        ))
+    })?;
     let mut out = vec![0u8; total];
     let per = rows_per_task(ne0);
     out.par_chunks_mut(per * row_bytes)

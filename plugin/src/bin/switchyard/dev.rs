@@ -63,7 +63,7 @@ pub fn from_hf(a: FromHfArgs) -> Result<()> {
             hf.config.vocab_size
         ));
     }
-    hf_to_gguf(&hf, &tok, &a.name, ty, &a.output)?;
+    hf_to_gguf(&hf, Some(&tok), &a.name, ty, &a.output)?;
     println!("wrote {}", a.output.display());
     Ok(())
 }

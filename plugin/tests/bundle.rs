@@ -1,0 +1,217 @@
+//! Bundles end to end through the library: pack, open, validate, extract, and every kind of
+//! bad input the issue lists.
+
+mod common;
+
+use std::path::Path;
+
+use common::{listing, Tiny};
+use switchyard::bundle::{Bundle, TensorDelta};
+use switchyard::codec::relative_error;
+use switchyard::extract::{extract, ExtractType};
+use switchyard::gguf::GgufFile;
+use switchyard::hf::{HfConfig, HfModel};
+use switchyard::pack::{pack, PackOptions};
+use switchyard::{quants, GgmlType};
+
+fn no_progress(_: &str, _: u64, _: u64) {}
+
+fn pack_tiny(t: &Tiny, out: &Path) -> switchyard::Result<switchyard::pack::PackReport> {
+    pack(&t.base_gguf, &t.base_hf, &t.experts, &PackOptions::default(), out, &no_progress)
+}
+
+fn tensor_f32(f: &GgufFile, name: &str) -> Vec<f32> {
+    let t = f.tensor(name).unwrap();
+    quants::dequantize(t.ty, f.tensor_data(t), t.n_elements() as usize).unwrap()
+}
+
+#[test]
+fn pack_then_extract_reproduces_each_expert_for_every_base_type() {
+    for base_ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        let t = Tiny::new(base_ty, None);
+        let out = t.path("bundle.gguf");
+        let report = pack_tiny(&t, &out).unwrap();
+        assert_eq!(report.experts.len(), 2);
+        let bundle = Bundle::open(&out).unwrap();
+        bundle.verify_base().unwrap();
+        bundle.validate_all().unwrap();
+        assert_eq!(bundle.experts.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["math", "code"]);
+
+        // The base inside the bundle is the base GGUF, byte for byte, metadata in order.
+        let base = GgufFile::open(&t.base_gguf).unwrap();
+        assert_eq!(bundle.base_tensors().count(), base.tensors.len());
+        for bt in &base.tensors {
+            assert_eq!(bundle.file.tensor_data(bundle.file.tensor(&bt.name).unwrap()), base.tensor_data(bt));
+        }
+        let keys: Vec<&str> = bundle.file.metadata.keys().take(base.metadata.len()).collect();
+        assert_eq!(keys, base.metadata.keys().collect::<Vec<_>>());
+
+        for (name, dir) in &t.experts {
+            let x = t.path(&format!("{name}.gguf"));
+            extract(&bundle, name, ExtractType::F32, &x, &|_, _| {}).unwrap();
+            let got = GgufFile::open(&x).unwrap();
+            let expert = HfModel::open(dir).unwrap();
+            for bt in &base.tensors {
+                let (want, _) = expert.gguf_tensor(&bt.name).unwrap();
+                let have = tensor_f32(&got, &bt.name);
+                let base_w = tensor_f32(&base, &bt.name);
+                let exact: Vec<f32> = want.iter().zip(&base_w).map(|(a, b)| a - b).collect();
+                let approx: Vec<f32> = have.iter().zip(&base_w).map(|(a, b)| a - b).collect();
+                let e = relative_error(&approx, &exact);
+                match bundle.delta(bundle.expert_index(name).unwrap(), &bt.name).unwrap() {
+                    Some(TensorDelta::Codec(_)) => assert!(e < 0.35, "{base_ty} {name} {}: delta error {e}", bt.name),
+                    Some(_) => common::assert_same(&have, &want, &format!("{base_ty} {name} {}", bt.name)),
+                    None => common::assert_same(&have, &base_w, &format!("{base_ty} {name} {}", bt.name)),
+                }
+            }
+        }
+        // "base" extracts the base model unchanged.
+        let b = t.path("base-out.gguf");
+        extract(&bundle, "base", ExtractType::Auto, &b, &|_, _| {}).unwrap();
+        let b = GgufFile::open(&b).unwrap();
+        for bt in &base.tensors {
+            assert_eq!(b.tensor_data(b.tensor(&bt.name).unwrap()), base.tensor_data(bt));
+        }
+        assert!(b.metadata.keys().all(|k| !k.starts_with("switchyard.")));
+    }
+}
+
+#[test]
+fn extract_auto_writes_f16_for_quantized_bases_and_f32_for_norms() {
+    let t = Tiny::new(GgmlType::Q8_0, None);
+    let out = t.path("bundle.gguf");
+    pack_tiny(&t, &out).unwrap();
+    let bundle = Bundle::open(&out).unwrap();
+    let x = t.path("math.gguf");
+    let report = extract(&bundle, "math", ExtractType::Auto, &x, &|_, _| {}).unwrap();
+    assert!(report.changed.iter().all(|(n, _, to)| if n.contains("norm") { *to == GgmlType::F32 } else { *to == GgmlType::F16 }));
+    let f = GgufFile::open(&x).unwrap();
+    assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::F16);
+    assert_eq!(f.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0, "unchanged tensors keep the base type");
+}
+
+/// Expect `pack` to fail with a message containing every needle, leaving no output file.
+fn pack_fails(t: &Tiny, experts: &[(String, std::path::PathBuf)], base_hf: &Path, needles: &[&str]) {
+    let out = t.path("bad.gguf");
+    let before = listing(t.dir.path());
+    let err = pack(&t.base_gguf, base_hf, experts, &PackOptions::default(), &out, &no_progress).unwrap_err().to_string();
+    for n in needles {
+        assert!(err.contains(n), "error {err:?} lacks {n:?}");
+    }
+    assert_eq!(listing(t.dir.path()), before, "a failed pack left files behind");
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut HfConfig)) {
+    let p = dir.join("config.json");
+    let mut c: HfConfig = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut c);
+    std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn bad_inputs_are_named_and_leave_nothing_behind() {
+    let t = Tiny::new(GgmlType::F32, None);
+    let expert = |name: &str, dir: &Path| vec![(name.to_string(), dir.to_path_buf())];
+
+    // Unsupported architecture.
+    let gpt2 = t.path("gpt2-hf");
+    copy_dir(&t.experts[0].1, &gpt2);
+    edit_config(&gpt2, |c| c.model_type = "gpt2".into());
+    pack_fails(&t, &expert("math", &gpt2), &t.base_hf, &["gpt2-hf", "model_type 'gpt2' is not supported"]);
+
+    // Wrong base: the base HF folder describes another network.
+    let other = t.path("other-base-hf");
+    copy_dir(&t.base_hf, &other);
+    edit_config(&other, |c| c.num_hidden_layers = 3);
+    pack_fails(&t, &t.experts, &other, &["wrong base", "num_hidden_layers"]);
+
+    // Vocab mismatch.
+    let vocab = t.path("vocab-hf");
+    copy_dir(&t.experts[0].1, &vocab);
+    edit_config(&vocab, |c| c.vocab_size = 300);
+    pack_fails(&t, &expert("math", &vocab), &t.base_hf, &["vocab mismatch", "vocab_size is 300"]);
+
+    // Missing tensor and wrong shape: rewrite the expert without / with a reshaped tensor.
+    let m = HfModel::open(&t.experts[0].1).unwrap();
+    let all: Vec<(String, Vec<usize>, Vec<f32>)> =
+        m.tensor_names().map(|n| (n.to_string(), m.shape(n).unwrap().to_vec(), m.tensor_f32(n).unwrap())).collect();
+    let missing = t.path("missing-hf");
+    let kept: Vec<_> = all.iter().filter(|(n, _, _)| n != "model.layers.1.mlp.up_proj.weight").cloned().collect();
+    switchyard::hf::write_hf_folder(&missing, &m.config, &kept, safetensors::Dtype::F32).unwrap();
+    pack_fails(&t, &expert("math", &missing), &t.base_hf, &["missing-hf", "model.layers.1.mlp.up_proj.weight", "blk.1.ffn_up.weight"]);
+
+    let reshaped = t.path("reshaped-hf");
+    let changed: Vec<_> = all
+        .iter()
+        .map(|(n, s, d)| if n == "model.layers.0.self_attn.v_proj.weight" { (n.clone(), vec![s[1], s[0]], d.clone()) } else { (n.clone(), s.clone(), d.clone()) })
+        .collect();
+    switchyard::hf::write_hf_folder(&reshaped, &m.config, &changed, safetensors::Dtype::F32).unwrap();
+    pack_fails(&t, &expert("math", &reshaped), &t.base_hf, &["model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight", "shape"]);
+
+    // A tensor the base does not have.
+    let extra = t.path("extra-hf");
+    let mut more = all.clone();
+    more.push(("model.layers.7.mlp.up_proj.weight".into(), vec![128, 64], vec![0.0; 128 * 64]));
+    switchyard::hf::write_hf_folder(&extra, &m.config, &more, safetensors::Dtype::F32).unwrap();
+    pack_fails(&t, &expert("math", &extra), &t.base_hf, &["model.layers.7.mlp.up_proj.weight", "not in the base"]);
+
+    // Truncated safetensors file.
+    let trunc = t.path("trunc-hf");
+    copy_dir(&t.experts[0].1, &trunc);
+    let st = trunc.join("model.safetensors");
+    let len = std::fs::metadata(&st).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
+    pack_fails(&t, &expert("math", &trunc), &t.base_hf, &["model.safetensors"]);
+
+    // Bad expert names, reserved and duplicated.
+    pack_fails(&t, &expert("base", &t.experts[0].1), &t.base_hf, &["reserved"]);
+    let dup = vec![t.experts[0].clone(), t.experts[0].clone()];
+    pack_fails(&t, &dup, &t.base_hf, &["given twice"]);
+}
+
+#[test]
+fn corrupt_bundles_are_refused_with_the_file_named() {
+    let t = Tiny::new(GgmlType::F32, None);
+    let out = t.path("bundle.gguf");
+    pack_tiny(&t, &out).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+
+    // Truncated anywhere in the header or data: an error naming the file, never a panic.
+    for cut in [10, 100, 5000, bytes.len() / 2, bytes.len() - 1] {
+        let p = t.path("cut.gguf");
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let err = Bundle::open(&p).err().unwrap().to_string();
+        assert!(err.contains("cut.gguf"), "{cut}: {err}");
+    }
+
+    // A changed base weight: the fingerprint no longer matches.
+    let f = GgufFile::open(&out).unwrap();
+    let q = f.tensor("blk.0.attn_q.weight").unwrap();
+    let at = (f.data_offset + q.offset) as usize;
+    let mut changed = bytes.clone();
+    changed[at] ^= 0x40;
+    let p = t.path("changed.gguf");
+    std::fs::write(&p, &changed).unwrap();
+    let err = Bundle::open(&p).unwrap().verify_base().unwrap_err().to_string();
+    assert!(err.contains("changed.gguf") && err.contains("fingerprint"), "{err}");
+
+    // Unknown expert.
+    let b = Bundle::open(&out).unwrap();
+    let err = b.expert_index("poetry").unwrap_err().to_string();
+    assert!(err.contains("poetry") && err.contains("math, code"), "{err}");
+
+    // A plain model is not a bundle.
+    let err = Bundle::open(&t.base_gguf).err().unwrap().to_string();
+    assert!(err.contains("not a switchyard bundle"), "{err}");
+    // And a bundle is not a base.
+    let err = pack(&out, &t.base_hf, &t.experts, &PackOptions::default(), &t.path("x.gguf"), &no_progress).err().unwrap().to_string();
+    assert!(err.contains("already a switchyard bundle"), "{err}");
+}
