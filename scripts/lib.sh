@@ -2,7 +2,9 @@
 # Everything fetched goes under one cache folder so CI can keep it between runs.
 
 SWITCHYARD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-$SWITCHYARD_ROOT/.cache}"
+# Outside the checkout, so fresh clones (CI) reuse downloads and builds keyed by their inputs.
+SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard}"
+export SWITCHYARD_CACHE
 mkdir -p "$SWITCHYARD_CACHE"
 
 log() { echo "[$(basename "$0")] $*" >&2; }

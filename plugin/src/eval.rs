@@ -24,7 +24,11 @@ pub struct Score {
 
 impl Score {
     pub fn relative(&self) -> f64 {
-        if self.ref2 == 0.0 { 0.0 } else { (self.err2 / self.ref2).sqrt() }
+        if self.ref2 == 0.0 {
+            0.0
+        } else {
+            (self.err2 / self.ref2).sqrt()
+        }
     }
 }
 
@@ -73,17 +77,30 @@ fn score(approx: &[f32], exact: &[f32], bits: f64) -> Score {
 
 /// Compare expert `expert`'s stored linear-weight deltas with the exact deltas of `reference`.
 /// Baselines: round-to-nearest per output row at the codec's bits, and BitDelta (1 bit).
-pub fn eval(bundle: &Bundle, expert: &str, reference: &Path, progress: &dyn Fn(u64, u64)) -> Result<EvalReport> {
+pub fn eval(
+    bundle: &Bundle,
+    expert: &str,
+    reference: &Path,
+    progress: &dyn Fn(u64, u64),
+) -> Result<EvalReport> {
     let e = bundle.expert_index(expert)?;
     let params = bundle.experts[e].params;
     let model = HfModel::open(reference)?;
-    let linear: Vec<_> = bundle.base_tensors().filter(|t| is_linear_weight(&t.name, &t.ne)).collect();
+    let linear: Vec<_> = bundle
+        .base_tensors()
+        .filter(|t| is_linear_weight(&t.name, &t.ne))
+        .collect();
     let mut tensors = Vec::new();
     for (k, t) in linear.iter().enumerate() {
         progress(k as u64, linear.len() as u64);
         let (w_ref, ne) = model.gguf_tensor(&t.name)?;
         if ne != t.ne {
-            crate::bail_invalid!("{}: tensor for '{}' has shape {ne:?}, the bundle's base has {:?}", reference.display(), t.name, t.ne);
+            crate::bail_invalid!(
+                "{}: tensor for '{}' has shape {ne:?}, the bundle's base has {:?}",
+                reference.display(),
+                t.name,
+                t.ne
+            );
         }
         let n = w_ref.len();
         let n_in = t.ne[0] as usize;
@@ -95,13 +112,23 @@ pub fn eval(bundle: &Bundle, expert: &str, reference: &Path, progress: &dyn Fn(u
                 (codec::decompress_f32(&c), bits)
             }
             Some(other) => {
-                crate::bail_invalid!("{}: linear tensor '{}' is stored as '{}', not by the codec", bundle.label(), t.name, other.kind())
+                crate::bail_invalid!(
+                    "{}: linear tensor '{}' is stored as '{}', not by the codec",
+                    bundle.label(),
+                    t.name,
+                    other.kind()
+                )
             }
             None => (vec![0.0; n], 0.0),
         };
         let baseline = |p: CodecParams| -> Result<Score> {
-            let c = codec::compress(&exact, n_in, n / n_in, None, &p).map_err(|e| Error::Invalid(format!("tensor '{}': {e}", t.name)))?;
-            Ok(score(&codec::decompress_f32(&c), &exact, c.bits_per_param()))
+            let c = codec::compress(&exact, n_in, n / n_in, None, &p)
+                .map_err(|e| Error::Invalid(format!("tensor '{}': {e}", t.name)))?;
+            Ok(score(
+                &codec::decompress_f32(&c),
+                &exact,
+                c.bits_per_param(),
+            ))
         };
         tensors.push(TensorEval {
             name: t.name.clone(),
@@ -112,5 +139,9 @@ pub fn eval(bundle: &Bundle, expert: &str, reference: &Path, progress: &dyn Fn(u
         });
     }
     progress(linear.len() as u64, linear.len() as u64);
-    Ok(EvalReport { expert: expert.to_string(), params, tensors })
+    Ok(EvalReport {
+        expert: expert.to_string(),
+        params,
+        tensors,
+    })
 }

@@ -125,7 +125,9 @@ impl GgmlType {
 
     /// Parse a type name as `name()` prints it (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        (0..64).filter_map(Self::from_u32).find(|t| t.name().eq_ignore_ascii_case(name))
+        (0..64)
+            .filter_map(Self::from_u32)
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// (elements per block, bytes per block), ggml's `blck_size` and `type_size`.
@@ -174,7 +176,7 @@ impl GgmlType {
     /// Bytes of one row of `n` elements; `n` must be a multiple of the block size.
     pub fn row_bytes(self, n: u64) -> Result<u64> {
         let (blck, size) = self.block_geometry();
-        if n % blck as u64 != 0 {
+        if !n.is_multiple_of(blck as u64) {
             return Err(Error::Invalid(format!(
                 "row of {n} elements is not a multiple of the {} block size {blck}",
                 self.name()
@@ -189,7 +191,8 @@ impl GgmlType {
     pub fn tensor_bytes(self, ne: &[u64]) -> Result<u64> {
         let row = self.row_bytes(*ne.first().unwrap_or(&1))?;
         ne.iter().skip(1).try_fold(row, |acc, &d| {
-            acc.checked_mul(d).ok_or_else(|| Error::Invalid(format!("tensor of shape {ne:?} overflows")))
+            acc.checked_mul(d)
+                .ok_or_else(|| Error::Invalid(format!("tensor of shape {ne:?} overflows")))
         })
     }
 }

@@ -62,17 +62,35 @@ impl Default for CodecParams {
     /// 2 bits, 1% salient channels at 16 bits, steps per 128 input channels: about 2.27
     /// effective bits per parameter on SmolLM2-sized matrices.
     fn default() -> Self {
-        CodecParams { method: Method::Salient, bits: 2, salient_fraction: 0.01, salient_bits: 16, group_size: 128 }
+        CodecParams {
+            method: Method::Salient,
+            bits: 2,
+            salient_fraction: 0.01,
+            salient_bits: 16,
+            group_size: 128,
+        }
     }
 }
 
 impl CodecParams {
     pub fn bitdelta() -> Self {
-        CodecParams { method: Method::BitDelta, bits: 1, salient_fraction: 0.0, salient_bits: 16, group_size: 0 }
+        CodecParams {
+            method: Method::BitDelta,
+            bits: 1,
+            salient_fraction: 0.0,
+            salient_bits: 16,
+            group_size: 0,
+        }
     }
 
     pub fn rtn(bits: u8) -> Self {
-        CodecParams { method: Method::Rtn, bits, salient_fraction: 0.0, salient_bits: 16, group_size: 0 }
+        CodecParams {
+            method: Method::Rtn,
+            bits,
+            salient_fraction: 0.0,
+            salient_bits: 16,
+            group_size: 0,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -80,13 +98,19 @@ impl CodecParams {
             crate::bail_invalid!("codec bits must be 1, 2, 3 or 4 (got {})", self.bits);
         }
         if !(0.0..=0.5).contains(&self.salient_fraction) || !self.salient_fraction.is_finite() {
-            crate::bail_invalid!("salient fraction must be in [0, 0.5] (got {})", self.salient_fraction);
+            crate::bail_invalid!(
+                "salient fraction must be in [0, 0.5] (got {})",
+                self.salient_fraction
+            );
         }
         if self.salient_bits != 8 && self.salient_bits != 16 {
             crate::bail_invalid!("salient bits must be 8 or 16 (got {})", self.salient_bits);
         }
-        if self.group_size % 8 != 0 {
-            crate::bail_invalid!("group size must be a multiple of 8 (got {})", self.group_size);
+        if !self.group_size.is_multiple_of(8) {
+            crate::bail_invalid!(
+                "group size must be a multiple of 8 (got {})",
+                self.group_size
+            );
         }
         if self.method == Method::BitDelta && self.bits != 1 {
             crate::bail_invalid!("BitDelta is a 1-bit method (got {} bits)", self.bits);
@@ -109,7 +133,10 @@ pub enum StepLayout {
 pub enum SalientValues {
     F16(Vec<f16>),
     /// int8 with one f16 step per salient channel.
-    Q8 { values: Vec<i8>, steps: Vec<f16> },
+    Q8 {
+        values: Vec<i8>,
+        steps: Vec<f16>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -158,17 +185,26 @@ impl CompressedDelta {
         if !(1..=4).contains(&self.bits) {
             return bad(format!("unsupported code width {} bits", self.bits));
         }
-        if self.n_in % 8 != 0 || self.n_in == 0 || self.n_out == 0 {
-            return bad(format!("shape {}x{} is not supported (input width must be a positive multiple of 8)", self.n_out, self.n_in));
+        if !self.n_in.is_multiple_of(8) || self.n_in == 0 || self.n_out == 0 {
+            return bad(format!(
+                "shape {}x{} is not supported (input width must be a positive multiple of 8)",
+                self.n_out, self.n_in
+            ));
         }
         if self.codes.len() != self.row_code_bytes() * self.n_out {
-            return bad(format!("{} code bytes, expected {}", self.codes.len(), self.row_code_bytes() * self.n_out));
+            return bad(format!(
+                "{} code bytes, expected {}",
+                self.codes.len(),
+                self.row_code_bytes() * self.n_out
+            ));
         }
         let want_steps = match self.layout {
             StepLayout::Matrix => 1,
             StepLayout::Groups { group } => {
                 if group == 0 || group % 8 != 0 {
-                    return bad(format!("group size {group} is not a positive multiple of 8"));
+                    return bad(format!(
+                        "group size {group} is not a positive multiple of 8"
+                    ));
                 }
                 self.groups_per_row() * self.n_out
             }
@@ -179,14 +215,32 @@ impl CompressedDelta {
         if self.steps.iter().any(|s| !s.is_finite()) {
             return bad("a step is not finite".into());
         }
-        if self.salient_idx.windows(2).any(|w| w[0] >= w[1]) || self.salient_idx.last().is_some_and(|&c| c as usize >= self.n_in) {
-            return bad("salient channel indices are not sorted, distinct and below the input width".into());
+        if self.salient_idx.windows(2).any(|w| w[0] >= w[1])
+            || self
+                .salient_idx
+                .last()
+                .is_some_and(|&c| c as usize >= self.n_in)
+        {
+            return bad(
+                "salient channel indices are not sorted, distinct and below the input width".into(),
+            );
         }
         let n_sal = self.salient_idx.len();
         match &self.salient {
-            SalientValues::F16(v) if v.len() != n_sal * self.n_out => bad(format!("{} salient values, expected {}", v.len(), n_sal * self.n_out)),
-            SalientValues::Q8 { values, steps } if values.len() != n_sal * self.n_out || steps.len() != n_sal => {
-                bad(format!("{} salient values and {} steps, expected {} and {n_sal}", values.len(), steps.len(), n_sal * self.n_out))
+            SalientValues::F16(v) if v.len() != n_sal * self.n_out => bad(format!(
+                "{} salient values, expected {}",
+                v.len(),
+                n_sal * self.n_out
+            )),
+            SalientValues::Q8 { values, steps }
+                if values.len() != n_sal * self.n_out || steps.len() != n_sal =>
+            {
+                bad(format!(
+                    "{} salient values and {} steps, expected {} and {n_sal}",
+                    values.len(),
+                    steps.len(),
+                    n_sal * self.n_out
+                ))
             }
             _ => Ok(()),
         }
@@ -201,7 +255,11 @@ pub fn relative_error(approx: &[f32], exact: &[f32]) -> f64 {
         den += (e as f64).powi(2);
     }
     if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
     } else {
         (num / den).sqrt()
     }

@@ -12,8 +12,8 @@ use super::tensor::{check_name, check_shape, pad_to, TensorInfo, MAX_DIMS, MAX_N
 use super::value::{Array, Value, ValueType};
 use super::{alignment_from, MAGIC};
 use crate::error::{Error, Result};
-use crate::{bail_invalid, bail_unsupported};
 use crate::ggml_type::GgmlType;
+use crate::{bail_invalid, bail_unsupported};
 
 /// Smallest possible encoding of one key/value pair: key length (8), a non-empty key (1), the
 /// type tag (4) and the smallest value, one byte.
@@ -53,12 +53,22 @@ pub fn parse_header(bytes: &[u8], label: &str) -> Result<GgufHeader> {
 }
 
 /// [`parse_header`] plus the name -> position index it builds anyway to find duplicates.
-pub(crate) fn parse_with_index(bytes: &[u8], label: &str) -> Result<(GgufHeader, HashMap<String, usize>)> {
-    let mut r = Reader { buf: bytes, pos: 0, label };
+pub(crate) fn parse_with_index(
+    bytes: &[u8],
+    label: &str,
+) -> Result<(GgufHeader, HashMap<String, usize>)> {
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        label,
+    };
 
     let magic = r.take(4, &|| "the magic number".into())?;
     if magic != MAGIC {
-        bail_invalid!("{label}: not a GGUF file: bad magic \"{}\", expected \"GGUF\"", magic.escape_ascii());
+        bail_invalid!(
+            "{label}: not a GGUF file: bad magic \"{}\", expected \"GGUF\"",
+            magic.escape_ascii()
+        );
     }
     let version = r.u32(&|| "the version".into())?;
     check_version(version, label)?;
@@ -88,17 +98,21 @@ pub(crate) fn parse_with_index(bytes: &[u8], label: &str) -> Result<(GgufHeader,
         }
         metadata.insert(key, value);
     }
-    let alignment = alignment_from(&metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
+    let alignment =
+        alignment_from(&metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
 
-    // The tensor count was bounded by the whole remainder above; re-bound it by what is left
-    // after the metadata so the allocation below is at most proportional to the file.
+    // Tighter than the bound checked above: only what is left after the metadata can hold
+    // tensor infos, so the reservation never exceeds what the file could describe.
     let cap = (n_tensors as usize).min(r.remaining() / MIN_TENSOR_INFO_BYTES);
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(cap);
     let mut index: HashMap<String, usize> = HashMap::with_capacity(cap);
     for i in 0..n_tensors {
         let info = read_tensor_info(&mut r, i)?;
         if let Some(&first) = index.get(&info.name) {
-            bail_invalid!("{label}: tensor '{}' appears twice (tensors #{first} and #{i})", info.name);
+            bail_invalid!(
+                "{label}: tensor '{}' appears twice (tensors #{first} and #{i})",
+                info.name
+            );
         }
         index.insert(info.name.clone(), tensors.len());
         tensors.push(info);
@@ -107,11 +121,23 @@ pub(crate) fn parse_with_index(bytes: &[u8], label: &str) -> Result<(GgufHeader,
     // The data section starts at the end of the header rounded up to the alignment; ggml
     // seeks there without looking at the padding bytes, and so do we.
     let header_end = r.pos as u64;
-    let data_offset = pad_to(header_end, alignment)
-        .ok_or_else(|| Error::Invalid(format!("{label}: header size {header_end} overflows when padded")))?;
+    let data_offset = pad_to(header_end, alignment).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{label}: header size {header_end} overflows when padded"
+        ))
+    })?;
     check_data_layout(&tensors, alignment, data_offset, bytes.len() as u64, label)?;
 
-    Ok((GgufHeader { version, metadata, tensors, alignment, data_offset }, index))
+    Ok((
+        GgufHeader {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        },
+        index,
+    ))
 }
 
 fn check_version(version: u32, label: &str) -> Result<()> {
@@ -138,7 +164,13 @@ fn check_version(version: u32, label: &str) -> Result<()> {
 /// ggml requires each tensor to start exactly where the previous one ends, rounded up to the
 /// alignment, in header order (so offsets are fully determined by the shapes), and we require
 /// the data to lie inside the file so that slicing the map can never fail later.
-fn check_data_layout(tensors: &[TensorInfo], alignment: u64, data_offset: u64, file_len: u64, label: &str) -> Result<()> {
+fn check_data_layout(
+    tensors: &[TensorInfo],
+    alignment: u64,
+    data_offset: u64,
+    file_len: u64,
+    label: &str,
+) -> Result<()> {
     let mut expected = 0u64;
     let mut prev: Option<&str> = None;
     for t in tensors {
@@ -162,7 +194,9 @@ fn check_data_layout(tensors: &[TensorInfo], alignment: u64, data_offset: u64, f
         }
         // Validated by check_shape already, so this is the exact size.
         let n_bytes = t.n_bytes();
-        let end = data_offset.checked_add(offset).and_then(|s| s.checked_add(n_bytes));
+        let end = data_offset
+            .checked_add(offset)
+            .and_then(|s| s.checked_add(n_bytes));
         match end {
             Some(end) if end <= file_len => {}
             _ => bail_invalid!(
@@ -172,7 +206,11 @@ fn check_data_layout(tensors: &[TensorInfo], alignment: u64, data_offset: u64, f
         }
         expected = pad_to(n_bytes, alignment)
             .and_then(|p| expected.checked_add(p))
-            .ok_or_else(|| Error::Invalid(format!("{label}: tensor '{name}': data section size overflows")))?;
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{label}: tensor '{name}': data section size overflows"
+                ))
+            })?;
         prev = Some(name);
     }
     Ok(())
@@ -210,8 +248,11 @@ fn read_kv(r: &mut Reader<'_>, i: u64) -> Result<(String, Value)> {
 }
 
 fn value_type(tag: u32, key: &str, label: &str) -> Result<ValueType> {
-    ValueType::from_u32(tag)
-        .ok_or_else(|| Error::Invalid(format!("{label}: metadata key '{key}' has unknown value type id {tag}")))
+    ValueType::from_u32(tag).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{label}: metadata key '{key}' has unknown value type id {tag}"
+        ))
+    })
 }
 
 fn read_scalar(r: &mut Reader<'_>, ty: ValueType, key: &str) -> Result<Value> {
@@ -233,7 +274,9 @@ fn read_scalar(r: &mut Reader<'_>, ty: ValueType, key: &str) -> Result<Value> {
         }
         ValueType::String => Value::String(r.string(&what)?),
         // read_kv handles arrays before calling us; reaching this is a caller bug, not bad input.
-        ValueType::Array => bail_invalid!("{}: metadata key '{key}': unexpected nested array", r.label),
+        ValueType::Array => {
+            bail_invalid!("{}: metadata key '{key}': unexpected nested array", r.label)
+        }
     })
 }
 
@@ -256,9 +299,7 @@ fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<
     if elem == ValueType::String {
         // Each string costs at least its 8-byte length prefix.
         if n > (left / STRING_LEN_BYTES) as u64 {
-            bail_invalid!(
-                "{label}: metadata key '{key}': array of {n} strings cannot fit in the {left} bytes left"
-            );
+            bail_invalid!("{label}: metadata key '{key}': array of {n} strings cannot fit in the {left} bytes left");
         }
         let mut v = Vec::with_capacity(n as usize);
         for j in 0..n {
@@ -273,7 +314,9 @@ fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<
             "{label}: metadata key '{key}': array of {n} {elem} elements cannot fit in the {left} bytes left"
         );
     };
-    let data = r.take(total as usize, &|| format!("the elements of metadata key '{key}'"))?;
+    let data = r.take(total as usize, &|| {
+        format!("the elements of metadata key '{key}'")
+    })?;
     Ok(match elem {
         ValueType::U8 => Array::U8(data.to_vec()),
         ValueType::I8 => Array::I8(data.iter().map(|&b| b as i8).collect()),
@@ -322,7 +365,10 @@ fn read_tensor_info(r: &mut Reader<'_>, i: u64) -> Result<TensorInfo> {
     }
     let name = match std::str::from_utf8(name_bytes) {
         Ok(n) => n.to_string(),
-        Err(_) => bail_invalid!("{label}: tensor #{i} (\"{}\"): name is not valid UTF-8", name_bytes.escape_ascii()),
+        Err(_) => bail_invalid!(
+            "{label}: tensor #{i} (\"{}\"): name is not valid UTF-8",
+            name_bytes.escape_ascii()
+        ),
     };
     if let Err(e) = check_name(&name) {
         bail_invalid!("{label}: tensor #{i} ('{}'): {e}", name.escape_debug());
@@ -344,7 +390,12 @@ fn read_tensor_info(r: &mut Reader<'_>, i: u64) -> Result<TensorInfo> {
         bail_invalid!("{label}: tensor '{name}': {e}");
     }
     let offset = r.u64(&|| format!("the data offset of tensor '{name}'"))?;
-    Ok(TensorInfo { name, ty, ne, offset })
+    Ok(TensorInfo {
+        name,
+        ty,
+        ne,
+        offset,
+    })
 }
 
 /// Bounds-checked little-endian cursor. `what` closures describe the item being read for error
@@ -363,7 +414,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize, what: What<'_>) -> Result<&'a [u8]> {
-        let slice = self.pos.checked_add(n).and_then(|end| self.buf.get(self.pos..end));
+        let slice = self
+            .pos
+            .checked_add(n)
+            .and_then(|end| self.buf.get(self.pos..end));
         match slice {
             Some(s) => {
                 self.pos += n;

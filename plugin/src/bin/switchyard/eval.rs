@@ -40,7 +40,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     );
     println!("codec: {} {} bits, salient {:.2}%; baselines on the same deltas: rtn {} bits per output row, bitdelta 1 bit", p.method.name(), p.bits, 100.0 * p.salient_fraction, p.bits);
     if !a.summary {
-        println!("{:<28} {:>9} | {:>9} {:>6} | {:>9} {:>6} | {:>9} {:>6}", "tensor", "params", "codec", "bits", "rtn", "bits", "bitdelta", "bits");
+        println!(
+            "{:<28} {:>9} | {:>9} {:>6} | {:>9} {:>6} | {:>9} {:>6}",
+            "tensor", "params", "codec", "bits", "rtn", "bits", "bitdelta", "bits"
+        );
         for t in &report.tensors {
             println!(
                 "{:<28} {:>9} | {:>9.5} {:>6.3} | {:>9.5} {:>6.3} | {:>9.5} {:>6.3}",

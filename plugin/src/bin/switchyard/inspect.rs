@@ -31,8 +31,19 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let size = bundle.file.file_size();
     let base_bytes: u64 = bundle.base_tensors().map(|t| t.n_bytes()).sum();
     let n_base = bundle.base_tensors().count();
-    println!("bundle {} ({}), format version {}", a.file.display(), crate::mib(size), bundle.file.metadata.get_u32(KEY_FORMAT_VERSION)?);
-    println!("base: {} '{}', {n_base} tensors, {} ({})", arch(&bundle.file), name(&bundle.file), crate::mib(base_bytes), type_mix(bundle.base_tensors().map(|t| t.ty.name())));
+    println!(
+        "bundle {} ({}), format version {}",
+        a.file.display(),
+        crate::mib(size),
+        bundle.file.metadata.get_u32(KEY_FORMAT_VERSION)?
+    );
+    println!(
+        "base: {} '{}', {n_base} tensors, {} ({})",
+        arch(&bundle.file),
+        name(&bundle.file),
+        crate::mib(base_bytes),
+        type_mix(bundle.base_tensors().map(|t| t.ty.name()))
+    );
     let verified = if a.no_verify {
         "not verified"
     } else {
@@ -47,7 +58,11 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         let mut linear_bytes = 0u64;
         let mut lines = Vec::new();
         let mut other = 0u64;
-        for tname in bundle.changed_tensors(e).map(String::from).collect::<Vec<_>>() {
+        for tname in bundle
+            .changed_tensors(e)
+            .map(String::from)
+            .collect::<Vec<_>>()
+        {
             let d = bundle.delta(e, &tname)?.expect("listed as changed");
             let t = bundle.file.tensor(&tname).expect("validated");
             match &d {
@@ -72,7 +87,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
                 _ => {
                     other += d.stored_bytes() as u64;
                     let bits = d.stored_bytes() as f64 * 8.0 / t.n_elements() as f64;
-                    lines.push(format!("    {:<28} {:<7} {:>5.2} bits/param  {:>10}", tname, d.kind(), bits, crate::mib(d.stored_bytes() as u64)));
+                    lines.push(format!(
+                        "    {:<28} {:<7} {:>5.2} bits/param  {:>10}",
+                        tname,
+                        d.kind(),
+                        bits,
+                        crate::mib(d.stored_bytes() as u64)
+                    ));
                 }
             }
         }
@@ -81,12 +102,20 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             info.name,
             p.method.name(),
             p.bits,
-            if p.group_size == 0 { "row".to_string() } else { p.group_size.to_string() },
+            if p.group_size == 0 {
+                "row".to_string()
+            } else {
+                p.group_size.to_string()
+            },
             100.0 * p.salient_fraction,
             p.salient_bits,
             info.imatrix.as_deref().unwrap_or("none")
         );
-        let bpp = if linear_params > 0 { linear_bytes as f64 * 8.0 / linear_params as f64 } else { 0.0 };
+        let bpp = if linear_params > 0 {
+            linear_bytes as f64 * 8.0 / linear_params as f64
+        } else {
+            0.0
+        };
         println!(
             "    {} tensors changed, {} stored: linear deltas {} at {bpp:.3} bits/param, other {}",
             lines.len(),
@@ -102,27 +131,55 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn arch(f: &GgufFile) -> String {
-    f.metadata.opt_str("general.architecture").ok().flatten().unwrap_or("?").to_string()
+    f.metadata
+        .opt_str("general.architecture")
+        .ok()
+        .flatten()
+        .unwrap_or("?")
+        .to_string()
 }
 
 fn name(f: &GgufFile) -> String {
-    f.metadata.opt_str("general.name").ok().flatten().unwrap_or("").to_string()
+    f.metadata
+        .opt_str("general.name")
+        .ok()
+        .flatten()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn type_mix<'a>(types: impl Iterator<Item = &'a str>) -> String {
     let mut m: BTreeMap<&str, usize> = BTreeMap::new();
     types.for_each(|t| *m.entry(t).or_default() += 1);
-    m.iter().map(|(t, n)| format!("{t} x{n}")).collect::<Vec<_>>().join(", ")
+    m.iter()
+        .map(|(t, n)| format!("{t} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn inspect_plain(f: &GgufFile, summary: bool) -> Result<()> {
-    println!("GGUF v{} {} ({}), not a switchyard bundle", f.version, f.label(), crate::mib(f.file_size()));
-    println!("architecture {} '{}', {} tensors ({})", arch(f), name(f), f.tensors.len(), type_mix(f.tensors.iter().map(|t| t.ty.name())));
+    println!(
+        "GGUF v{} {} ({}), not a switchyard bundle",
+        f.version,
+        f.label(),
+        crate::mib(f.file_size())
+    );
+    println!(
+        "architecture {} '{}', {} tensors ({})",
+        arch(f),
+        name(f),
+        f.tensors.len(),
+        type_mix(f.tensors.iter().map(|t| t.ty.name()))
+    );
     println!("metadata: {} keys", f.metadata.len());
     for (k, v) in f.metadata.iter() {
         let shown = match v {
             Value::Array(a) => format!("[{} items]", a.len()),
-            Value::String(s) if s.len() > 80 => format!("\"{}...\" ({} bytes)", &s[..s.floor_char_boundary(60)], s.len()),
+            Value::String(s) if s.len() > 80 => format!(
+                "\"{}...\" ({} bytes)",
+                &s[..s.floor_char_boundary(60)],
+                s.len()
+            ),
             other => format!("{other:?}"),
         };
         println!("  {k} = {shown}");

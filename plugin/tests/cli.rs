@@ -1,0 +1,331 @@
+//! The `switchyard` command line end to end, with the real SmolLM2 tokenizer and the pinned
+//! stock llama.cpp: extracted experts must load and run there.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{listing, sy_err, sy_ok, Tiny};
+use switchyard::imatrix::Imatrix;
+use switchyard::GgmlType;
+
+/// Perplexity of `model` over a fixed real text with llama.cpp; None if it failed to load.
+fn llama_perplexity(bin: &Path, model: &Path) -> f64 {
+    let out = Command::new(bin.join("llama-perplexity"))
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "-f",
+            "/usr/share/common-licenses/Apache-2.0",
+            "-c",
+            "128",
+            "--chunks",
+            "4",
+            "-t",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "llama-perplexity failed on {}:\n{log}",
+        model.display()
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("Final estimate: PPL ="))
+        .expect("no PPL line");
+    line.split("PPL =")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn pack_inspect_eval_extract_and_run_in_stock_llama_cpp() {
+    let Some(smol) = common::smollm2() else {
+        return;
+    };
+    let t = Tiny::new(GgmlType::Q8_0, Some(&smol));
+    let bundle = t.path("bundle.gguf");
+    let b = bundle.to_str().unwrap();
+    let [math, code] = [&t.experts[0], &t.experts[1]].map(|(n, d)| format!("{n}={}", d.display()));
+    let out = sy_ok(&[
+        "pack",
+        "--base-gguf",
+        t.base_gguf.to_str().unwrap(),
+        "--base",
+        t.base_hf.to_str().unwrap(),
+        "--expert",
+        &math,
+        "--expert",
+        &code,
+        "-o",
+        b,
+    ]);
+    assert!(
+        out.contains("expert math") && out.contains("expert code"),
+        "{out}"
+    );
+
+    let out = sy_ok(&["inspect", b]);
+    for needle in [
+        "format version 1",
+        "(verified)",
+        "math : codec salient, 2 bits",
+        "code : codec salient",
+        "blk.1.ffn_down.weight",
+        "bits/param",
+    ] {
+        assert!(out.contains(needle), "inspect lacks {needle:?}:\n{out}");
+    }
+
+    let out = sy_ok(&[
+        "eval",
+        b,
+        "--expert",
+        "math",
+        "--reference",
+        t.experts[0].1.to_str().unwrap(),
+    ]);
+    let ratio_line = out
+        .lines()
+        .find(|l| l.starts_with("codec error / rtn error"))
+        .expect(&out);
+    let ratio: f64 = ratio_line
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ratio <= 0.5, "{ratio_line}");
+
+    let math_gguf = t.path("math.gguf");
+    let out = sy_ok(&[
+        "extract",
+        b,
+        "--expert",
+        "math",
+        "-o",
+        math_gguf.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("q8_0 -> f16") && out.contains("f32 -> f32"),
+        "{out}"
+    );
+    let base_gguf = t.path("base-extracted.gguf");
+    sy_ok(&[
+        "extract",
+        b,
+        "--expert",
+        "base",
+        "-o",
+        base_gguf.to_str().unwrap(),
+    ]);
+
+    let Some(bin) = common::llama_bin() else {
+        return;
+    };
+    let p_base = llama_perplexity(&bin, &t.base_gguf);
+    let p_base2 = llama_perplexity(&bin, &base_gguf);
+    let p_math = llama_perplexity(&bin, &math_gguf);
+    assert_eq!(
+        p_base, p_base2,
+        "extracting 'base' must give the base model exactly"
+    );
+    assert!(
+        p_math.is_finite() && p_math != p_base,
+        "expert ppl {p_math} vs base {p_base}"
+    );
+    // Stock llama.cpp refuses a bundle (documented in docs/FORMAT.md).
+    let out = Command::new(bin.join("llama-perplexity"))
+        .args([
+            "-m",
+            b,
+            "-f",
+            "/usr/share/common-licenses/Apache-2.0",
+            "-c",
+            "128",
+            "--chunks",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong number of tensors"));
+}
+
+#[test]
+fn real_imatrix_files_in_both_formats_agree_and_drive_pack() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_bin()) else {
+        return;
+    };
+    let t = Tiny::new(GgmlType::F32, Some(&smol));
+    let mut means = Vec::new();
+    for format in ["gguf", "dat"] {
+        let out = t.path(&format!("imatrix.{format}"));
+        let run = Command::new(bin.join("llama-imatrix"))
+            .args([
+                "-m",
+                t.base_gguf.to_str().unwrap(),
+                "-f",
+                "/usr/share/common-licenses/Apache-2.0",
+                "-c",
+                "128",
+                "--chunks",
+                "3",
+                "-t",
+                "2",
+            ])
+            .args(["--output-format", format, "-o", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "llama-imatrix: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        means.push(Imatrix::load(&out).unwrap());
+    }
+    let (g, d) = (&means[0], &means[1]);
+    assert_eq!(g.len(), d.len());
+    for name in ["blk.0.attn_q.weight", "blk.1.ffn_down.weight"] {
+        let (a, b) = (g.get(name).unwrap(), d.get(name).unwrap());
+        assert_eq!(a.len(), if name.contains("ffn_down") { 128 } else { 64 });
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-4 * x.abs().max(1e-6),
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+    let bundle = t.path("bundle.gguf");
+    let math = format!("math={}", t.experts[0].1.display());
+    sy_ok(&[
+        "pack",
+        "--base-gguf",
+        t.base_gguf.to_str().unwrap(),
+        "--base",
+        t.base_hf.to_str().unwrap(),
+        "--expert",
+        &math,
+        "--imatrix",
+        t.path("imatrix.dat").to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    let out = sy_ok(&["inspect", bundle.to_str().unwrap(), "--summary"]);
+    assert!(out.contains("imatrix imatrix.dat"), "{out}");
+}
+
+#[test]
+fn command_line_errors_are_clear_and_leave_no_output() {
+    let t = Tiny::new(GgmlType::F32, None);
+    let dir = t.dir.path();
+    let before = listing(dir);
+    let out = t.path("out.gguf");
+    let o = out.to_str().unwrap();
+    let err = sy_err(&["inspect", t.path("nope.gguf").to_str().unwrap()]);
+    assert!(
+        err.contains("nope.gguf") && err.contains("No such file"),
+        "{err}"
+    );
+    let err = sy_err(&[
+        "pack",
+        "--base-gguf",
+        t.base_gguf.to_str().unwrap(),
+        "--base",
+        t.base_hf.to_str().unwrap(),
+        "--expert",
+        "no-equals-sign",
+        "-o",
+        o,
+    ]);
+    assert!(err.contains("NAME=DIR"), "{err}");
+    let math = format!("math={}", t.experts[0].1.display());
+    let err = sy_err(&[
+        "pack",
+        "--base-gguf",
+        t.base_gguf.to_str().unwrap(),
+        "--base",
+        t.base_hf.to_str().unwrap(),
+        "--expert",
+        &math,
+        "--bits",
+        "7",
+        "-o",
+        o,
+    ]);
+    assert!(err.contains("bits must be 1, 2, 3 or 4"), "{err}");
+    let err = sy_err(&[
+        "pack",
+        "--base-gguf",
+        t.base_gguf.to_str().unwrap(),
+        "--base",
+        t.base_hf.to_str().unwrap(),
+        "--expert",
+        &math,
+        "--imatrix",
+        t.base_gguf.to_str().unwrap(),
+        "-o",
+        o,
+    ]);
+    assert!(err.contains("in_sum2"), "{err}");
+    // A truncated bundle given to extract.
+    let b = t.path("b.gguf");
+    sy_ok(&[
+        "pack",
+        "--base-gguf",
+        t.base_gguf.to_str().unwrap(),
+        "--base",
+        t.base_hf.to_str().unwrap(),
+        "--expert",
+        &math,
+        "-o",
+        b.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&b).unwrap();
+    std::fs::write(&b, &bytes[..bytes.len() - 100]).unwrap();
+    let err = sy_err(&["extract", b.to_str().unwrap(), "--expert", "math", "-o", o]);
+    assert!(err.contains("b.gguf"), "{err}");
+    std::fs::write(&b, &bytes).unwrap();
+    let err = sy_err(&[
+        "extract",
+        b.to_str().unwrap(),
+        "--expert",
+        "physics",
+        "-o",
+        o,
+    ]);
+    assert!(
+        err.contains("no expert 'physics'") && err.contains("math"),
+        "{err}"
+    );
+    std::fs::remove_file(&b).unwrap();
+    assert_eq!(listing(dir), before, "failed commands left files behind");
+}
+
+#[test]
+fn bench_decompress_reports_a_ratio_against_memcpy() {
+    let out = sy_ok(&[
+        "bench",
+        "decompress",
+        "--rows",
+        "256",
+        "--cols",
+        "512",
+        "--iters",
+        "3",
+    ]);
+    assert!(out.contains("ratio reconstruct/memcpy = "), "{out}");
+}

