@@ -33,42 +33,15 @@ pub fn arch_metadata(arch: Arch, c: &HfConfig, name: &str, ty: GgmlType) -> Meta
     m.insert("general.architecture", Value::String(a.into()));
     m.insert("general.name", Value::String(name.into()));
     m.insert("general.file_type", Value::U32(file_type(ty)));
-    m.insert(
-        format!("{a}.block_count"),
-        Value::U32(c.num_hidden_layers as u32),
-    );
-    m.insert(
-        format!("{a}.context_length"),
-        Value::U32(c.max_position_embeddings as u32),
-    );
-    m.insert(
-        format!("{a}.embedding_length"),
-        Value::U32(c.hidden_size as u32),
-    );
-    m.insert(
-        format!("{a}.feed_forward_length"),
-        Value::U32(c.intermediate_size as u32),
-    );
-    m.insert(
-        format!("{a}.attention.head_count"),
-        Value::U32(c.num_attention_heads as u32),
-    );
-    m.insert(
-        format!("{a}.attention.head_count_kv"),
-        Value::U32(c.n_head_kv() as u32),
-    );
-    m.insert(
-        format!("{a}.rope.freq_base"),
-        Value::F32(c.rope_theta as f32),
-    );
-    m.insert(
-        format!("{a}.attention.layer_norm_rms_epsilon"),
-        Value::F32(c.rms_norm_eps as f32),
-    );
-    m.insert(
-        format!("{a}.rope.dimension_count"),
-        Value::U32(c.head_dim() as u32),
-    );
+    m.insert(format!("{a}.block_count"), Value::U32(c.num_hidden_layers as u32));
+    m.insert(format!("{a}.context_length"), Value::U32(c.max_position_embeddings as u32));
+    m.insert(format!("{a}.embedding_length"), Value::U32(c.hidden_size as u32));
+    m.insert(format!("{a}.feed_forward_length"), Value::U32(c.intermediate_size as u32));
+    m.insert(format!("{a}.attention.head_count"), Value::U32(c.num_attention_heads as u32));
+    m.insert(format!("{a}.attention.head_count_kv"), Value::U32(c.n_head_kv() as u32));
+    m.insert(format!("{a}.rope.freq_base"), Value::F32(c.rope_theta as f32));
+    m.insert(format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32));
+    m.insert(format!("{a}.rope.dimension_count"), Value::U32(c.head_dim() as u32));
     m.insert(format!("{a}.vocab_size"), Value::U32(c.vocab_size as u32));
     m
 }
@@ -78,10 +51,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<HfConfig> {
     let md = &file.metadata;
     let a = md.get_str("general.architecture")?;
     let arch = Arch::from_gguf_name(a).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{}: architecture '{a}' is not supported (llama, qwen2)",
-            file.label()
-        ))
+        Error::Unsupported(format!("{}: architecture '{a}' is not supported (llama, qwen2)", file.label()))
     })?;
     let key = |k: &str| format!("{a}.{k}");
     let vocab = match md.opt_u32(&key("vocab_size"))? {
@@ -90,9 +60,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<HfConfig> {
     };
     let n_head = md.get_u32(&key("attention.head_count"))? as usize;
     let hidden = md.get_u32(&key("embedding_length"))? as usize;
-    let head_dim = md
-        .opt_u32(&key("rope.dimension_count"))?
-        .map(|d| d as usize);
+    let head_dim = md.opt_u32(&key("rope.dimension_count"))?.map(|d| d as usize);
     Ok(HfConfig {
         model_type: arch.gguf_name().into(),
         architectures: vec![match arch {
@@ -103,15 +71,9 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<HfConfig> {
         intermediate_size: md.get_u32(&key("feed_forward_length"))? as usize,
         num_hidden_layers: md.get_u32(&key("block_count"))? as usize,
         num_attention_heads: n_head,
-        num_key_value_heads: Some(
-            md.opt_u32(&key("attention.head_count_kv"))?
-                .map_or(n_head, |v| v as usize),
-        ),
+        num_key_value_heads: Some(md.opt_u32(&key("attention.head_count_kv"))?.map_or(n_head, |v| v as usize)),
         vocab_size: vocab,
-        rms_norm_eps: shortest_f64(
-            md.opt_f32(&key("attention.layer_norm_rms_epsilon"))?
-                .unwrap_or(1e-5),
-        ),
+        rms_norm_eps: shortest_f64(md.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5)),
         rope_theta: shortest_f64(md.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0)),
         max_position_embeddings: md.opt_u32(&key("context_length"))?.unwrap_or(2048) as usize,
         tie_word_embeddings: file.tensor("output.weight").is_none(),
@@ -129,34 +91,18 @@ fn shortest_f64(v: f32) -> f64 {
 /// Write `hf` as a GGUF: architecture keys from its config, `tokenizer.*` keys copied from
 /// `tokenizer_from` (llama.cpp needs them to load the model; switchyard does not), 2-D weights
 /// in `ty`, everything else F32.
-pub fn hf_to_gguf(
-    hf: &HfModel,
-    tokenizer_from: Option<&GgufFile>,
-    name: &str,
-    ty: GgmlType,
-    out: &Path,
-) -> Result<()> {
+pub fn hf_to_gguf(hf: &HfModel, tokenizer_from: Option<&GgufFile>, name: &str, ty: GgmlType, out: &Path) -> Result<()> {
     let mut md = arch_metadata(hf.arch, &hf.config, name, ty);
-    for (k, v) in tokenizer_from
-        .iter()
-        .flat_map(|t| t.metadata.iter())
-        .filter(|(k, _)| k.starts_with("tokenizer."))
-    {
+    for (k, v) in tokenizer_from.iter().flat_map(|t| t.metadata.iter()).filter(|(k, _)| k.starts_with("tokenizer.")) {
         md.insert(k, v.clone());
     }
     let mut names: Vec<String> = Vec::new();
     for hf_name in hf.tensor_names() {
-        if hf::is_ignored_hf_tensor(hf_name)
-            || (hf_name == "lm_head.weight" && hf.config.tie_word_embeddings)
-        {
+        if hf::is_ignored_hf_tensor(hf_name) || (hf_name == "lm_head.weight" && hf.config.tie_word_embeddings) {
             continue;
         }
-        let g = hf::gguf_name(hf_name).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{}: tensor '{hf_name}' has no GGUF name",
-                hf.dir.display()
-            ))
-        })?;
+        let g = hf::gguf_name(hf_name)
+            .ok_or_else(|| Error::Unsupported(format!("{}: tensor '{hf_name}' has no GGUF name", hf.dir.display())))?;
         names.push(g);
     }
     names.sort_by_key(|n| gguf_order_key(n));
@@ -164,11 +110,7 @@ pub fn hf_to_gguf(
     let mut data = Vec::new();
     for g in &names {
         let (values, ne) = hf.gguf_tensor(g)?;
-        let t = if ne.len() >= 2 && ne[0] % ty.block_size() as u64 == 0 {
-            ty
-        } else {
-            GgmlType::F32
-        };
+        let t = if ne.len() >= 2 && ne[0] % ty.block_size() as u64 == 0 { ty } else { GgmlType::F32 };
         let bytes = quants::quantize_par(t, &values, ne[0] as usize)
             .map_err(|e| Error::Invalid(format!("tensor '{g}': {e}")))?;
         infos.push(TensorInfoOut::new(g.clone(), t, ne));
@@ -201,19 +143,11 @@ pub fn gguf_to_hf(file: &GgufFile, out_dir: &Path, dtype: Dtype) -> Result<()> {
     let mut tensors = Vec::new();
     for t in &file.tensors {
         let hf_name = hf::hf_name(&t.name).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{}: tensor '{}' has no Hugging Face name",
-                file.label(),
-                t.name
-            ))
+            Error::Unsupported(format!("{}: tensor '{}' has no Hugging Face name", file.label(), t.name))
         })?;
-        let mut values = quants::dequantize_par(
-            t.ty,
-            file.try_tensor_data(t)?,
-            t.n_elements() as usize,
-            t.ne[0] as usize,
-        )
-        .map_err(|e| Error::Invalid(format!("{}: tensor '{}': {e}", file.label(), t.name)))?;
+        let mut values =
+            quants::dequantize_par(t.ty, file.try_tensor_data(t)?, t.n_elements() as usize, t.ne[0] as usize)
+                .map_err(|e| Error::Invalid(format!("{}: tensor '{}': {e}", file.label(), t.name)))?;
         let shape: Vec<usize> = t.ne.iter().rev().map(|&d| d as usize).collect();
         if let Some(n_head) = hf::rope_permute_heads(arch, &config, &t.name) {
             values = hf::permute_rows(&values, shape[0], n_head, Direction::GgufToHf);

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// An operating-system error on a named file.
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// Input that is malformed, truncated, inconsistent or does not match what it is used with.
     /// The message already names the file and the tensor or key.
     #[error("{0}")]
@@ -24,10 +21,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), source }
     }
 }
 

@@ -77,19 +77,11 @@ fn score(approx: &[f32], exact: &[f32], bits: f64) -> Score {
 
 /// Compare expert `expert`'s stored linear-weight deltas with the exact deltas of `reference`.
 /// Baselines: round-to-nearest per output row at the codec's bits, and BitDelta (1 bit).
-pub fn eval(
-    bundle: &Bundle,
-    expert: &str,
-    reference: &Path,
-    progress: &dyn Fn(u64, u64),
-) -> Result<EvalReport> {
+pub fn eval(bundle: &Bundle, expert: &str, reference: &Path, progress: &dyn Fn(u64, u64)) -> Result<EvalReport> {
     let e = bundle.expert_index(expert)?;
     let params = bundle.experts[e].params;
     let model = HfModel::open(reference)?;
-    let linear: Vec<_> = bundle
-        .base_tensors()
-        .filter(|t| is_linear_weight(&t.name, &t.ne))
-        .collect();
+    let linear: Vec<_> = bundle.base_tensors().filter(|t| is_linear_weight(&t.name, &t.ne)).collect();
     let mut tensors = Vec::new();
     for (k, t) in linear.iter().enumerate() {
         progress(k as u64, linear.len() as u64);
@@ -124,11 +116,7 @@ pub fn eval(
         let baseline = |p: CodecParams| -> Result<Score> {
             let c = codec::compress(&exact, n_in, n / n_in, None, &p)
                 .map_err(|e| Error::Invalid(format!("tensor '{}': {e}", t.name)))?;
-            Ok(score(
-                &codec::decompress_f32(&c),
-                &exact,
-                c.bits_per_param(),
-            ))
+            Ok(score(&codec::decompress_f32(&c), &exact, c.bits_per_param()))
         };
         tensors.push(TensorEval {
             name: t.name.clone(),
@@ -139,9 +127,5 @@ pub fn eval(
         });
     }
     progress(linear.len() as u64, linear.len() as u64);
-    Ok(EvalReport {
-        expert: expert.to_string(),
-        params,
-        tensors,
-    })
+    Ok(EvalReport { expert: expert.to_string(), params, tensors })
 }

@@ -24,12 +24,7 @@ pub enum ExtractType {
 
 /// The type a changed tensor is written in. 1-D tensors (norms, biases) and whole
 /// replacements are always F32 so they stay exact.
-pub fn output_type(
-    choice: ExtractType,
-    base_ty: GgmlType,
-    ne: &[u64],
-    delta: &TensorDelta,
-) -> GgmlType {
+pub fn output_type(choice: ExtractType, base_ty: GgmlType, ne: &[u64], delta: &TensorDelta) -> GgmlType {
     if ne.len() == 1 || matches!(delta, TensorDelta::Replace { .. }) {
         return GgmlType::F32;
     }
@@ -57,17 +52,9 @@ pub fn extract(
     out: &Path,
     progress: &dyn Fn(u64, u64),
 ) -> Result<ExtractReport> {
-    let e = if expert == "base" {
-        None
-    } else {
-        Some(bundle.expert_index(expert)?)
-    };
+    let e = if expert == "base" { None } else { Some(bundle.expert_index(expert)?) };
     let mut metadata = bundle.file.metadata.clone();
-    let ours: Vec<String> = metadata
-        .keys()
-        .filter(|k| k.starts_with(PREFIX))
-        .map(String::from)
-        .collect();
+    let ours: Vec<String> = metadata.keys().filter(|k| k.starts_with(PREFIX)).map(String::from).collect();
     for k in ours {
         metadata.remove(&k);
     }

@@ -125,9 +125,7 @@ impl GgmlType {
 
     /// Parse a type name as `name()` prints it (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        (0..64)
-            .filter_map(Self::from_u32)
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        (0..64).filter_map(Self::from_u32).find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// (elements per block, bytes per block), ggml's `blck_size` and `type_size`.
@@ -191,8 +189,7 @@ impl GgmlType {
     pub fn tensor_bytes(self, ne: &[u64]) -> Result<u64> {
         let row = self.row_bytes(*ne.first().unwrap_or(&1))?;
         ne.iter().skip(1).try_fold(row, |acc, &d| {
-            acc.checked_mul(d)
-                .ok_or_else(|| Error::Invalid(format!("tensor of shape {ne:?} overflows")))
+            acc.checked_mul(d).ok_or_else(|| Error::Invalid(format!("tensor of shape {ne:?} overflows")))
         })
     }
 }

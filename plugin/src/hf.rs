@@ -99,8 +99,7 @@ impl HfConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 }
 
@@ -126,26 +125,20 @@ impl HfModel {
     pub fn open(dir: &Path) -> Result<HfModel> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", config_path.display())))?;
+        let config: HfConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", config_path.display())))?;
         let arch = config.arch(dir)?;
 
         let index_path = dir.join("model.safetensors.index.json");
         let shard_names: Vec<String> = if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let index: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", index_path.display())))?;
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let index: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", index_path.display())))?;
             let map = index
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| {
-                    Error::Invalid(format!("{}: no 'weight_map' object", index_path.display()))
-                })?;
-            let mut names: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
+                .ok_or_else(|| Error::Invalid(format!("{}: no 'weight_map' object", index_path.display())))?;
+            let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
             names.sort();
             names.dedup();
             names
@@ -157,19 +150,15 @@ impl HfModel {
         let mut tensors = BTreeMap::new();
         for (i, name) in shard_names.iter().enumerate() {
             if name.contains('/') || name.contains("..") {
-                crate::bail_invalid!(
-                    "{}: shard name '{name}' leaves the folder",
-                    index_path.display()
-                );
+                crate::bail_invalid!("{}: shard name '{name}' leaves the folder", index_path.display());
             }
             let path = dir.join(name);
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: read-only map of a file we do not modify; a concurrent writer could
             // change the bytes under us, which is the same contract every mmap loader has.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-                Error::Invalid(format!("{}: not a safetensors file: {e}", path.display()))
-            })?;
+            let (header_len, meta) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
             let data_start = 8 + header_len;
             for (tname, info) in meta.tensors() {
                 let (a, b) = info.data_offsets;
@@ -180,21 +169,12 @@ impl HfModel {
                     range: (data_start + a, data_start + b),
                 };
                 if tensors.insert(tname.clone(), entry).is_some() {
-                    crate::bail_invalid!(
-                        "{}: tensor '{tname}' appears in two shards",
-                        path.display()
-                    );
+                    crate::bail_invalid!("{}: tensor '{tname}' appears in two shards", path.display());
                 }
             }
             shards.push((path, mmap));
         }
-        Ok(HfModel {
-            dir: dir.to_path_buf(),
-            config,
-            arch,
-            shards,
-            tensors,
-        })
+        Ok(HfModel { dir: dir.to_path_buf(), config, arch, shards, tensors })
     }
 
     pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
@@ -227,28 +207,19 @@ impl HfModel {
                 if bytes.len() != n * 4 {
                     return Err(bad_len());
                 }
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
             }
             Dtype::F16 => {
                 if bytes.len() != n * 2 {
                     return Err(bad_len());
                 }
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect()
+                bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
             }
             Dtype::BF16 => {
                 if bytes.len() != n * 2 {
                     return Err(bad_len());
                 }
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect()
+                bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
             }
             other => crate::bail_unsupported!(
                 "{}: tensor '{name}' has dtype {other:?}; only F32, F16 and BF16 are supported",
@@ -261,16 +232,10 @@ impl HfModel {
     /// (`ne`, fastest dimension first).
     pub fn gguf_tensor(&self, gguf_name: &str) -> Result<(Vec<f32>, Vec<u64>)> {
         let hf = hf_name(gguf_name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: no Hugging Face tensor maps to '{gguf_name}'",
-                self.dir.display()
-            ))
+            Error::Invalid(format!("{}: no Hugging Face tensor maps to '{gguf_name}'", self.dir.display()))
         })?;
         let shape = self.shape(&hf).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: missing tensor '{hf}' (for '{gguf_name}')",
-                self.dir.display()
-            ))
+            Error::Invalid(format!("{}: missing tensor '{hf}' (for '{gguf_name}')", self.dir.display()))
         })?;
         let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         let mut data = self.tensor_f32(&hf)?;
@@ -319,8 +284,7 @@ pub fn permute_rows(data: &[f32], n_rows: usize, n_head: usize, dir: Direction) 
                     Direction::HfToGguf => (hf_row, gguf_row),
                     Direction::GgufToHf => (gguf_row, hf_row),
                 };
-                out[dst * row_len..(dst + 1) * row_len]
-                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
+                out[dst * row_len..(dst + 1) * row_len].copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
             }
         }
     }
@@ -393,28 +357,17 @@ pub fn write_hf_folder(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     dtype: Dtype,
 ) -> Result<()> {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".switchyard-hf-")
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
+    let tmp =
+        tempfile::Builder::new().prefix(".switchyard-hf-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
     let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, shape, data)| {
             let bytes = match dtype {
                 Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Dtype::BF16 => data
-                    .iter()
-                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                Dtype::F16 => data
-                    .iter()
-                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                    .collect(),
+                Dtype::BF16 => data.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+                Dtype::F16 => data.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
                 _ => Vec::new(),
             };
             (name.clone(), shape.clone(), bytes)
@@ -451,21 +404,14 @@ mod tests {
 
     #[test]
     fn names_map_both_ways() {
-        for g in [
-            "token_embd.weight",
-            "output.weight",
-            "blk.3.attn_q.weight",
-            "blk.12.ffn_down.weight",
-            "blk.0.attn_k.bias",
-        ] {
+        for g in
+            ["token_embd.weight", "output.weight", "blk.3.attn_q.weight", "blk.12.ffn_down.weight", "blk.0.attn_k.bias"]
+        {
             let h = hf_name(g).unwrap();
             assert_eq!(gguf_name(&h).as_deref(), Some(g));
         }
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
-        assert_eq!(
-            gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq"),
-            None
-        );
+        assert_eq!(gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
     }
 
     #[test]

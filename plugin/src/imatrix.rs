@@ -53,21 +53,15 @@ impl Imatrix {
     fn load_gguf(path: &Path) -> Result<Imatrix> {
         let file = GgufFile::open(path)?;
         let label = path.display();
-        let counts_of: HashMap<&str, _> = file
-            .tensors
-            .iter()
-            .filter_map(|t| t.name.strip_suffix(".counts").map(|base| (base, t)))
-            .collect();
+        let counts_of: HashMap<&str, _> =
+            file.tensors.iter().filter_map(|t| t.name.strip_suffix(".counts").map(|base| (base, t))).collect();
         let mut out = Imatrix::default();
         for sums in &file.tensors {
             let Some(name) = sums.name.strip_suffix(".in_sum2") else {
                 continue;
             };
             let Some(counts) = counts_of.get(name) else {
-                crate::bail_invalid!(
-                    "{label}: tensor '{}' has no matching '{name}.counts'",
-                    sums.name
-                );
+                crate::bail_invalid!("{label}: tensor '{}' has no matching '{name}.counts'", sums.name);
             };
             if sums.ty != GgmlType::F32 || counts.ty != GgmlType::F32 {
                 crate::bail_invalid!("{label}: imatrix tensors for '{name}' must be f32");
@@ -76,10 +70,7 @@ impl Imatrix {
             let counts_v = f32_values(file.tensor_data(counts));
             let n_mat = counts_v.len();
             if n_mat == 0 || !sums_v.len().is_multiple_of(n_mat) {
-                crate::bail_invalid!(
-                    "{label}: '{name}': {} sums do not divide into {n_mat} matrices",
-                    sums_v.len()
-                );
+                crate::bail_invalid!("{label}: '{name}': {} sums do not divide into {n_mat} matrices", sums_v.len());
             }
             let per = sums_v.len() / n_mat;
             let means = sums_v
@@ -105,11 +96,7 @@ impl Imatrix {
 
     /// Parse the legacy `.dat` layout from bytes; `label` names the file in errors.
     pub fn parse_legacy(bytes: &[u8], label: &str) -> Result<Imatrix> {
-        let mut r = Reader {
-            bytes,
-            pos: 0,
-            label,
-        };
+        let mut r = Reader { bytes, pos: 0, label };
         let n_entries = r.i32("entry count")?;
         if n_entries <= 0 {
             crate::bail_invalid!("{label}: imatrix declares {n_entries} entries");
@@ -134,10 +121,7 @@ impl Imatrix {
 }
 
 fn f32_values(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// Bounds-checked little-endian cursor: every count is checked against the bytes left
@@ -150,16 +134,9 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize, what: &str) -> Result<&[u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{}: truncated while reading {what} at byte {}",
-                    self.label, self.pos
-                ))
-            })?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            Error::Invalid(format!("{}: truncated while reading {what} at byte {}", self.label, self.pos))
+        })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -175,10 +152,7 @@ impl Reader<'_> {
         let n = self.i32(what)?;
         let left = self.bytes.len() - self.pos;
         if n < 0 || (n as usize).saturating_mul(item_size) > left {
-            crate::bail_invalid!(
-                "{}: {what} {n} does not fit in the {left} bytes left",
-                self.label
-            );
+            crate::bail_invalid!("{}: {what} {n} does not fit in the {left} bytes left", self.label);
         }
         Ok(n as usize)
     }
@@ -215,9 +189,7 @@ mod tests {
         let b = legacy(&[("blk.0.ffn_up.weight", 4, &[4.0, 8.0])]);
         // Everything past the entries is optional trailer, so cut inside the entries only.
         for cut in 0..(b.len() - 8) {
-            let err = Imatrix::parse_legacy(&b[..cut], "t.dat")
-                .unwrap_err()
-                .to_string();
+            let err = Imatrix::parse_legacy(&b[..cut], "t.dat").unwrap_err().to_string();
             assert!(err.starts_with("t.dat:"), "{err}");
         }
     }

@@ -34,11 +34,7 @@ pub struct PackOptions {
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions {
-            params: CodecParams::default(),
-            imatrix: None,
-            embeddings: EmbeddingStorage::Q8_0,
-        }
+        PackOptions { params: CodecParams::default(), imatrix: None, embeddings: EmbeddingStorage::Q8_0 }
     }
 }
 
@@ -77,29 +73,12 @@ pub fn is_linear_weight(name: &str, ne: &[u64]) -> bool {
 }
 
 /// Check that `hf` describes the same network as the base GGUF: same architecture and sizes.
-fn check_same_model(
-    base_label: &str,
-    base: &HfConfig,
-    other: &HfConfig,
-    other_label: &str,
-) -> Result<()> {
+fn check_same_model(base_label: &str, base: &HfConfig, other: &HfConfig, other_label: &str) -> Result<()> {
     let fields: [(&str, usize, usize); 7] = [
-        (
-            "num_hidden_layers",
-            base.num_hidden_layers,
-            other.num_hidden_layers,
-        ),
+        ("num_hidden_layers", base.num_hidden_layers, other.num_hidden_layers),
         ("hidden_size", base.hidden_size, other.hidden_size),
-        (
-            "intermediate_size",
-            base.intermediate_size,
-            other.intermediate_size,
-        ),
-        (
-            "num_attention_heads",
-            base.num_attention_heads,
-            other.num_attention_heads,
-        ),
+        ("intermediate_size", base.intermediate_size, other.intermediate_size),
+        ("num_attention_heads", base.num_attention_heads, other.num_attention_heads),
         ("num_key_value_heads", base.n_head_kv(), other.n_head_kv()),
         ("head_dim", base.head_dim(), other.head_dim()),
         ("vocab_size", base.vocab_size, other.vocab_size),
@@ -113,14 +92,8 @@ fn check_same_model(
     }
     for (key, b, o) in fields {
         if b != o {
-            let what = if key == "vocab_size" {
-                "vocab mismatch: "
-            } else {
-                ""
-            };
-            crate::bail_invalid!(
-                "{what}{other_label}: {key} is {o} but the base ({base_label}) has {b}"
-            );
+            let what = if key == "vocab_size" { "vocab mismatch: " } else { "" };
+            crate::bail_invalid!("{what}{other_label}: {key} is {o} but the base ({base_label}) has {b}");
         }
     }
     Ok(())
@@ -142,26 +115,16 @@ pub fn expert_deltas(
             continue;
         }
         let Some(g) = hf::gguf_name(hf_name) else {
-            crate::bail_unsupported!(
-                "{dir}: tensor '{hf_name}' has no GGUF counterpart in this architecture"
-            );
+            crate::bail_unsupported!("{dir}: tensor '{hf_name}' has no GGUF counterpart in this architecture");
         };
-        if base.tensor(&g).is_none() && !(g == "output.weight" && expert.config.tie_word_embeddings)
-        {
-            crate::bail_invalid!(
-                "{dir}: tensor '{hf_name}' ('{g}') is not in the base model {}",
-                base.label()
-            );
+        if base.tensor(&g).is_none() && !(g == "output.weight" && expert.config.tie_word_embeddings) {
+            crate::bail_invalid!("{dir}: tensor '{hf_name}' ('{g}') is not in the base model {}", base.label());
         }
     }
     let linear_total: u64 = base.tensors.len() as u64;
     let mut out = Vec::new();
     for (k, t) in base.tensors.iter().enumerate() {
-        progress(
-            &format!("{}: {}", info.name, t.name),
-            k as u64,
-            linear_total,
-        );
+        progress(&format!("{}: {}", info.name, t.name), k as u64, linear_total);
         if let Some(d) = tensor_delta(base, t, expert, &dir, &info, imatrix, opts)? {
             out.push((t.name.clone(), d));
         }
@@ -181,19 +144,17 @@ fn tensor_delta(
 ) -> Result<Option<TensorDelta>> {
     let hf_name = hf::hf_name(&t.name).unwrap_or_default();
     if expert.shape(&hf_name).is_none() {
-        crate::bail_invalid!(
-            "{dir}: missing tensor '{hf_name}' (base tensor '{}')",
-            t.name
-        );
+        crate::bail_invalid!("{dir}: missing tensor '{hf_name}' (base tensor '{}')", t.name);
     }
     let (w_expert, ne) = expert.gguf_tensor(&t.name)?;
     if ne != t.ne {
-        let vocab = if t.name == "token_embd.weight" || t.name == "output.weight" {
-            "vocab mismatch: "
-        } else {
-            ""
-        };
-        crate::bail_invalid!("{vocab}{dir}: tensor '{hf_name}' has shape {ne:?} (ggml order) but base tensor '{}' in {} has {:?}", t.name, base.label(), t.ne);
+        let vocab = if t.name == "token_embd.weight" || t.name == "output.weight" { "vocab mismatch: " } else { "" };
+        crate::bail_invalid!(
+            "{vocab}{dir}: tensor '{hf_name}' has shape {ne:?} (ggml order) but base tensor '{}' in {} has {:?}",
+            t.name,
+            base.label(),
+            t.ne
+        );
     }
     let base_bytes = base.try_tensor_data(t)?;
     let n = t.n_elements() as usize;
@@ -210,20 +171,14 @@ fn tensor_delta(
     let n_in = t.ne[0] as usize;
     if is_linear_weight(&t.name, &t.ne) {
         let act = imatrix.and_then(|m| m.get(&t.name));
-        let c = codec::compress(&d, n_in, n / n_in, act, &info.params).map_err(|e| {
-            Error::Invalid(format!("expert '{}', tensor '{}': {e}", info.name, t.name))
-        })?;
+        let c = codec::compress(&d, n_in, n / n_in, act, &info.params)
+            .map_err(|e| Error::Invalid(format!("expert '{}', tensor '{}': {e}", info.name, t.name)))?;
         return Ok(Some(TensorDelta::Codec(c)));
     }
-    if t.ne.len() >= 2
-        && opts.embeddings == EmbeddingStorage::Q8_0
-        && n_in.is_multiple_of(GgmlType::Q8_0.block_size())
+    if t.ne.len() >= 2 && opts.embeddings == EmbeddingStorage::Q8_0 && n_in.is_multiple_of(GgmlType::Q8_0.block_size())
     {
         let data = quants::quantize_par(GgmlType::Q8_0, &d, n_in)?;
-        return Ok(Some(TensorDelta::Dense {
-            ty: GgmlType::Q8_0,
-            data,
-        }));
+        return Ok(Some(TensorDelta::Dense { ty: GgmlType::Q8_0, data }));
     }
     // Whole tensor, losslessly: the expert's own values (base + d exactly as the expert has them).
     d.iter_mut().zip(&w_base).for_each(|(x, b)| *x += b);
@@ -252,25 +207,14 @@ pub fn pack(
         crate::bail_invalid!("no experts given (use --expert NAME=HF_DIR)");
     }
     let base = GgufFile::open(base_gguf)?;
-    if base
-        .metadata
-        .contains_key(crate::bundle::naming::KEY_FORMAT_VERSION)
-    {
-        crate::bail_invalid!(
-            "{}: is already a switchyard bundle; give the plain base model GGUF",
-            base.label()
-        );
+    if base.metadata.contains_key(crate::bundle::naming::KEY_FORMAT_VERSION) {
+        crate::bail_invalid!("{}: is already a switchyard bundle; give the plain base model GGUF", base.label());
     }
     let gguf_cfg = config_from_gguf(&base)?;
     let base_model = HfModel::open(base_hf)?;
     let gguf_label = base.label().to_string();
     let hf_label = base_hf.join("config.json").display().to_string();
-    check_same_model(
-        &gguf_label,
-        &gguf_cfg,
-        &base_model.config,
-        &format!("wrong base: {hf_label}"),
-    )?;
+    check_same_model(&gguf_label, &gguf_cfg, &base_model.config, &format!("wrong base: {hf_label}"))?;
     let imatrix = match &opts.imatrix {
         Some(p) => Some(Imatrix::load(p)?),
         None => None,
@@ -280,37 +224,18 @@ pub fn pack(
     for (name, dir) in experts {
         crate::bundle::naming::check_expert_name(name)?;
         let model = HfModel::open(dir)?;
-        check_same_model(
-            &gguf_label,
-            &gguf_cfg,
-            &model.config,
-            &dir.join("config.json").display().to_string(),
-        )?;
+        check_same_model(&gguf_label, &gguf_cfg, &model.config, &dir.join("config.json").display().to_string())?;
         let info = ExpertInfo {
             name: name.clone(),
             params: opts.params,
-            imatrix: opts
-                .imatrix
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .map(|f| f.to_string_lossy().into_owned()),
+            imatrix: opts.imatrix.as_ref().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()),
         };
-        deltas.push(expert_deltas(
-            &base,
-            &model,
-            info,
-            imatrix.as_ref(),
-            opts,
-            progress,
-        )?);
+        deltas.push(expert_deltas(&base, &model, info, imatrix.as_ref(), opts, progress)?);
     }
     write_bundle(out, &base, &fingerprint, &deltas)?;
     let bundle_bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
     Ok(PackReport {
-        experts: deltas
-            .iter()
-            .map(|d| (d.info.name.clone(), d.tensors.len(), d.stored_bytes()))
-            .collect(),
+        experts: deltas.iter().map(|d| (d.info.name.clone(), d.tensors.len(), d.stored_bytes())).collect(),
         bundle_bytes,
     })
 }

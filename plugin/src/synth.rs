@@ -31,13 +31,7 @@ impl Default for DeltaSpec {
     /// Delta RMS of a few percent of the weights, outlier channels ~10x the rest: the regime
     /// where per-output-channel quantization breaks down.
     fn default() -> Self {
-        DeltaSpec {
-            noise: 0.02,
-            rank: 4,
-            low_rank: 0.01,
-            outlier_fraction: 0.005,
-            outlier: 0.25,
-        }
+        DeltaSpec { noise: 0.02, rank: 4, low_rank: 0.01, outlier_fraction: 0.005, outlier: 0.25 }
     }
 }
 
@@ -51,13 +45,7 @@ fn gaussian(rng: &mut ChaCha8Rng, n: usize, sd: f32) -> Vec<f32> {
 }
 
 /// A delta of n_out rows by n_in input channels with the given structure, scaled by `scale`.
-pub fn structured_delta(
-    n_in: usize,
-    n_out: usize,
-    spec: &DeltaSpec,
-    scale: f32,
-    rng: &mut ChaCha8Rng,
-) -> Vec<f32> {
+pub fn structured_delta(n_in: usize, n_out: usize, spec: &DeltaSpec, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let mut d = gaussian(rng, n_in * n_out, spec.noise * scale);
     if spec.rank > 0 && spec.low_rank > 0.0 {
         // U (n_out x r) V^T (r x n_in) with unit-variance factors: entry variance r, so divide.
@@ -66,15 +54,13 @@ pub fn structured_delta(
         let a = spec.low_rank * scale / (spec.rank as f32).sqrt();
         for r in 0..n_out {
             for c in 0..n_in {
-                let dot: f32 = (0..spec.rank)
-                    .map(|k| u[r * spec.rank + k] * v[c * spec.rank + k])
-                    .sum();
+                let dot: f32 = (0..spec.rank).map(|k| u[r * spec.rank + k] * v[c * spec.rank + k]).sum();
                 d[r * n_in + c] += a * dot;
             }
         }
     }
-    let n_outliers = ((spec.outlier_fraction * n_in as f32).round() as usize)
-        .max(usize::from(spec.outlier_fraction > 0.0));
+    let n_outliers =
+        ((spec.outlier_fraction * n_in as f32).round() as usize).max(usize::from(spec.outlier_fraction > 0.0));
     for _ in 0..n_outliers {
         let c = rng.gen_range(0..n_in);
         let col = gaussian(rng, n_out, spec.outlier * scale);
@@ -132,16 +118,9 @@ pub fn tiny_llama(out: &Path, vocab: usize, seed: u64) -> Result<()> {
         torch_dtype: Some("float32".into()),
     };
     let mut rng = rng(seed);
-    let (h, f, kv) = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.n_head_kv() * config.head_dim(),
-    );
-    let mut tensors = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![vocab, h],
-        gaussian(&mut rng, vocab * h, 0.5),
-    )];
+    let (h, f, kv) = (config.hidden_size, config.intermediate_size, config.n_head_kv() * config.head_dim());
+    let mut tensors =
+        vec![("model.embed_tokens.weight".to_string(), vec![vocab, h], gaussian(&mut rng, vocab * h, 0.5))];
     for l in 0..config.num_hidden_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}.weight");
         let std_in = |n: usize| 1.0 / (n as f32).sqrt();
@@ -154,11 +133,7 @@ pub fn tiny_llama(out: &Path, vocab: usize, seed: u64) -> Result<()> {
             ("mlp.up_proj", f, h),
             ("mlp.down_proj", h, f),
         ] {
-            tensors.push((
-                p(name),
-                vec![rows, cols],
-                gaussian(&mut rng, rows * cols, std_in(cols)),
-            ));
+            tensors.push((p(name), vec![rows, cols], gaussian(&mut rng, rows * cols, std_in(cols))));
         }
         for norm in ["input_layernorm", "post_attention_layernorm"] {
             let w: Vec<f32> = (0..h).map(|_| 1.0 + rng.gen_range(-0.1..0.1)).collect();

@@ -17,14 +17,7 @@ use switchyard::{quants, GgmlType};
 fn no_progress(_: &str, _: u64, _: u64) {}
 
 fn pack_tiny(t: &Tiny, out: &Path) -> switchyard::Result<switchyard::pack::PackReport> {
-    pack(
-        &t.base_gguf,
-        &t.base_hf,
-        &t.experts,
-        &PackOptions::default(),
-        out,
-        &no_progress,
-    )
+    pack(&t.base_gguf, &t.base_hf, &t.experts, &PackOptions::default(), out, &no_progress)
 }
 
 fn tensor_f32(f: &GgufFile, name: &str) -> Vec<f32> {
@@ -34,13 +27,7 @@ fn tensor_f32(f: &GgufFile, name: &str) -> Vec<f32> {
 
 #[test]
 fn pack_then_extract_reproduces_each_expert_for_every_base_type() {
-    for base_ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-    ] {
+    for base_ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
         let t = Tiny::new(base_ty, None);
         let out = t.path("bundle.gguf");
         let report = pack_tiny(&t, &out).unwrap();
@@ -48,32 +35,15 @@ fn pack_then_extract_reproduces_each_expert_for_every_base_type() {
         let bundle = Bundle::open(&out).unwrap();
         bundle.verify_base().unwrap();
         bundle.validate_all().unwrap();
-        assert_eq!(
-            bundle
-                .experts
-                .iter()
-                .map(|e| e.name.as_str())
-                .collect::<Vec<_>>(),
-            ["math", "code"]
-        );
+        assert_eq!(bundle.experts.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["math", "code"]);
 
         // The base inside the bundle is the base GGUF, byte for byte, metadata in order.
         let base = GgufFile::open(&t.base_gguf).unwrap();
         assert_eq!(bundle.base_tensors().count(), base.tensors.len());
         for bt in &base.tensors {
-            assert_eq!(
-                bundle
-                    .file
-                    .tensor_data(bundle.file.tensor(&bt.name).unwrap()),
-                base.tensor_data(bt)
-            );
+            assert_eq!(bundle.file.tensor_data(bundle.file.tensor(&bt.name).unwrap()), base.tensor_data(bt));
         }
-        let keys: Vec<&str> = bundle
-            .file
-            .metadata
-            .keys()
-            .take(base.metadata.len())
-            .collect();
+        let keys: Vec<&str> = bundle.file.metadata.keys().take(base.metadata.len()).collect();
         assert_eq!(keys, base.metadata.keys().collect::<Vec<_>>());
 
         for (name, dir) in &t.experts {
@@ -88,21 +58,12 @@ fn pack_then_extract_reproduces_each_expert_for_every_base_type() {
                 let exact: Vec<f32> = want.iter().zip(&base_w).map(|(a, b)| a - b).collect();
                 let approx: Vec<f32> = have.iter().zip(&base_w).map(|(a, b)| a - b).collect();
                 let e = relative_error(&approx, &exact);
-                match bundle
-                    .delta(bundle.expert_index(name).unwrap(), &bt.name)
-                    .unwrap()
-                {
+                match bundle.delta(bundle.expert_index(name).unwrap(), &bt.name).unwrap() {
                     Some(TensorDelta::Codec(_)) => {
                         assert!(e < 0.35, "{base_ty} {name} {}: delta error {e}", bt.name)
                     }
-                    Some(_) => {
-                        common::assert_same(&have, &want, &format!("{base_ty} {name} {}", bt.name))
-                    }
-                    None => common::assert_same(
-                        &have,
-                        &base_w,
-                        &format!("{base_ty} {name} {}", bt.name),
-                    ),
+                    Some(_) => common::assert_same(&have, &want, &format!("{base_ty} {name} {}", bt.name)),
+                    None => common::assert_same(&have, &base_w, &format!("{base_ty} {name} {}", bt.name)),
                 }
             }
         }
@@ -111,10 +72,7 @@ fn pack_then_extract_reproduces_each_expert_for_every_base_type() {
         extract(&bundle, "base", ExtractType::Auto, &b, &|_, _| {}).unwrap();
         let b = GgufFile::open(&b).unwrap();
         for bt in &base.tensors {
-            assert_eq!(
-                b.tensor_data(b.tensor(&bt.name).unwrap()),
-                base.tensor_data(bt)
-            );
+            assert_eq!(b.tensor_data(b.tensor(&bt.name).unwrap()), base.tensor_data(bt));
         }
         assert!(b.metadata.keys().all(|k| !k.starts_with("switchyard.")));
     }
@@ -128,50 +86,26 @@ fn extract_auto_writes_f16_for_quantized_bases_and_f32_for_norms() {
     let bundle = Bundle::open(&out).unwrap();
     let x = t.path("math.gguf");
     let report = extract(&bundle, "math", ExtractType::Auto, &x, &|_, _| {}).unwrap();
-    assert!(report
-        .changed
-        .iter()
-        .all(|(n, _, to)| if n.contains("norm") {
-            *to == GgmlType::F32
-        } else {
-            *to == GgmlType::F16
-        }));
+    assert!(report.changed.iter().all(|(n, _, to)| if n.contains("norm") {
+        *to == GgmlType::F32
+    } else {
+        *to == GgmlType::F16
+    }));
     let f = GgufFile::open(&x).unwrap();
     assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::F16);
-    assert_eq!(
-        f.tensor("token_embd.weight").unwrap().ty,
-        GgmlType::Q8_0,
-        "unchanged tensors keep the base type"
-    );
+    assert_eq!(f.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0, "unchanged tensors keep the base type");
 }
 
 /// Expect `pack` to fail with a message containing every needle, leaving no output file.
-fn pack_fails(
-    t: &Tiny,
-    experts: &[(String, std::path::PathBuf)],
-    base_hf: &Path,
-    needles: &[&str],
-) {
+fn pack_fails(t: &Tiny, experts: &[(String, std::path::PathBuf)], base_hf: &Path, needles: &[&str]) {
     let out = t.path("bad.gguf");
     let before = listing(t.dir.path());
-    let err = pack(
-        &t.base_gguf,
-        base_hf,
-        experts,
-        &PackOptions::default(),
-        &out,
-        &no_progress,
-    )
-    .unwrap_err()
-    .to_string();
+    let err =
+        pack(&t.base_gguf, base_hf, experts, &PackOptions::default(), &out, &no_progress).unwrap_err().to_string();
     for n in needles {
         assert!(err.contains(n), "error {err:?} lacks {n:?}");
     }
-    assert_eq!(
-        listing(t.dir.path()),
-        before,
-        "a failed pack left files behind"
-    );
+    assert_eq!(listing(t.dir.path()), before, "a failed pack left files behind");
 }
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut HfConfig)) {
@@ -198,12 +132,7 @@ fn bad_inputs_are_named_and_leave_nothing_behind() {
     let gpt2 = t.path("gpt2-hf");
     copy_dir(&t.experts[0].1, &gpt2);
     edit_config(&gpt2, |c| c.model_type = "gpt2".into());
-    pack_fails(
-        &t,
-        &expert("math", &gpt2),
-        &t.base_hf,
-        &["gpt2-hf", "model_type 'gpt2' is not supported"],
-    );
+    pack_fails(&t, &expert("math", &gpt2), &t.base_hf, &["gpt2-hf", "model_type 'gpt2' is not supported"]);
 
     // Wrong base: the base HF folder describes another network.
     let other = t.path("other-base-hf");
@@ -215,41 +144,20 @@ fn bad_inputs_are_named_and_leave_nothing_behind() {
     let vocab = t.path("vocab-hf");
     copy_dir(&t.experts[0].1, &vocab);
     edit_config(&vocab, |c| c.vocab_size = 300);
-    pack_fails(
-        &t,
-        &expert("math", &vocab),
-        &t.base_hf,
-        &["vocab mismatch", "vocab_size is 300"],
-    );
+    pack_fails(&t, &expert("math", &vocab), &t.base_hf, &["vocab mismatch", "vocab_size is 300"]);
 
     // Missing tensor and wrong shape: rewrite the expert without / with a reshaped tensor.
     let m = HfModel::open(&t.experts[0].1).unwrap();
-    let all: Vec<(String, Vec<usize>, Vec<f32>)> = m
-        .tensor_names()
-        .map(|n| {
-            (
-                n.to_string(),
-                m.shape(n).unwrap().to_vec(),
-                m.tensor_f32(n).unwrap(),
-            )
-        })
-        .collect();
+    let all: Vec<(String, Vec<usize>, Vec<f32>)> =
+        m.tensor_names().map(|n| (n.to_string(), m.shape(n).unwrap().to_vec(), m.tensor_f32(n).unwrap())).collect();
     let missing = t.path("missing-hf");
-    let kept: Vec<_> = all
-        .iter()
-        .filter(|(n, _, _)| n != "model.layers.1.mlp.up_proj.weight")
-        .cloned()
-        .collect();
+    let kept: Vec<_> = all.iter().filter(|(n, _, _)| n != "model.layers.1.mlp.up_proj.weight").cloned().collect();
     switchyard::hf::write_hf_folder(&missing, &m.config, &kept, safetensors::Dtype::F32).unwrap();
     pack_fails(
         &t,
         &expert("math", &missing),
         &t.base_hf,
-        &[
-            "missing-hf",
-            "model.layers.1.mlp.up_proj.weight",
-            "blk.1.ffn_up.weight",
-        ],
+        &["missing-hf", "model.layers.1.mlp.up_proj.weight", "blk.1.ffn_up.weight"],
     );
 
     let reshaped = t.path("reshaped-hf");
@@ -263,60 +171,31 @@ fn bad_inputs_are_named_and_leave_nothing_behind() {
             }
         })
         .collect();
-    switchyard::hf::write_hf_folder(&reshaped, &m.config, &changed, safetensors::Dtype::F32)
-        .unwrap();
+    switchyard::hf::write_hf_folder(&reshaped, &m.config, &changed, safetensors::Dtype::F32).unwrap();
     pack_fails(
         &t,
         &expert("math", &reshaped),
         &t.base_hf,
-        &[
-            "model.layers.0.self_attn.v_proj.weight",
-            "blk.0.attn_v.weight",
-            "shape",
-        ],
+        &["model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight", "shape"],
     );
 
     // A tensor the base does not have.
     let extra = t.path("extra-hf");
     let mut more = all.clone();
-    more.push((
-        "model.layers.7.mlp.up_proj.weight".into(),
-        vec![128, 64],
-        vec![0.0; 128 * 64],
-    ));
+    more.push(("model.layers.7.mlp.up_proj.weight".into(), vec![128, 64], vec![0.0; 128 * 64]));
     switchyard::hf::write_hf_folder(&extra, &m.config, &more, safetensors::Dtype::F32).unwrap();
-    pack_fails(
-        &t,
-        &expert("math", &extra),
-        &t.base_hf,
-        &["model.layers.7.mlp.up_proj.weight", "not in the base"],
-    );
+    pack_fails(&t, &expert("math", &extra), &t.base_hf, &["model.layers.7.mlp.up_proj.weight", "not in the base"]);
 
     // Truncated safetensors file.
     let trunc = t.path("trunc-hf");
     copy_dir(&t.experts[0].1, &trunc);
     let st = trunc.join("model.safetensors");
     let len = std::fs::metadata(&st).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&st)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
-    pack_fails(
-        &t,
-        &expert("math", &trunc),
-        &t.base_hf,
-        &["model.safetensors"],
-    );
+    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
+    pack_fails(&t, &expert("math", &trunc), &t.base_hf, &["model.safetensors"]);
 
     // Bad expert names, reserved and duplicated.
-    pack_fails(
-        &t,
-        &expert("base", &t.experts[0].1),
-        &t.base_hf,
-        &["reserved"],
-    );
+    pack_fails(&t, &expert("base", &t.experts[0].1), &t.base_hf, &["reserved"]);
     let dup = vec![t.experts[0].clone(), t.experts[0].clone()];
     pack_fails(&t, &dup, &t.base_hf, &["given twice"]);
 }
@@ -344,38 +223,21 @@ fn corrupt_bundles_are_refused_with_the_file_named() {
     changed[at] ^= 0x40;
     let p = t.path("changed.gguf");
     std::fs::write(&p, &changed).unwrap();
-    let err = Bundle::open(&p)
-        .unwrap()
-        .verify_base()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("changed.gguf") && err.contains("fingerprint"),
-        "{err}"
-    );
+    let err = Bundle::open(&p).unwrap().verify_base().unwrap_err().to_string();
+    assert!(err.contains("changed.gguf") && err.contains("fingerprint"), "{err}");
 
     // Unknown expert.
     let b = Bundle::open(&out).unwrap();
     let err = b.expert_index("poetry").unwrap_err().to_string();
-    assert!(
-        err.contains("poetry") && err.contains("math, code"),
-        "{err}"
-    );
+    assert!(err.contains("poetry") && err.contains("math, code"), "{err}");
 
     // A plain model is not a bundle.
     let err = Bundle::open(&t.base_gguf).err().unwrap().to_string();
     assert!(err.contains("not a switchyard bundle"), "{err}");
     // And a bundle is not a base.
-    let err = pack(
-        &out,
-        &t.base_hf,
-        &t.experts,
-        &PackOptions::default(),
-        &t.path("x.gguf"),
-        &no_progress,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = pack(&out, &t.base_hf, &t.experts, &PackOptions::default(), &t.path("x.gguf"), &no_progress)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("already a switchyard bundle"), "{err}");
 }

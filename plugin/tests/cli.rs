@@ -27,25 +27,10 @@ fn llama_perplexity(bin: &Path, model: &Path) -> f64 {
         ])
         .output()
         .unwrap();
-    let log =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "llama-perplexity failed on {}:\n{log}",
-        model.display()
-    );
-    let line = log
-        .lines()
-        .find(|l| l.contains("Final estimate: PPL ="))
-        .expect("no PPL line");
-    line.split("PPL =")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "llama-perplexity failed on {}:\n{log}", model.display());
+    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("no PPL line");
+    line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -70,10 +55,7 @@ fn pack_inspect_eval_extract_and_run_in_stock_llama_cpp() {
         "-o",
         b,
     ]);
-    assert!(
-        out.contains("expert math") && out.contains("expert code"),
-        "{out}"
-    );
+    assert!(out.contains("expert math") && out.contains("expert code"), "{out}");
 
     let out = sy_ok(&["inspect", b]);
     for needle in [
@@ -87,51 +69,16 @@ fn pack_inspect_eval_extract_and_run_in_stock_llama_cpp() {
         assert!(out.contains(needle), "inspect lacks {needle:?}:\n{out}");
     }
 
-    let out = sy_ok(&[
-        "eval",
-        b,
-        "--expert",
-        "math",
-        "--reference",
-        t.experts[0].1.to_str().unwrap(),
-    ]);
-    let ratio_line = out
-        .lines()
-        .find(|l| l.starts_with("codec error / rtn error"))
-        .expect(&out);
-    let ratio: f64 = ratio_line
-        .split('=')
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let out = sy_ok(&["eval", b, "--expert", "math", "--reference", t.experts[0].1.to_str().unwrap()]);
+    let ratio_line = out.lines().find(|l| l.starts_with("codec error / rtn error")).expect(&out);
+    let ratio: f64 = ratio_line.split('=').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert!(ratio <= 0.5, "{ratio_line}");
 
     let math_gguf = t.path("math.gguf");
-    let out = sy_ok(&[
-        "extract",
-        b,
-        "--expert",
-        "math",
-        "-o",
-        math_gguf.to_str().unwrap(),
-    ]);
-    assert!(
-        out.contains("q8_0 -> f16") && out.contains("f32 -> f32"),
-        "{out}"
-    );
+    let out = sy_ok(&["extract", b, "--expert", "math", "-o", math_gguf.to_str().unwrap()]);
+    assert!(out.contains("q8_0 -> f16") && out.contains("f32 -> f32"), "{out}");
     let base_gguf = t.path("base-extracted.gguf");
-    sy_ok(&[
-        "extract",
-        b,
-        "--expert",
-        "base",
-        "-o",
-        base_gguf.to_str().unwrap(),
-    ]);
+    sy_ok(&["extract", b, "--expert", "base", "-o", base_gguf.to_str().unwrap()]);
 
     let Some(bin) = common::llama_bin() else {
         return;
@@ -139,26 +86,11 @@ fn pack_inspect_eval_extract_and_run_in_stock_llama_cpp() {
     let p_base = llama_perplexity(&bin, &t.base_gguf);
     let p_base2 = llama_perplexity(&bin, &base_gguf);
     let p_math = llama_perplexity(&bin, &math_gguf);
-    assert_eq!(
-        p_base, p_base2,
-        "extracting 'base' must give the base model exactly"
-    );
-    assert!(
-        p_math.is_finite() && p_math != p_base,
-        "expert ppl {p_math} vs base {p_base}"
-    );
+    assert_eq!(p_base, p_base2, "extracting 'base' must give the base model exactly");
+    assert!(p_math.is_finite() && p_math != p_base, "expert ppl {p_math} vs base {p_base}");
     // Stock llama.cpp refuses a bundle (documented in docs/FORMAT.md).
     let out = Command::new(bin.join("llama-perplexity"))
-        .args([
-            "-m",
-            b,
-            "-f",
-            "/usr/share/common-licenses/Apache-2.0",
-            "-c",
-            "128",
-            "--chunks",
-            "1",
-        ])
+        .args(["-m", b, "-f", "/usr/share/common-licenses/Apache-2.0", "-c", "128", "--chunks", "1"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -190,11 +122,7 @@ fn real_imatrix_files_in_both_formats_agree_and_drive_pack() {
             .args(["--output-format", format, "-o", out.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            run.status.success(),
-            "llama-imatrix: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        assert!(run.status.success(), "llama-imatrix: {}", String::from_utf8_lossy(&run.stderr));
         means.push(Imatrix::load(&out).unwrap());
     }
     let (g, d) = (&means[0], &means[1]);
@@ -203,10 +131,7 @@ fn real_imatrix_files_in_both_formats_agree_and_drive_pack() {
         let (a, b) = (g.get(name).unwrap(), d.get(name).unwrap());
         assert_eq!(a.len(), if name.contains("ffn_down") { 128 } else { 64 });
         for (x, y) in a.iter().zip(b) {
-            assert!(
-                (x - y).abs() <= 1e-4 * x.abs().max(1e-6),
-                "{name}: {x} vs {y}"
-            );
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-6), "{name}: {x} vs {y}");
         }
     }
     let bundle = t.path("bundle.gguf");
@@ -236,10 +161,7 @@ fn command_line_errors_are_clear_and_leave_no_output() {
     let out = t.path("out.gguf");
     let o = out.to_str().unwrap();
     let err = sy_err(&["inspect", t.path("nope.gguf").to_str().unwrap()]);
-    assert!(
-        err.contains("nope.gguf") && err.contains("No such file"),
-        "{err}"
-    );
+    assert!(err.contains("nope.gguf") && err.contains("No such file"), "{err}");
     let err = sy_err(&[
         "pack",
         "--base-gguf",
@@ -299,33 +221,14 @@ fn command_line_errors_are_clear_and_leave_no_output() {
     let err = sy_err(&["extract", b.to_str().unwrap(), "--expert", "math", "-o", o]);
     assert!(err.contains("b.gguf"), "{err}");
     std::fs::write(&b, &bytes).unwrap();
-    let err = sy_err(&[
-        "extract",
-        b.to_str().unwrap(),
-        "--expert",
-        "physics",
-        "-o",
-        o,
-    ]);
-    assert!(
-        err.contains("no expert 'physics'") && err.contains("math"),
-        "{err}"
-    );
+    let err = sy_err(&["extract", b.to_str().unwrap(), "--expert", "physics", "-o", o]);
+    assert!(err.contains("no expert 'physics'") && err.contains("math"), "{err}");
     std::fs::remove_file(&b).unwrap();
     assert_eq!(listing(dir), before, "failed commands left files behind");
 }
 
 #[test]
 fn bench_decompress_reports_a_ratio_against_memcpy() {
-    let out = sy_ok(&[
-        "bench",
-        "decompress",
-        "--rows",
-        "256",
-        "--cols",
-        "512",
-        "--iters",
-        "3",
-    ]);
+    let out = sy_ok(&["bench", "decompress", "--rows", "256", "--cols", "512", "--iters", "3"]);
     assert!(out.contains("ratio reconstruct/memcpy = "), "{out}");
 }

@@ -1,9 +1,7 @@
 //! Codec round trips and error bounds on deltas with the structure fine-tunes show.
 
 use half::f16;
-use switchyard::codec::{
-    self, relative_error, CodecParams, CompressedDelta, Method, Output, SalientValues,
-};
+use switchyard::codec::{self, relative_error, CodecParams, CompressedDelta, Method, Output, SalientValues};
 use switchyard::synth::{self, DeltaSpec};
 use switchyard::{quants, GgmlType};
 
@@ -14,31 +12,20 @@ fn delta(n_in: usize, n_out: usize, spec: &DeltaSpec, seed: u64) -> Vec<f32> {
 fn err(d: &[f32], n_in: usize, p: &CodecParams, act: Option<&[f32]>) -> (f64, f64) {
     let c = codec::compress(d, n_in, d.len() / n_in, act, p).unwrap();
     c.validate("test").unwrap();
-    (
-        relative_error(&codec::decompress_f32(&c), d),
-        c.bits_per_param(),
-    )
+    (relative_error(&codec::decompress_f32(&c), d), c.bits_per_param())
 }
 
 /// The acceptance bound of the Foundation issue: at 2 bits on deltas with a few large input
 /// channels, at most half the error of the best per-output-channel RTN, at <= 2.5 bits.
 #[test]
 fn salient_two_bit_halves_best_rtn_error_on_outlier_channels() {
-    for (n_in, n_out, seed) in [
-        (576, 576, 1),
-        (1536, 576, 2),
-        (576, 1536, 3),
-        (4096, 256, 4),
-    ] {
+    for (n_in, n_out, seed) in [(576, 576, 1), (1536, 576, 2), (576, 1536, 3), (4096, 256, 4)] {
         let d = delta(n_in, n_out, &DeltaSpec::default(), seed);
         let (e_sal, b_sal) = err(&d, n_in, &CodecParams::default(), None);
         let (e_rtn, b_rtn) = err(&d, n_in, &CodecParams::rtn(2), None);
         assert!(b_sal <= 2.5, "{n_in}x{n_out}: {b_sal} bits");
         assert!(b_rtn <= b_sal);
-        assert!(
-            e_sal <= 0.5 * e_rtn,
-            "{n_in}x{n_out}: salient {e_sal:.4} vs rtn {e_rtn:.4}"
-        );
+        assert!(e_sal <= 0.5 * e_rtn, "{n_in}x{n_out}: salient {e_sal:.4} vs rtn {e_rtn:.4}");
     }
 }
 
@@ -47,15 +34,7 @@ fn more_bits_never_hurt() {
     let d = delta(512, 256, &DeltaSpec::default(), 9);
     let mut last = f64::INFINITY;
     for bits in 1..=4 {
-        let (e, b) = err(
-            &d,
-            512,
-            &CodecParams {
-                bits,
-                ..Default::default()
-            },
-            None,
-        );
+        let (e, b) = err(&d, 512, &CodecParams { bits, ..Default::default() }, None);
         assert!(e < last, "{bits} bits: {e} >= {last}");
         assert!(b < bits as f64 + 0.5, "{bits} bits cost {b}");
         last = e;
@@ -67,24 +46,13 @@ fn more_bits_never_hurt() {
 #[test]
 fn salient_channels_are_the_outlier_channels() {
     let (n_in, n_out) = (256, 128);
-    let mut d = delta(
-        n_in,
-        n_out,
-        &DeltaSpec {
-            outlier_fraction: 0.0,
-            ..Default::default()
-        },
-        5,
-    );
+    let mut d = delta(n_in, n_out, &DeltaSpec { outlier_fraction: 0.0, ..Default::default() }, 5);
     for r in 0..n_out {
         for &c in &[17usize, 200] {
             d[r * n_in + c] *= 40.0;
         }
     }
-    let p = CodecParams {
-        salient_fraction: 2.0 / n_in as f32,
-        ..Default::default()
-    };
+    let p = CodecParams { salient_fraction: 2.0 / n_in as f32, ..Default::default() };
     let c = codec::compress(&d, n_in, n_out, None, &p).unwrap();
     assert_eq!(c.salient_idx, vec![17, 200]);
     // Salient channels come back to f16 precision.
@@ -100,22 +68,10 @@ fn activation_statistics_steer_the_choice() {
     // No outliers in the weights; channel 99 sees activations 1000x larger. Weighted by the
     // imatrix it must be kept, weight-only it must not.
     let (n_in, n_out) = (256, 64);
-    let d = delta(
-        n_in,
-        n_out,
-        &DeltaSpec {
-            outlier_fraction: 0.0,
-            rank: 0,
-            ..Default::default()
-        },
-        6,
-    );
+    let d = delta(n_in, n_out, &DeltaSpec { outlier_fraction: 0.0, rank: 0, ..Default::default() }, 6);
     let mut act = vec![1.0f32; n_in];
     act[99] = 1000.0;
-    let p = CodecParams {
-        salient_fraction: 1.0 / n_in as f32,
-        ..Default::default()
-    };
+    let p = CodecParams { salient_fraction: 1.0 / n_in as f32, ..Default::default() };
     let weighted = codec::compress(&d, n_in, n_out, Some(&act), &p).unwrap();
     assert_eq!(weighted.salient_idx, vec![99]);
     let plain = codec::compress(&d, n_in, n_out, None, &p).unwrap();
@@ -130,15 +86,7 @@ fn activation_statistics_steer_the_choice() {
 fn eight_bit_salient_values_are_close_to_sixteen_bit() {
     let d = delta(512, 128, &DeltaSpec::default(), 7);
     let (e16, b16) = err(&d, 512, &CodecParams::default(), None);
-    let (e8, b8) = err(
-        &d,
-        512,
-        &CodecParams {
-            salient_bits: 8,
-            ..Default::default()
-        },
-        None,
-    );
+    let (e8, b8) = err(&d, 512, &CodecParams { salient_bits: 8, ..Default::default() }, None);
     assert!(b8 < b16);
     assert!(e8 < e16 * 1.1, "{e8} vs {e16}");
 }
@@ -162,31 +110,12 @@ fn zero_delta_decodes_to_zero_and_bad_params_are_refused() {
     let c = codec::compress(&d, 64, 8, None, &CodecParams::default()).unwrap();
     assert!(codec::decompress_f32(&c).iter().all(|&x| x == 0.0));
     for bad in [
-        CodecParams {
-            bits: 0,
-            ..Default::default()
-        },
-        CodecParams {
-            bits: 5,
-            ..Default::default()
-        },
-        CodecParams {
-            salient_bits: 12,
-            ..Default::default()
-        },
-        CodecParams {
-            group_size: 100,
-            ..Default::default()
-        },
-        CodecParams {
-            salient_fraction: f32::NAN,
-            ..Default::default()
-        },
-        CodecParams {
-            method: Method::BitDelta,
-            bits: 2,
-            ..CodecParams::bitdelta()
-        },
+        CodecParams { bits: 0, ..Default::default() },
+        CodecParams { bits: 5, ..Default::default() },
+        CodecParams { salient_bits: 12, ..Default::default() },
+        CodecParams { group_size: 100, ..Default::default() },
+        CodecParams { salient_fraction: f32::NAN, ..Default::default() },
+        CodecParams { method: Method::BitDelta, bits: 2, ..CodecParams::bitdelta() },
     ] {
         assert!(codec::compress(&d, 64, 8, None, &bad).is_err(), "{bad:?}");
     }
@@ -196,39 +125,14 @@ fn zero_delta_decodes_to_zero_and_bad_params_are_refused() {
 #[test]
 fn reconstruction_into_every_output_type_matches_base_plus_delta() {
     let (n_in, n_out) = (256, 48);
-    let w: Vec<f32> = delta(
-        n_in,
-        n_out,
-        &DeltaSpec {
-            outlier_fraction: 0.0,
-            ..Default::default()
-        },
-        10,
-    )
-    .iter()
-    .map(|x| x * 50.0)
-    .collect();
+    let w: Vec<f32> = delta(n_in, n_out, &DeltaSpec { outlier_fraction: 0.0, ..Default::default() }, 10)
+        .iter()
+        .map(|x| x * 50.0)
+        .collect();
     let d = delta(n_in, n_out, &DeltaSpec::default(), 11);
-    let c = codec::compress(
-        &d,
-        n_in,
-        n_out,
-        None,
-        &CodecParams {
-            bits: 3,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let c = codec::compress(&d, n_in, n_out, None, &CodecParams { bits: 3, ..Default::default() }).unwrap();
     let dd = codec::decompress_f32(&c);
-    for base_ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-    ] {
+    for base_ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
         let base = quants::quantize_par(base_ty, &w, n_in).unwrap();
         let wb = quants::dequantize(base_ty, &base, w.len()).unwrap();
         let expect: Vec<f32> = wb.iter().zip(&dd).map(|(a, b)| a + b).collect();
@@ -240,64 +144,25 @@ fn reconstruction_into_every_output_type_matches_base_plus_delta() {
 
         let mut h = vec![f16::ZERO; w.len()];
         codec::reconstruct_into(base_ty, &base, n_in, n_out, Output::F16(&mut h), add).unwrap();
-        assert!(
-            h.iter().zip(&expect).all(|(a, b)| *a == f16::from_f32(*b)),
-            "{base_ty} -> f16"
-        );
+        assert!(h.iter().zip(&expect).all(|(a, b)| *a == f16::from_f32(*b)), "{base_ty} -> f16");
 
         let mut q = vec![0u8; GgmlType::Q8_0.row_bytes(n_in as u64).unwrap() as usize * n_out];
-        codec::reconstruct_into(
-            base_ty,
-            &base,
-            n_in,
-            n_out,
-            Output::Ggml(GgmlType::Q8_0, &mut q),
-            add,
-        )
-        .unwrap();
-        assert_eq!(
-            q,
-            quants::quantize_par(GgmlType::Q8_0, &expect, n_in).unwrap(),
-            "{base_ty} -> q8_0"
-        );
+        codec::reconstruct_into(base_ty, &base, n_in, n_out, Output::Ggml(GgmlType::Q8_0, &mut q), add).unwrap();
+        assert_eq!(q, quants::quantize_par(GgmlType::Q8_0, &expect, n_in).unwrap(), "{base_ty} -> q8_0");
     }
     // Wrong buffer sizes are errors, not panics.
     let mut small = vec![0.0f32; 10];
     let base = quants::quantize_par(GgmlType::F32, &w, n_in).unwrap();
-    assert!(codec::reconstruct_into(
-        GgmlType::F32,
-        &base,
-        n_in,
-        n_out,
-        Output::F32(&mut small),
-        |_, _| {}
-    )
-    .is_err());
-    assert!(codec::reconstruct_into(
-        GgmlType::F32,
-        &base[..100],
-        n_in,
-        n_out,
-        Output::F32(&mut small),
-        |_, _| {}
-    )
-    .is_err());
+    assert!(codec::reconstruct_into(GgmlType::F32, &base, n_in, n_out, Output::F32(&mut small), |_, _| {}).is_err());
+    assert!(
+        codec::reconstruct_into(GgmlType::F32, &base[..100], n_in, n_out, Output::F32(&mut small), |_, _| {}).is_err()
+    );
 }
 
 #[test]
 fn validate_rejects_inconsistent_deltas() {
     let d = delta(64, 8, &DeltaSpec::default(), 12);
-    let good = codec::compress(
-        &d,
-        64,
-        8,
-        None,
-        &CodecParams {
-            salient_fraction: 0.05,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let good = codec::compress(&d, 64, 8, None, &CodecParams { salient_fraction: 0.05, ..Default::default() }).unwrap();
     good.validate("t").unwrap();
     let mut bad: Vec<CompressedDelta> = vec![good.clone(); 5];
     bad[0].codes.pop();
@@ -306,10 +171,6 @@ fn validate_rejects_inconsistent_deltas() {
     bad[3].salient = SalientValues::F16(vec![]);
     bad[4].steps[0] = f16::NAN;
     for b in &bad {
-        assert!(b
-            .validate("blk.0.attn_q.weight")
-            .unwrap_err()
-            .to_string()
-            .contains("blk.0.attn_q.weight"));
+        assert!(b.validate("blk.0.attn_q.weight").unwrap_err().to_string().contains("blk.0.attn_q.weight"));
     }
 }

@@ -47,10 +47,7 @@ struct Kv {
 fn kv(key: &str, tag: u32, value: Vec<u8>) -> Kv {
     let mut body = u32le(tag);
     body.extend(value);
-    Kv {
-        key: key.as_bytes().to_vec(),
-        body,
-    }
+    Kv { key: key.as_bytes().to_vec(), body }
 }
 
 fn kv_str(key: &str, s: &str) -> Kv {
@@ -74,13 +71,7 @@ struct Ti {
 }
 
 fn ti(name: &str, ne: &[u64], ty: u32, offset: u64) -> Ti {
-    Ti {
-        name: name.as_bytes().to_vec(),
-        n_dims: ne.len() as u32,
-        ne: ne.to_vec(),
-        ty,
-        offset,
-    }
+    Ti { name: name.as_bytes().to_vec(), n_dims: ne.len() as u32, ne: ne.to_vec(), ty, offset }
 }
 
 /// Everything about a file that a test may want to break.
@@ -177,10 +168,7 @@ fn valid_file_parses_and_round_trips_byte_for_byte() {
     assert_eq!(h.version, 3);
     assert_eq!(h.alignment, 32);
     assert_eq!(h.metadata.get_str("general.architecture").unwrap(), "llama");
-    assert_eq!(
-        h.metadata.get_str_array("tokenizer.ggml.tokens").unwrap(),
-        ["a", "\u{e9}\u{1f980}"]
-    );
+    assert_eq!(h.metadata.get_str_array("tokenizer.ggml.tokens").unwrap(), ["a", "\u{e9}\u{1f980}"]);
     assert_eq!(h.tensors.len(), 2);
     assert_eq!(h.tensors[1].ne, vec![32, 2]);
     assert_eq!(h.data_offset as usize % 32, 0);
@@ -194,10 +182,7 @@ fn valid_file_parses_and_round_trips_byte_for_byte() {
         .iter()
         .map(|t| {
             let start = (h.data_offset + t.offset) as usize;
-            (
-                TensorInfoOut::from(t),
-                &bytes[start..start + t.n_bytes() as usize],
-            )
+            (TensorInfoOut::from(t), &bytes[start..start + t.n_bytes() as usize])
         })
         .collect();
     // The final padding of the hand-built file is tensor bytes in `Spec::bytes`; zero it as a
@@ -227,12 +212,7 @@ fn bad_magic() {
 
 #[test]
 fn unsupported_versions() {
-    for (v, needle) in [
-        (1, "version 1"),
-        (4, "version 4"),
-        (0, "version 0"),
-        (0x0300_0000, "byte-swapped"),
-    ] {
+    for (v, needle) in [(1, "version 1"), (4, "version 4"), (0, "version 0"), (0x0300_0000, "byte-swapped")] {
         let mut s = Spec::valid();
         s.version = v;
         expect_spec_err(&s, &[needle]);
@@ -262,10 +242,7 @@ fn truncated_at_every_byte() {
         };
         assert!(e.starts_with(LABEL), "cut at {n}: {e}");
         if n >= header_len {
-            assert!(
-                e.contains("file is only") && e.contains("tensor '"),
-                "cut at {n}: {e}"
-            );
+            assert!(e.contains("file is only") && e.contains("tensor '"), "cut at {n}: {e}");
         } else if n > 24 {
             // Past the counts, a cut names what was being read.
             assert!(e.contains("key") || e.contains("tensor"), "cut at {n}: {e}");
@@ -278,11 +255,7 @@ fn truncated_at_every_byte() {
 fn expect_fast_err(bytes: &[u8], needles: &[&str]) {
     let t = Instant::now();
     expect_err(bytes, needles);
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
 }
 
 #[test]
@@ -320,16 +293,13 @@ fn huge_counts_fail_fast() {
 
     // Arrays: fixed-size elements (n * 8 overflows u64) and strings.
     let mut s = Spec::valid();
-    s.kvs
-        .push(kv_array("big.u64s", T_U64, u64::MAX / 4, vec![]));
+    s.kvs.push(kv_array("big.u64s", T_U64, u64::MAX / 4, vec![]));
     expect_fast_err(&s.bytes(), &["'big.u64s'", "cannot fit"]);
     let mut s = Spec::valid();
-    s.kvs
-        .push(kv_array("big.strings", T_STRING, 1 << 40, vec![]));
+    s.kvs.push(kv_array("big.strings", T_STRING, 1 << 40, vec![]));
     expect_fast_err(&s.bytes(), &["'big.strings'", "cannot fit"]);
     let mut s = Spec::valid();
-    s.kvs
-        .push(kv_array("big.u8s", T_U8, 1 << 40, vec![1, 2, 3]));
+    s.kvs.push(kv_array("big.u8s", T_U8, 1 << 40, vec![1, 2, 3]));
     expect_fast_err(&s.bytes(), &["'big.u8s'", "cannot fit"]);
 
     // A tensor name of huge length.
@@ -422,13 +392,7 @@ fn duplicate_tensor() {
 fn misaligned_offset() {
     let mut s = Spec::valid();
     s.tensors[1].offset = 33;
-    expect_spec_err(
-        &s,
-        &[
-            "tensor 'blk.0.b'",
-            "offset 33 is not a multiple of alignment 32",
-        ],
-    );
+    expect_spec_err(&s, &["tensor 'blk.0.b'", "offset 33 is not a multiple of alignment 32"]);
 }
 
 #[test]
@@ -491,12 +455,7 @@ fn bad_alignment_values() {
 #[test]
 fn nested_array() {
     let mut s = Spec::valid();
-    s.kvs.push(kv_array(
-        "nested",
-        T_ARRAY,
-        1,
-        [u32le(T_U8), u64le(1), vec![7]].concat(),
-    ));
+    s.kvs.push(kv_array("nested", T_ARRAY, 1, [u32le(T_U8), u64le(1), vec![7]].concat()));
     expect_spec_err(&s, &["'nested'", "nested arrays"]);
 }
 
@@ -513,27 +472,16 @@ fn unknown_value_types() {
 #[test]
 fn bad_keys_and_strings() {
     let mut s = Spec::valid();
-    s.kvs.push(Kv {
-        key: b"k\xc3".to_vec(),
-        body: [u32le(T_U8), vec![1]].concat(),
-    });
+    s.kvs.push(Kv { key: b"k\xc3".to_vec(), body: [u32le(T_U8), vec![1]].concat() });
     expect_spec_err(&s, &["metadata key #4", "UTF-8"]);
     let mut s = Spec::valid();
-    s.kvs.push(Kv {
-        key: vec![],
-        body: [u32le(T_U8), vec![1]].concat(),
-    });
+    s.kvs.push(Kv { key: vec![], body: [u32le(T_U8), vec![1]].concat() });
     expect_spec_err(&s, &["metadata key #4", "empty"]);
     let mut s = Spec::valid();
     s.kvs.push(kv("general.name", T_STRING, string(b"caf\xe9")));
     expect_spec_err(&s, &["'general.name'", "UTF-8"]);
     let mut s = Spec::valid();
-    s.kvs.push(kv_array(
-        "tokens",
-        T_STRING,
-        2,
-        [string(b"ok"), string(b"\xff")].concat(),
-    ));
+    s.kvs.push(kv_array("tokens", T_STRING, 2, [string(b"ok"), string(b"\xff")].concat()));
     expect_spec_err(&s, &["element 1 of metadata key 'tokens'", "UTF-8"]);
 }
 
@@ -587,19 +535,14 @@ fn seeded_mutations_never_panic() {
         let edits = 1 + rng.below(4);
         for _ in 0..edits {
             // Mostly hit the header, where the structure is.
-            let pos = if rng.below(8) == 0 {
-                rng.below(b.len())
-            } else {
-                rng.below(header_len)
-            };
+            let pos = if rng.below(8) == 0 { rng.below(b.len()) } else { rng.below(header_len) };
             match rng.below(4) {
                 0 => b[pos] ^= 1 << rng.below(8),
                 1 => b[pos] = interesting[rng.below(interesting.len())],
                 2 => b[pos] = rng.next() as u8,
                 _ => {
                     // Overwrite a whole little-endian u64 with an extreme value.
-                    let v =
-                        [0u64, 1, 63, 64, u32::MAX as u64, i64::MAX as u64, u64::MAX][rng.below(7)];
+                    let v = [0u64, 1, 63, 64, u32::MAX as u64, i64::MAX as u64, u64::MAX][rng.below(7)];
                     let end = (pos + 8).min(b.len());
                     b[pos..end].copy_from_slice(&v.to_le_bytes()[..end - pos]);
                 }
@@ -609,11 +552,7 @@ fn seeded_mutations_never_panic() {
             let cut = rng.below(b.len());
             b.truncate(cut);
         }
-        let r = std::panic::catch_unwind(|| {
-            parse_header(&b, LABEL)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
+        let r = std::panic::catch_unwind(|| parse_header(&b, LABEL).map(|_| ()).map_err(|e| e.to_string()));
         match r {
             Ok(Ok(())) => ok += 1,
             Ok(Err(e)) => {

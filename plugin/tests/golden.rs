@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use switchyard::bundle::fingerprint::base_fingerprint;
-use switchyard::bundle::{
-    materialize, write_bundle, Bundle, ExpertDeltas, ExpertInfo, TensorDelta,
-};
+use switchyard::bundle::{materialize, write_bundle, Bundle, ExpertDeltas, ExpertInfo, TensorDelta};
 use switchyard::codec::{self, CodecParams, Method, Output};
 use switchyard::gguf::{write_gguf, GgufFile, Metadata, TensorInfoOut, Value};
 use switchyard::synth::{self, DeltaSpec};
@@ -30,13 +28,7 @@ fn base_tensors() -> Vec<(&'static str, GgmlType, Vec<u64>)> {
 }
 
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let spec = DeltaSpec {
-        noise: 1.0,
-        rank: 0,
-        low_rank: 0.0,
-        outlier_fraction: 0.0,
-        outlier: 0.0,
-    };
+    let spec = DeltaSpec { noise: 1.0, rank: 0, low_rank: 0.0, outlier_fraction: 0.0, outlier: 0.0 };
     synth::structured_delta(n, 1, &spec, scale, &mut synth::rng(seed))
 }
 
@@ -51,10 +43,7 @@ fn make_bundle(dir: &Path) -> PathBuf {
         tensors.push((TensorInfoOut::new(name, ty, ne), bytes));
     }
     let base_path = dir.join("base.gguf");
-    let refs: Vec<_> = tensors
-        .iter()
-        .map(|(i, b)| (i.clone(), b.as_slice()))
-        .collect();
+    let refs: Vec<_> = tensors.iter().map(|(i, b)| (i.clone(), b.as_slice())).collect();
     write_gguf(&base_path, &md, &refs).unwrap();
     let base = GgufFile::open(&base_path).unwrap();
 
@@ -62,13 +51,7 @@ fn make_bundle(dir: &Path) -> PathBuf {
         ("alpha", CodecParams::default()),
         (
             "beta",
-            CodecParams {
-                method: Method::Salient,
-                bits: 3,
-                salient_fraction: 0.05,
-                salient_bits: 8,
-                group_size: 32,
-            },
+            CodecParams { method: Method::Salient, bits: 3, salient_fraction: 0.05, salient_bits: 8, group_size: 32 },
         ),
         ("gamma", CodecParams::bitdelta()),
     ]
@@ -78,33 +61,18 @@ fn make_bundle(dir: &Path) -> PathBuf {
         let mut deltas = Vec::new();
         for (name_t, _, ne) in base_tensors() {
             let (n_in, n) = (ne[0] as usize, ne.iter().product::<u64>() as usize);
-            let d = synth::structured_delta(
-                n_in,
-                n / n_in,
-                &DeltaSpec::default(),
-                0.05,
-                &mut synth::rng(100 + e as u64),
-            );
+            let d =
+                synth::structured_delta(n_in, n / n_in, &DeltaSpec::default(), 0.05, &mut synth::rng(100 + e as u64));
             let delta = match name_t {
-                "token_embd.weight" => TensorDelta::Dense {
-                    ty: GgmlType::Q8_0,
-                    data: quants::quantize(GgmlType::Q8_0, &d).unwrap(),
-                },
-                "blk.0.attn_norm.weight" => TensorDelta::Replace {
-                    data: values(n, 50 + e as u64, 1.0),
-                },
+                "token_embd.weight" => {
+                    TensorDelta::Dense { ty: GgmlType::Q8_0, data: quants::quantize(GgmlType::Q8_0, &d).unwrap() }
+                }
+                "blk.0.attn_norm.weight" => TensorDelta::Replace { data: values(n, 50 + e as u64, 1.0) },
                 _ => TensorDelta::Codec(codec::compress(&d, n_in, n / n_in, None, params).unwrap()),
             };
             deltas.push((name_t.to_string(), delta));
         }
-        ExpertDeltas {
-            info: ExpertInfo {
-                name: name.to_string(),
-                params: *params,
-                imatrix: None,
-            },
-            tensors: deltas,
-        }
+        ExpertDeltas { info: ExpertInfo { name: name.to_string(), params: *params, imatrix: None }, tensors: deltas }
     })
     .collect::<Vec<_>>();
     let out = dir.join("bundle-v1.gguf");
@@ -119,20 +87,9 @@ fn decoded_digest(bundle: &Bundle) -> String {
         for t in bundle.base_tensors() {
             let mut out = vec![0.0f32; t.n_elements() as usize];
             let d = bundle.delta(e, &t.name).unwrap();
-            materialize(
-                t,
-                bundle.file.tensor_data(t),
-                d.as_ref(),
-                Output::F32(&mut out),
-            )
-            .unwrap();
+            materialize(t, bundle.file.tensor_data(t), d.as_ref(), Output::F32(&mut out)).unwrap();
             let bytes: Vec<u8> = out.iter().flat_map(|x| x.to_le_bytes()).collect();
-            lines += &format!(
-                "{} {} {}\n",
-                info.name,
-                t.name,
-                blake3::hash(&bytes).to_hex()
-            );
+            lines += &format!("{} {} {}\n", info.name, t.name, blake3::hash(&bytes).to_hex());
         }
     }
     lines
@@ -147,11 +104,7 @@ fn golden_bundle_is_stable() {
     if std::env::var_os("SWITCHYARD_BLESS").is_some() {
         std::fs::create_dir_all(golden_dir()).unwrap();
         std::fs::copy(&made, &golden).unwrap();
-        std::fs::write(
-            &digest_path,
-            decoded_digest(&Bundle::open(&golden).unwrap()),
-        )
-        .unwrap();
+        std::fs::write(&digest_path, decoded_digest(&Bundle::open(&golden).unwrap())).unwrap();
     }
     let committed = Bundle::open(&golden).unwrap();
     committed.verify_base().unwrap();

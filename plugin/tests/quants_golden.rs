@@ -20,29 +20,19 @@ fn golden_dir() -> PathBuf {
 
 fn read(name: &str) -> Vec<u8> {
     let path = golden_dir().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run scripts/golden/make_quant_golden.py)",
-            path.display()
-        )
-    })
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/golden/make_quant_golden.py)", path.display()))
 }
 
 fn read_f32(name: &str) -> Vec<f32> {
     let bytes = read(name);
     assert_eq!(bytes.len() % 4, 0, "{name}");
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 /// First differing element, formatted, or None when bit-identical.
 fn first_bit_difference(got: &[f32], want: &[f32]) -> Option<String> {
     assert_eq!(got.len(), want.len());
-    let diffs: Vec<usize> = (0..got.len())
-        .filter(|&i| got[i].to_bits() != want[i].to_bits())
-        .collect();
+    let diffs: Vec<usize> = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).collect();
     diffs.first().map(|&i| {
         format!(
             "{} of {} elements differ; first at {i}: got {} ({:#010x}), gguf-py {} ({:#010x})",
@@ -104,21 +94,13 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
             failures.push(format!("{ty} (parallel): {d}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "dequantization differs from gguf-py:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "dequantization differs from gguf-py:\n{}", failures.join("\n"));
 }
 
 #[test]
 fn quantize_matches_gguf_py_byte_for_byte() {
     let x = read_f32("quant_input.f32");
-    assert_eq!(
-        x.len() % 256,
-        0,
-        "quant_input.f32 should hold whole 256-element rows"
-    );
+    assert_eq!(x.len() % 256, 0, "quant_input.f32 should hold whole 256-element rows");
     let mut failures = Vec::new();
     for ty in QUANT_TYPES {
         let want = read(&format!("quant_{}.bin", ty.name()));
@@ -135,27 +117,13 @@ fn quantize_matches_gguf_py_byte_for_byte() {
                 want[i]
             ));
         }
-        assert_eq!(
-            quantize_par(ty, &x, 256).unwrap(),
-            got,
-            "{ty}: parallel quantization"
-        );
+        assert_eq!(quantize_par(ty, &x, 256).unwrap(), got, "{ty}: parallel quantization");
     }
-    assert!(
-        failures.is_empty(),
-        "quantization differs from gguf-py:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "quantization differs from gguf-py:\n{}", failures.join("\n"));
 }
 
-const KQUANT_TYPES: [GgmlType; 6] = [
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::Q8_K,
-];
+const KQUANT_TYPES: [GgmlType; 6] =
+    [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K];
 
 #[test]
 fn kquant_quantize_matches_ggml_byte_for_byte() {
@@ -177,11 +145,7 @@ fn kquant_quantize_matches_ggml_byte_for_byte() {
                 got.len() / size
             ));
         }
-        assert_eq!(
-            quantize_par(ty, &x, 512).unwrap(),
-            got,
-            "{ty}: parallel quantization"
-        );
+        assert_eq!(quantize_par(ty, &x, 512).unwrap(), got, "{ty}: parallel quantization");
     }
     // and ggml's dequantization of its own Q8_K output
     let q8k = read("quant_q8_K.bin");
@@ -190,19 +154,12 @@ fn kquant_quantize_matches_ggml_byte_for_byte() {
     if let Some(d) = first_bit_difference(&got, &want) {
         failures.push(format!("q8_K dequantization: {d}"));
     }
-    assert!(
-        failures.is_empty(),
-        "k-quant quantization differs from ggml:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "k-quant quantization differs from ggml:\n{}", failures.join("\n"));
 }
 
 #[test]
 fn golden_files_are_small() {
     // They are committed: keep the whole folder well under 100 KB.
-    let total: u64 = std::fs::read_dir(golden_dir())
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
+    let total: u64 = std::fs::read_dir(golden_dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     assert!(total < 100 * 1024, "golden quant files take {total} bytes");
 }

@@ -44,9 +44,7 @@ pub fn layout_for(params: &CodecParams, n_in: usize) -> StepLayout {
         Method::BitDelta => StepLayout::Matrix,
         Method::Rtn => StepLayout::Groups { group: n_in },
         Method::Salient if params.group_size == 0 => StepLayout::Groups { group: n_in },
-        Method::Salient => StepLayout::Groups {
-            group: params.group_size.min(n_in),
-        },
+        Method::Salient => StepLayout::Groups { group: params.group_size.min(n_in) },
     }
 }
 
@@ -75,8 +73,7 @@ impl TensorDelta {
             TensorDelta::Dense { ty, data } => {
                 let rb = ty.row_bytes(n_in as u64).expect("validated on read") as usize;
                 let mut d = vec![0.0f32; n_in];
-                quants::dequantize_row(*ty, &data[r * rb..(r + 1) * rb], &mut d)
-                    .expect("validated on read");
+                quants::dequantize_row(*ty, &data[r * rb..(r + 1) * rb], &mut d).expect("validated on read");
                 row.iter_mut().zip(&d).for_each(|(w, x)| *w += x);
             }
             TensorDelta::Replace { data } => row.copy_from_slice(&data[r * n_in..(r + 1) * n_in]),
@@ -84,53 +81,30 @@ impl TensorDelta {
     }
 
     /// The GGUF tensors that store this delta for expert `index` and base tensor `base`.
-    pub fn to_tensors(
-        &self,
-        index: usize,
-        base: &str,
-        base_ne: &[u64],
-    ) -> Vec<(TensorInfoOut, Vec<u8>)> {
+    pub fn to_tensors(&self, index: usize, base: &str, base_ne: &[u64]) -> Vec<(TensorInfoOut, Vec<u8>)> {
         let name = |part: &str| delta_tensor(index, base, part);
         match self {
             TensorDelta::Replace { data } => {
-                vec![(
-                    TensorInfoOut::new(name("full"), GgmlType::F32, base_ne.to_vec()),
-                    f32_bytes(data),
-                )]
+                vec![(TensorInfoOut::new(name("full"), GgmlType::F32, base_ne.to_vec()), f32_bytes(data))]
             }
-            TensorDelta::Dense { ty, data } => vec![(
-                TensorInfoOut::new(name("delta"), *ty, base_ne.to_vec()),
-                data.clone(),
-            )],
+            TensorDelta::Dense { ty, data } => {
+                vec![(TensorInfoOut::new(name("delta"), *ty, base_ne.to_vec()), data.clone())]
+            }
             TensorDelta::Codec(c) => {
                 let n_out = c.n_out as u64;
                 let mut out = vec![(
-                    TensorInfoOut::new(
-                        name("codes"),
-                        GgmlType::I8,
-                        vec![c.row_code_bytes() as u64, n_out],
-                    ),
+                    TensorInfoOut::new(name("codes"), GgmlType::I8, vec![c.row_code_bytes() as u64, n_out]),
                     c.codes.clone(),
                 )];
                 let steps_ne = match c.layout {
                     StepLayout::Matrix => vec![1],
                     StepLayout::Groups { .. } => vec![c.groups_per_row() as u64, n_out],
                 };
-                out.push((
-                    TensorInfoOut::new(name("steps"), GgmlType::F16, steps_ne),
-                    f16_bytes(&c.steps),
-                ));
+                out.push((TensorInfoOut::new(name("steps"), GgmlType::F16, steps_ne), f16_bytes(&c.steps)));
                 let n_sal = c.salient_idx.len() as u64;
                 if n_sal > 0 {
-                    let idx: Vec<u8> = c
-                        .salient_idx
-                        .iter()
-                        .flat_map(|&i| (i as i32).to_le_bytes())
-                        .collect();
-                    out.push((
-                        TensorInfoOut::new(name("sal_idx"), GgmlType::I32, vec![n_sal]),
-                        idx,
-                    ));
+                    let idx: Vec<u8> = c.salient_idx.iter().flat_map(|&i| (i as i32).to_le_bytes()).collect();
+                    out.push((TensorInfoOut::new(name("sal_idx"), GgmlType::I32, vec![n_sal]), idx));
                     match &c.salient {
                         SalientValues::F16(v) => out.push((
                             TensorInfoOut::new(name("sal_val"), GgmlType::F16, vec![n_sal, n_out]),
@@ -138,14 +112,7 @@ impl TensorDelta {
                         )),
                         SalientValues::Q8 { values, steps } => {
                             let v: Vec<u8> = values.iter().map(|&x| x as u8).collect();
-                            out.push((
-                                TensorInfoOut::new(
-                                    name("sal_val"),
-                                    GgmlType::I8,
-                                    vec![n_sal, n_out],
-                                ),
-                                v,
-                            ));
+                            out.push((TensorInfoOut::new(name("sal_val"), GgmlType::I8, vec![n_sal, n_out]), v));
                             out.push((
                                 TensorInfoOut::new(name("sal_step"), GgmlType::F16, vec![n_sal]),
                                 f16_bytes(steps),
@@ -180,9 +147,7 @@ impl TensorDelta {
         if let Some((info, bytes)) = get("full") {
             expect("full", info, GgmlType::F32, &base.ne)?;
             only(&keys, &["full"], what)?;
-            return Ok(TensorDelta::Replace {
-                data: f32_values(bytes),
-            });
+            return Ok(TensorDelta::Replace { data: f32_values(bytes) });
         }
         if let Some((info, bytes)) = get("delta") {
             if info.ne != base.ne || !quants::can_dequantize(info.ty) {
@@ -195,28 +160,19 @@ impl TensorDelta {
                 );
             }
             only(&keys, &["delta"], what)?;
-            return Ok(TensorDelta::Dense {
-                ty: info.ty,
-                data: bytes.to_vec(),
-            });
+            return Ok(TensorDelta::Dense { ty: info.ty, data: bytes.to_vec() });
         }
         let (n_in, n_out) = rows_of(&base.ne);
-        let (codes_info, codes) = get("codes").ok_or_else(|| {
-            Error::Invalid(format!("{what}: no 'codes', 'delta' or 'full' tensor"))
-        })?;
-        let (steps_info, steps) = get("steps")
-            .ok_or_else(|| Error::Invalid(format!("{what}: 'codes' without 'steps'")))?;
+        let (codes_info, codes) =
+            get("codes").ok_or_else(|| Error::Invalid(format!("{what}: no 'codes', 'delta' or 'full' tensor")))?;
+        let (steps_info, steps) =
+            get("steps").ok_or_else(|| Error::Invalid(format!("{what}: 'codes' without 'steps'")))?;
         let bits = params.bits;
         let layout = layout_for(params, n_in);
         if n_in % 8 != 0 {
             crate::bail_invalid!("{what}: base width {n_in} is not a multiple of 8");
         }
-        expect(
-            "codes",
-            codes_info,
-            GgmlType::I8,
-            &[codec::pack::packed_len(n_in, bits) as u64, n_out as u64],
-        )?;
+        expect("codes", codes_info, GgmlType::I8, &[codec::pack::packed_len(n_in, bits) as u64, n_out as u64])?;
         let steps_ne = match layout {
             StepLayout::Matrix => vec![1],
             StepLayout::Groups { group } => vec![n_in.div_ceil(group) as u64, n_out as u64],
@@ -229,19 +185,13 @@ impl TensorDelta {
             }
             Some((idx_info, idx)) => {
                 if idx_info.ty != GgmlType::I32 || idx_info.ne.len() != 1 {
-                    crate::bail_invalid!(
-                        "{what}: tensor '{}' must be a 1-D i32 list",
-                        idx_info.name
-                    );
+                    crate::bail_invalid!("{what}: tensor '{}' must be a 1-D i32 list", idx_info.name);
                 }
                 let n_sal = idx_info.ne[0];
-                let idx: Vec<u32> = idx
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32)
-                    .collect();
-                let (val_info, val) = get("sal_val").ok_or_else(|| {
-                    Error::Invalid(format!("{what}: 'sal_idx' without 'sal_val'"))
-                })?;
+                let idx: Vec<u32> =
+                    idx.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect();
+                let (val_info, val) =
+                    get("sal_val").ok_or_else(|| Error::Invalid(format!("{what}: 'sal_idx' without 'sal_val'")))?;
                 let values = match val_info.ty {
                     GgmlType::F16 => {
                         expect("sal_val", val_info, GgmlType::F16, &[n_sal, n_out as u64])?;
@@ -250,19 +200,11 @@ impl TensorDelta {
                     }
                     _ => {
                         expect("sal_val", val_info, GgmlType::I8, &[n_sal, n_out as u64])?;
-                        let (st_info, st) = get("sal_step").ok_or_else(|| {
-                            Error::Invalid(format!("{what}: i8 'sal_val' without 'sal_step'"))
-                        })?;
+                        let (st_info, st) = get("sal_step")
+                            .ok_or_else(|| Error::Invalid(format!("{what}: i8 'sal_val' without 'sal_step'")))?;
                         expect("sal_step", st_info, GgmlType::F16, &[n_sal])?;
-                        only(
-                            &keys,
-                            &["codes", "steps", "sal_idx", "sal_val", "sal_step"],
-                            what,
-                        )?;
-                        SalientValues::Q8 {
-                            values: val.iter().map(|&b| b as i8).collect(),
-                            steps: f16_values(st),
-                        }
+                        only(&keys, &["codes", "steps", "sal_idx", "sal_val", "sal_step"], what)?;
+                        SalientValues::Q8 { values: val.iter().map(|&b| b as i8).collect(), steps: f16_values(st) }
                     }
                 };
                 (idx, values)
@@ -285,9 +227,7 @@ impl TensorDelta {
 
 fn only(present: &[&str], allowed: &[&str], what: &str) -> Result<()> {
     match present.iter().find(|p| !allowed.contains(p)) {
-        Some(extra) => Err(Error::Invalid(format!(
-            "{what}: unexpected part '{extra}' next to {allowed:?}"
-        ))),
+        Some(extra) => Err(Error::Invalid(format!("{what}: unexpected part '{extra}' next to {allowed:?}"))),
         None => Ok(()),
     }
 }
@@ -297,9 +237,7 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn f32_values(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn f16_bytes(v: &[f16]) -> Vec<u8> {
@@ -307,7 +245,5 @@ fn f16_bytes(v: &[f16]) -> Vec<u8> {
 }
 
 fn f16_values(b: &[u8]) -> Vec<f16> {
-    b.chunks_exact(2)
-        .map(|c| f16::from_le_bytes([c[0], c[1]]))
-        .collect()
+    b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()
 }

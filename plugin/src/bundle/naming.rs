@@ -34,13 +34,9 @@ pub fn parse_delta_tensor(name: &str) -> Option<(usize, &str, &str)> {
 /// Expert names are used in tensor-free keys, file names, HTTP requests and command lines:
 /// keep them to letters, digits, '_' and '-', 1 to 48 characters, and not a reserved word.
 pub fn check_expert_name(name: &str) -> Result<()> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if name.is_empty() || name.len() > 48 || !ok_chars {
-        crate::bail_invalid!(
-            "expert name '{name}' must be 1-48 characters of letters, digits, '_' or '-'"
-        );
+        crate::bail_invalid!("expert name '{name}' must be 1-48 characters of letters, digits, '_' or '-'");
     }
     if RESERVED_EXPERT_NAMES.contains(&name) {
         crate::bail_invalid!("expert name '{name}' is reserved");
@@ -56,10 +52,7 @@ mod tests {
     fn delta_names_round_trip() {
         let n = delta_tensor(3, "blk.12.ffn_down.weight", "codes");
         assert_eq!(n, "switchyard.3.blk.12.ffn_down.weight.codes");
-        assert_eq!(
-            parse_delta_tensor(&n),
-            Some((3, "blk.12.ffn_down.weight", "codes"))
-        );
+        assert_eq!(parse_delta_tensor(&n), Some((3, "blk.12.ffn_down.weight", "codes")));
         assert_eq!(parse_delta_tensor("blk.0.attn_q.weight"), None);
     }
 

@@ -11,8 +11,7 @@ use crate::gguf::{GgufFile, TensorInfo};
 use super::delta::TensorDelta;
 use super::fingerprint::base_fingerprint;
 use super::naming::{
-    self, expert_key, parse_delta_tensor, KEY_BASE_FINGERPRINT, KEY_EXPERT_NAMES,
-    KEY_FORMAT_VERSION, PREFIX,
+    self, expert_key, parse_delta_tensor, KEY_BASE_FINGERPRINT, KEY_EXPERT_NAMES, KEY_FORMAT_VERSION, PREFIX,
 };
 use super::write::ExpertInfo;
 
@@ -24,9 +23,7 @@ pub struct Bundle {
     index: Vec<BTreeMap<String, BTreeMap<String, usize>>>,
 }
 
-const PARTS: &[&str] = &[
-    "codes", "steps", "sal_idx", "sal_val", "sal_step", "delta", "full",
-];
+const PARTS: &[&str] = &["codes", "steps", "sal_idx", "sal_val", "sal_step", "delta", "full"];
 
 impl Bundle {
     pub fn open(path: &Path) -> Result<Bundle> {
@@ -37,9 +34,7 @@ impl Bundle {
         let label = file.label().to_string();
         let md = &file.metadata;
         let Some(version) = md.opt_u32(KEY_FORMAT_VERSION)? else {
-            crate::bail_invalid!(
-                "{label}: not a switchyard bundle (no '{KEY_FORMAT_VERSION}' key)"
-            );
+            crate::bail_invalid!("{label}: not a switchyard bundle (no '{KEY_FORMAT_VERSION}' key)");
         };
         if version == 0 || version > naming::FORMAT_VERSION {
             crate::bail_unsupported!(
@@ -53,24 +48,15 @@ impl Bundle {
         for (i, name) in names.iter().enumerate() {
             naming::check_expert_name(name).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
             if names[..i].contains(name) {
-                crate::bail_invalid!(
-                    "{label}: expert name '{name}' appears twice in '{KEY_EXPERT_NAMES}'"
-                );
+                crate::bail_invalid!("{label}: expert name '{name}' appears twice in '{KEY_EXPERT_NAMES}'");
             }
             let method_name = md.get_str(&expert_key(i, "codec"))?;
             let method = Method::from_name(method_name).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "{label}: key '{}': unknown codec '{method_name}'",
-                    expert_key(i, "codec")
-                ))
+                Error::Unsupported(format!("{label}: key '{}': unknown codec '{method_name}'", expert_key(i, "codec")))
             })?;
             let params = CodecParams {
                 method,
-                bits: small(
-                    md.get_u32(&expert_key(i, "bits"))?,
-                    &label,
-                    &expert_key(i, "bits"),
-                )?,
+                bits: small(md.get_u32(&expert_key(i, "bits"))?, &label, &expert_key(i, "bits"))?,
                 group_size: md.get_u32(&expert_key(i, "group_size"))? as usize,
                 salient_fraction: md.get_f32(&expert_key(i, "salient_fraction"))?,
                 salient_bits: small(
@@ -79,18 +65,9 @@ impl Bundle {
                     &expert_key(i, "salient_bits"),
                 )?,
             };
-            params
-                .validate()
-                .map_err(|e| Error::Invalid(format!("{label}: expert '{name}': {e}")))?;
-            let imatrix = md
-                .opt_str(&expert_key(i, "imatrix"))?
-                .filter(|s| !s.is_empty())
-                .map(String::from);
-            experts.push(ExpertInfo {
-                name: name.clone(),
-                params,
-                imatrix,
-            });
+            params.validate().map_err(|e| Error::Invalid(format!("{label}: expert '{name}': {e}")))?;
+            let imatrix = md.opt_str(&expert_key(i, "imatrix"))?.filter(|s| !s.is_empty()).map(String::from);
+            experts.push(ExpertInfo { name: name.clone(), params, imatrix });
         }
 
         let mut index = vec![BTreeMap::<String, BTreeMap<String, usize>>::new(); experts.len()];
@@ -99,7 +76,10 @@ impl Bundle {
                 continue;
             }
             let Some((e, base, part)) = parse_delta_tensor(&t.name) else {
-                crate::bail_invalid!("{label}: tensor '{}' has the reserved prefix but no '<expert>.<tensor>.<part>' form", t.name);
+                crate::bail_invalid!(
+                    "{label}: tensor '{}' has the reserved prefix but no '<expert>.<tensor>.<part>' form",
+                    t.name
+                );
             };
             if e >= experts.len() {
                 crate::bail_invalid!(
@@ -118,17 +98,9 @@ impl Bundle {
                     t.name
                 ),
             }
-            index[e]
-                .entry(base.to_string())
-                .or_default()
-                .insert(part.to_string(), ti);
+            index[e].entry(base.to_string()).or_default().insert(part.to_string(), ti);
         }
-        Ok(Bundle {
-            file,
-            experts,
-            fingerprint,
-            index,
-        })
+        Ok(Bundle { file, experts, fingerprint, index })
     }
 
     pub fn label(&self) -> &str {
@@ -137,32 +109,20 @@ impl Bundle {
 
     /// The base model's tensors, in file order.
     pub fn base_tensors(&self) -> impl Iterator<Item = &TensorInfo> {
-        self.file
-            .tensors
-            .iter()
-            .filter(|t| !t.name.starts_with(PREFIX))
+        self.file.tensors.iter().filter(|t| !t.name.starts_with(PREFIX))
     }
 
     /// Index of the expert called `name`; the error lists the valid names.
     pub fn expert_index(&self, name: &str) -> Result<usize> {
-        self.experts
-            .iter()
-            .position(|e| e.name == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self.experts.iter().map(|e| e.name.as_str()).collect();
-                Error::Invalid(format!(
-                    "{}: no expert '{name}' (experts: base, {})",
-                    self.label(),
-                    names.join(", ")
-                ))
-            })
+        self.experts.iter().position(|e| e.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.experts.iter().map(|e| e.name.as_str()).collect();
+            Error::Invalid(format!("{}: no expert '{name}' (experts: base, {})", self.label(), names.join(", ")))
+        })
     }
 
     /// Base tensors that expert `e` changes, in file order.
     pub fn changed_tensors(&self, e: usize) -> impl Iterator<Item = &str> {
-        self.base_tensors()
-            .filter(move |t| self.index[e].contains_key(&t.name))
-            .map(|t| t.name.as_str())
+        self.base_tensors().filter(move |t| self.index[e].contains_key(&t.name)).map(|t| t.name.as_str())
     }
 
     /// Expert `e`'s delta for base tensor `base`, or None when the expert leaves it unchanged.
@@ -178,21 +138,13 @@ impl Bundle {
                 Ok((p.as_str(), (info, self.file.try_tensor_data(info)?)))
             })
             .collect::<Result<BTreeMap<_, _>>>()?;
-        let what = format!(
-            "{}: expert '{}', tensor '{base}'",
-            self.label(),
-            self.experts[e].name
-        );
+        let what = format!("{}: expert '{}', tensor '{base}'", self.label(), self.experts[e].name);
         TensorDelta::from_tensors(&parts, &self.experts[e].params, base_info, &what).map(Some)
     }
 
     /// Bytes the stored deltas of expert `e` take in the file.
     pub fn expert_bytes(&self, e: usize) -> u64 {
-        self.index[e]
-            .values()
-            .flat_map(|p| p.values())
-            .map(|&ti| self.file.tensors[ti].n_bytes())
-            .sum()
+        self.index[e].values().flat_map(|p| p.values()).map(|&ti| self.file.tensors[ti].n_bytes()).sum()
     }
 
     /// Recompute the base fingerprint and compare it with the stored one.
@@ -221,6 +173,5 @@ impl Bundle {
 }
 
 fn small(v: u32, label: &str, key: &str) -> Result<u8> {
-    u8::try_from(v)
-        .map_err(|_| Error::Invalid(format!("{label}: key '{key}' is {v}, out of range")))
+    u8::try_from(v).map_err(|_| Error::Invalid(format!("{label}: key '{key}' is {v}, out of range")))
 }

@@ -10,8 +10,7 @@ use crate::gguf::{Array, GgufFile, GgufWriter, TensorInfoOut, Value};
 
 use super::delta::TensorDelta;
 use super::naming::{
-    self, check_expert_name, expert_key, KEY_BASE_FINGERPRINT, KEY_EXPERT_NAMES,
-    KEY_FORMAT_VERSION, PREFIX,
+    self, check_expert_name, expert_key, KEY_BASE_FINGERPRINT, KEY_EXPERT_NAMES, KEY_FORMAT_VERSION, PREFIX,
 };
 
 /// An expert's name and how its deltas were made.
@@ -39,43 +38,20 @@ impl ExpertDeltas {
 pub(crate) fn expert_metadata(index: usize, info: &ExpertInfo) -> Vec<(String, Value)> {
     let p = &info.params;
     vec![
-        (
-            expert_key(index, "codec"),
-            Value::String(p.method.name().into()),
-        ),
+        (expert_key(index, "codec"), Value::String(p.method.name().into())),
         (expert_key(index, "bits"), Value::U32(p.bits as u32)),
-        (
-            expert_key(index, "group_size"),
-            Value::U32(p.group_size as u32),
-        ),
-        (
-            expert_key(index, "salient_fraction"),
-            Value::F32(p.salient_fraction),
-        ),
-        (
-            expert_key(index, "salient_bits"),
-            Value::U32(p.salient_bits as u32),
-        ),
-        (
-            expert_key(index, "imatrix"),
-            Value::String(info.imatrix.clone().unwrap_or_default()),
-        ),
+        (expert_key(index, "group_size"), Value::U32(p.group_size as u32)),
+        (expert_key(index, "salient_fraction"), Value::F32(p.salient_fraction)),
+        (expert_key(index, "salient_bits"), Value::U32(p.salient_bits as u32)),
+        (expert_key(index, "imatrix"), Value::String(info.imatrix.clone().unwrap_or_default())),
     ]
 }
 
 /// Write `base` plus `experts` to `path`. `fingerprint` is [`super::fingerprint::base_fingerprint`]
 /// of `base` (passed in because the caller usually has it already).
-pub fn write_bundle(
-    path: &Path,
-    base: &GgufFile,
-    fingerprint: &str,
-    experts: &[ExpertDeltas],
-) -> Result<()> {
+pub fn write_bundle(path: &Path, base: &GgufFile, fingerprint: &str, experts: &[ExpertDeltas]) -> Result<()> {
     if base.metadata.contains_key(KEY_FORMAT_VERSION) {
-        crate::bail_invalid!(
-            "{}: is already a switchyard bundle; give the plain base model GGUF",
-            base.label()
-        );
+        crate::bail_invalid!("{}: is already a switchyard bundle; give the plain base model GGUF", base.label());
     }
     let mut names = Vec::new();
     for e in experts {
@@ -99,11 +75,7 @@ pub fn write_bundle(
     let mut infos: Vec<TensorInfoOut> = Vec::with_capacity(base.tensors.len());
     for t in &base.tensors {
         if t.name.starts_with(PREFIX) {
-            crate::bail_invalid!(
-                "{}: tensor '{}' uses the reserved prefix '{PREFIX}'",
-                base.label(),
-                t.name
-            );
+            crate::bail_invalid!("{}: tensor '{}' uses the reserved prefix '{PREFIX}'", base.label(), t.name);
         }
         infos.push(TensorInfoOut::from(t));
     }
@@ -111,11 +83,7 @@ pub fn write_bundle(
     for (i, e) in experts.iter().enumerate() {
         for (tname, delta) in &e.tensors {
             let Some(bt) = base.tensor(tname) else {
-                crate::bail_invalid!(
-                    "expert '{}': tensor '{tname}' is not in the base {}",
-                    e.info.name,
-                    base.label()
-                );
+                crate::bail_invalid!("expert '{}': tensor '{tname}' is not in the base {}", e.info.name, base.label());
             };
             for (info, bytes) in delta.to_tensors(i, tname, &bt.ne) {
                 if info.name.len() >= crate::gguf::MAX_NAME_BYTES {

@@ -11,13 +11,7 @@ use crate::error::Result;
 /// Compress `d` (n_out rows of n_in, row-major). `act` is the per-input-channel mean squared
 /// activation (a llama.cpp imatrix entry): n_in values, or n_in * n_mat for n_mat stacked
 /// matrices (MoE experts) whose rows follow each other. Without it every channel weighs 1.
-pub fn compress(
-    d: &[f32],
-    n_in: usize,
-    n_out: usize,
-    act: Option<&[f32]>,
-    p: &CodecParams,
-) -> Result<CompressedDelta> {
+pub fn compress(d: &[f32], n_in: usize, n_out: usize, act: Option<&[f32]>, p: &CodecParams) -> Result<CompressedDelta> {
     p.validate()?;
     if d.len() != n_in * n_out {
         crate::bail_invalid!("delta has {} values, expected {n_out}x{n_in}", d.len());
@@ -28,38 +22,12 @@ pub fn compress(
     let weights = ChannelWeights::new(act, n_in, n_out)?;
     Ok(match p.method {
         Method::BitDelta => bitdelta(d, n_in, n_out),
-        Method::Rtn => grouped(
-            d,
-            n_in,
-            n_out,
-            p.bits,
-            n_in,
-            &ChannelWeights::uniform(n_in),
-            &[],
-            p.salient_bits,
-        ),
+        Method::Rtn => grouped(d, n_in, n_out, p.bits, n_in, &ChannelWeights::uniform(n_in), &[], p.salient_bits),
         Method::Salient => {
-            let group = if p.group_size == 0 {
-                n_in
-            } else {
-                p.group_size.min(n_in)
-            };
+            let group = if p.group_size == 0 { n_in } else { p.group_size.min(n_in) };
             let k = ((p.salient_fraction as f64 * n_in as f64).round() as usize).min(n_in);
-            let salient = if k == 0 {
-                Vec::new()
-            } else {
-                select_salient(d, n_in, n_out, p.bits, group, &weights, k)
-            };
-            grouped(
-                d,
-                n_in,
-                n_out,
-                p.bits,
-                group,
-                &weights,
-                &salient,
-                p.salient_bits,
-            )
+            let salient = if k == 0 { Vec::new() } else { select_salient(d, n_in, n_out, p.bits, group, &weights, k) };
+            grouped(d, n_in, n_out, p.bits, group, &weights, &salient, p.salient_bits)
         }
     })
 }
@@ -73,11 +41,7 @@ struct ChannelWeights {
 
 impl ChannelWeights {
     fn uniform(n_in: usize) -> Self {
-        ChannelWeights {
-            values: vec![1.0; n_in],
-            n_in,
-            rows_per_mat: usize::MAX,
-        }
+        ChannelWeights { values: vec![1.0; n_in], n_in, rows_per_mat: usize::MAX }
     }
 
     fn new(act: Option<&[f32]>, n_in: usize, n_out: usize) -> Result<Self> {
@@ -92,15 +56,8 @@ impl ChannelWeights {
             );
         }
         // Negative or NaN statistics would invert the ranking; clamp them to zero weight.
-        let values = act
-            .iter()
-            .map(|&v| if v.is_finite() && v > 0.0 { v } else { 0.0 })
-            .collect();
-        Ok(ChannelWeights {
-            values,
-            n_in,
-            rows_per_mat: n_out / n_mat,
-        })
+        let values = act.iter().map(|&v| if v.is_finite() && v > 0.0 { v } else { 0.0 }).collect();
+        Ok(ChannelWeights { values, n_in, rows_per_mat: n_out / n_mat })
     }
 
     fn row(&self, r: usize) -> &[f32] {
@@ -112,13 +69,10 @@ impl ChannelWeights {
 fn bitdelta(d: &[f32], n_in: usize, n_out: usize) -> CompressedDelta {
     let mean_abs = (d.par_iter().map(|&x| x.abs() as f64).sum::<f64>() / d.len() as f64) as f32;
     let mut codes = vec![0u8; pack::packed_len(n_in, 1) * n_out];
-    codes
-        .par_chunks_mut(pack::packed_len(n_in, 1))
-        .zip(d.par_chunks(n_in))
-        .for_each(|(out, row)| {
-            let signs: Vec<u8> = row.iter().map(|&x| (x >= 0.0) as u8).collect();
-            pack::pack(&signs, 1, out);
-        });
+    codes.par_chunks_mut(pack::packed_len(n_in, 1)).zip(d.par_chunks(n_in)).for_each(|(out, row)| {
+        let signs: Vec<u8> = row.iter().map(|&x| (x >= 0.0) as u8).collect();
+        pack::pack(&signs, 1, out);
+    });
     CompressedDelta {
         n_in,
         n_out,
@@ -170,11 +124,7 @@ fn select_salient(
             },
         );
     let mut order: Vec<u32> = (0..n_in as u32).collect();
-    order.sort_by(|&a, &b| {
-        errors[b as usize]
-            .total_cmp(&errors[a as usize])
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| errors[b as usize].total_cmp(&errors[a as usize]).then(a.cmp(&b)));
     order.truncate(k);
     order.sort_unstable();
     order
@@ -200,26 +150,13 @@ fn grouped(
 
     let mut codes = vec![0u8; row_bytes * n_out];
     let mut steps = vec![f16::ZERO; groups * n_out];
-    codes
-        .par_chunks_mut(row_bytes)
-        .zip(steps.par_chunks_mut(groups))
-        .enumerate()
-        .for_each(|(r, (code_row, step_row))| {
+    codes.par_chunks_mut(row_bytes).zip(steps.par_chunks_mut(groups)).enumerate().for_each(
+        |(r, (code_row, step_row))| {
             let row = &d[r * n_in..(r + 1) * n_in];
             // Salient channels get weight 0: they neither count in the error nor set the range.
-            let wr: Vec<f32> = w
-                .row(r)
-                .iter()
-                .zip(&is_salient)
-                .map(|(&x, &s)| if s { 0.0 } else { x })
-                .collect();
+            let wr: Vec<f32> = w.row(r).iter().zip(&is_salient).map(|(&x, &s)| if s { 0.0 } else { x }).collect();
             let mut q = vec![0u8; n_in];
-            for (g, ((dg, wg), qg)) in row
-                .chunks(group)
-                .zip(wr.chunks(group))
-                .zip(q.chunks_mut(group))
-                .enumerate()
-            {
+            for (g, ((dg, wg), qg)) in row.chunks(group).zip(wr.chunks(group)).zip(q.chunks_mut(group)).enumerate() {
                 let step = fit_step(dg, wg, grid, Effort::FULL);
                 step_row[g] = step;
                 let s = step.to_f32();
@@ -229,7 +166,8 @@ fn grouped(
                 }
             }
             pack::pack(&q, bits, code_row);
-        });
+        },
+    );
 
     let n_sal = salient.len();
     let salient_values = match salient_bits {
@@ -237,9 +175,7 @@ fn grouped(
             let steps_sal: Vec<f16> = salient
                 .iter()
                 .map(|&c| {
-                    let m = (0..n_out)
-                        .map(|r| d[r * n_in + c as usize].abs())
-                        .fold(0.0f32, f32::max);
+                    let m = (0..n_out).map(|r| d[r * n_in + c as usize].abs()).fold(0.0f32, f32::max);
                     f16::from_f32(m / 127.0)
                 })
                 .collect();
@@ -247,27 +183,14 @@ fn grouped(
             for r in 0..n_out {
                 for (k, &c) in salient.iter().enumerate() {
                     let s = stored(steps_sal[k].to_f32());
-                    let v = if s > 0.0 {
-                        (d[r * n_in + c as usize] / s).round().clamp(-127.0, 127.0)
-                    } else {
-                        0.0
-                    };
+                    let v = if s > 0.0 { (d[r * n_in + c as usize] / s).round().clamp(-127.0, 127.0) } else { 0.0 };
                     values[r * n_sal + k] = v as i8;
                 }
             }
-            SalientValues::Q8 {
-                values,
-                steps: steps_sal,
-            }
+            SalientValues::Q8 { values, steps: steps_sal }
         }
         _ => SalientValues::F16(
-            (0..n_out)
-                .flat_map(|r| {
-                    salient
-                        .iter()
-                        .map(move |&c| f16::from_f32(d[r * n_in + c as usize]))
-                })
-                .collect(),
+            (0..n_out).flat_map(|r| salient.iter().map(move |&c| f16::from_f32(d[r * n_in + c as usize]))).collect(),
         ),
     };
     CompressedDelta {

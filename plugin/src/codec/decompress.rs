@@ -45,15 +45,9 @@ fn luts() -> &'static Luts {
         fn table<const N: usize>(bits: u32) -> [[f32; N]; 256] {
             let half = ((1u32 << bits) - 1) as f32 / 2.0;
             let mask = (1u32 << bits) - 1;
-            std::array::from_fn(|b| {
-                std::array::from_fn(|k| ((b as u32 >> (k as u32 * bits)) & mask) as f32 - half)
-            })
+            std::array::from_fn(|b| std::array::from_fn(|k| ((b as u32 >> (k as u32 * bits)) & mask) as f32 - half))
         }
-        Luts {
-            b1: table(1),
-            b2: table(2),
-            b4: table(4),
-        }
+        Luts { b1: table(1), b2: table(2), b4: table(4) }
     })
 }
 
@@ -104,11 +98,7 @@ pub fn add_delta_row(delta: &CompressedDelta, r: usize, row: &mut [f32]) {
     };
     let group_bytes = group * delta.bits as usize / 8;
     let l = luts();
-    for ((cg, rg), step) in codes
-        .chunks(group_bytes)
-        .zip(row.chunks_mut(group))
-        .zip(steps)
-    {
+    for ((cg, rg), step) in codes.chunks(group_bytes).zip(row.chunks_mut(group)).zip(steps) {
         let s = step.to_f32();
         match delta.bits {
             1 => add_lut(cg, &l.b1, s, rg),
@@ -121,12 +111,7 @@ pub fn add_delta_row(delta: &CompressedDelta, r: usize, row: &mut [f32]) {
 
     match &delta.salient {
         SalientValues::F16(v) => {
-            for ((&c, &b), &x) in delta
-                .salient_idx
-                .iter()
-                .zip(saved.iter())
-                .zip(&v[r * n_sal..(r + 1) * n_sal])
-            {
+            for ((&c, &b), &x) in delta.salient_idx.iter().zip(saved.iter()).zip(&v[r * n_sal..(r + 1) * n_sal]) {
                 row[c as usize] = b + x.to_f32();
             }
         }
@@ -141,9 +126,7 @@ pub fn add_delta_row(delta: &CompressedDelta, r: usize, row: &mut [f32]) {
 /// The dense delta D, for evaluation.
 pub fn decompress_f32(delta: &CompressedDelta) -> Vec<f32> {
     let mut out = vec![0.0f32; delta.n_in * delta.n_out];
-    out.par_chunks_mut(delta.n_in)
-        .enumerate()
-        .for_each(|(r, row)| add_delta_row(delta, r, row));
+    out.par_chunks_mut(delta.n_in).enumerate().for_each(|(r, row)| add_delta_row(delta, r, row));
     out
 }
 
@@ -163,19 +146,12 @@ where
 {
     let base_row = base_ty.row_bytes(n_in as u64)? as usize;
     if base.len() != base_row * n_rows {
-        crate::bail_invalid!(
-            "base has {} bytes, expected {n_rows} rows of {base_row}",
-            base.len()
-        );
+        crate::bail_invalid!("base has {} bytes, expected {n_rows} rows of {base_row}", base.len());
     }
     let out_ty = out.ty();
     let out_row = out_ty.row_bytes(n_in as u64)? as usize;
-    let bad_out = |len: usize| {
-        Error::Invalid(format!(
-            "output buffer holds {len} bytes, expected {}",
-            out_row * n_rows
-        ))
-    };
+    let bad_out =
+        |len: usize| Error::Invalid(format!("output buffer holds {len} bytes, expected {}", out_row * n_rows));
     // Blocks of rows big enough to amortise scheduling, small enough to balance two cores.
     let rows_per_task = (256 * 1024 / (n_in * 4)).clamp(1, 64);
 
@@ -185,24 +161,18 @@ where
             if buf.len() != $elems_per_row * n_rows {
                 return Err(bad_out(buf.len() * out_row / $elems_per_row.max(1)));
             }
-            buf.par_chunks_mut($elems_per_row * rows_per_task)
-                .enumerate()
-                .try_for_each_init(
-                    || vec![0.0f32; n_in],
-                    |scratch, (t, chunk)| -> Result<()> {
-                        for (i, dst) in chunk.chunks_exact_mut($elems_per_row).enumerate() {
-                            let r = t * rows_per_task + i;
-                            quants::dequantize_row(
-                                base_ty,
-                                &base[r * base_row..(r + 1) * base_row],
-                                scratch,
-                            )?;
-                            add(r, scratch);
-                            $store(scratch.as_slice(), dst)?;
-                        }
-                        Ok(())
-                    },
-                )
+            buf.par_chunks_mut($elems_per_row * rows_per_task).enumerate().try_for_each_init(
+                || vec![0.0f32; n_in],
+                |scratch, (t, chunk)| -> Result<()> {
+                    for (i, dst) in chunk.chunks_exact_mut($elems_per_row).enumerate() {
+                        let r = t * rows_per_task + i;
+                        quants::dequantize_row(base_ty, &base[r * base_row..(r + 1) * base_row], scratch)?;
+                        add(r, scratch);
+                        $store(scratch.as_slice(), dst)?;
+                    }
+                    Ok(())
+                },
+            )
         }};
     }
     match out {
@@ -211,20 +181,14 @@ where
             if buf.len() != n_in * n_rows {
                 return Err(bad_out(buf.len() * 4));
             }
-            buf.par_chunks_mut(n_in * rows_per_task)
-                .enumerate()
-                .try_for_each(|(t, chunk)| -> Result<()> {
-                    for (i, dst) in chunk.chunks_exact_mut(n_in).enumerate() {
-                        let r = t * rows_per_task + i;
-                        quants::dequantize_row(
-                            base_ty,
-                            &base[r * base_row..(r + 1) * base_row],
-                            dst,
-                        )?;
-                        add(r, dst);
-                    }
-                    Ok(())
-                })
+            buf.par_chunks_mut(n_in * rows_per_task).enumerate().try_for_each(|(t, chunk)| -> Result<()> {
+                for (i, dst) in chunk.chunks_exact_mut(n_in).enumerate() {
+                    let r = t * rows_per_task + i;
+                    quants::dequantize_row(base_ty, &base[r * base_row..(r + 1) * base_row], dst)?;
+                    add(r, dst);
+                }
+                Ok(())
+            })
         }
         Output::F16(buf) => run!(buf, n_in, |s: &[f32], d: &mut [f16]| -> Result<()> {
             d.convert_from_f32_slice(s);
@@ -234,10 +198,6 @@ where
             d.convert_from_f32_slice(s);
             Ok(())
         }),
-        Output::Ggml(ty, buf) => run!(
-            buf,
-            out_row,
-            |s: &[f32], d: &mut [u8]| quants::quantize_row(ty, s, d)
-        ),
+        Output::Ggml(ty, buf) => run!(buf, out_row, |s: &[f32], d: &mut [u8]| quants::quantize_row(ty, s, d)),
     }
 }

@@ -62,35 +62,17 @@ impl Default for CodecParams {
     /// 2 bits, 1% salient channels at 16 bits, steps per 128 input channels: about 2.27
     /// effective bits per parameter on SmolLM2-sized matrices.
     fn default() -> Self {
-        CodecParams {
-            method: Method::Salient,
-            bits: 2,
-            salient_fraction: 0.01,
-            salient_bits: 16,
-            group_size: 128,
-        }
+        CodecParams { method: Method::Salient, bits: 2, salient_fraction: 0.01, salient_bits: 16, group_size: 128 }
     }
 }
 
 impl CodecParams {
     pub fn bitdelta() -> Self {
-        CodecParams {
-            method: Method::BitDelta,
-            bits: 1,
-            salient_fraction: 0.0,
-            salient_bits: 16,
-            group_size: 0,
-        }
+        CodecParams { method: Method::BitDelta, bits: 1, salient_fraction: 0.0, salient_bits: 16, group_size: 0 }
     }
 
     pub fn rtn(bits: u8) -> Self {
-        CodecParams {
-            method: Method::Rtn,
-            bits,
-            salient_fraction: 0.0,
-            salient_bits: 16,
-            group_size: 0,
-        }
+        CodecParams { method: Method::Rtn, bits, salient_fraction: 0.0, salient_bits: 16, group_size: 0 }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -98,19 +80,13 @@ impl CodecParams {
             crate::bail_invalid!("codec bits must be 1, 2, 3 or 4 (got {})", self.bits);
         }
         if !(0.0..=0.5).contains(&self.salient_fraction) || !self.salient_fraction.is_finite() {
-            crate::bail_invalid!(
-                "salient fraction must be in [0, 0.5] (got {})",
-                self.salient_fraction
-            );
+            crate::bail_invalid!("salient fraction must be in [0, 0.5] (got {})", self.salient_fraction);
         }
         if self.salient_bits != 8 && self.salient_bits != 16 {
             crate::bail_invalid!("salient bits must be 8 or 16 (got {})", self.salient_bits);
         }
         if !self.group_size.is_multiple_of(8) {
-            crate::bail_invalid!(
-                "group size must be a multiple of 8 (got {})",
-                self.group_size
-            );
+            crate::bail_invalid!("group size must be a multiple of 8 (got {})", self.group_size);
         }
         if self.method == Method::BitDelta && self.bits != 1 {
             crate::bail_invalid!("BitDelta is a 1-bit method (got {} bits)", self.bits);
@@ -192,19 +168,13 @@ impl CompressedDelta {
             ));
         }
         if self.codes.len() != self.row_code_bytes() * self.n_out {
-            return bad(format!(
-                "{} code bytes, expected {}",
-                self.codes.len(),
-                self.row_code_bytes() * self.n_out
-            ));
+            return bad(format!("{} code bytes, expected {}", self.codes.len(), self.row_code_bytes() * self.n_out));
         }
         let want_steps = match self.layout {
             StepLayout::Matrix => 1,
             StepLayout::Groups { group } => {
                 if group == 0 || group % 8 != 0 {
-                    return bad(format!(
-                        "group size {group} is not a positive multiple of 8"
-                    ));
+                    return bad(format!("group size {group} is not a positive multiple of 8"));
                 }
                 self.groups_per_row() * self.n_out
             }
@@ -216,25 +186,16 @@ impl CompressedDelta {
             return bad("a step is not finite".into());
         }
         if self.salient_idx.windows(2).any(|w| w[0] >= w[1])
-            || self
-                .salient_idx
-                .last()
-                .is_some_and(|&c| c as usize >= self.n_in)
+            || self.salient_idx.last().is_some_and(|&c| c as usize >= self.n_in)
         {
-            return bad(
-                "salient channel indices are not sorted, distinct and below the input width".into(),
-            );
+            return bad("salient channel indices are not sorted, distinct and below the input width".into());
         }
         let n_sal = self.salient_idx.len();
         match &self.salient {
-            SalientValues::F16(v) if v.len() != n_sal * self.n_out => bad(format!(
-                "{} salient values, expected {}",
-                v.len(),
-                n_sal * self.n_out
-            )),
-            SalientValues::Q8 { values, steps }
-                if values.len() != n_sal * self.n_out || steps.len() != n_sal =>
-            {
+            SalientValues::F16(v) if v.len() != n_sal * self.n_out => {
+                bad(format!("{} salient values, expected {}", v.len(), n_sal * self.n_out))
+            }
+            SalientValues::Q8 { values, steps } if values.len() != n_sal * self.n_out || steps.len() != n_sal => {
                 bad(format!(
                     "{} salient values and {} steps, expected {} and {n_sal}",
                     values.len(),

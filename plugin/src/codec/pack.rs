@@ -25,9 +25,7 @@ pub fn pack(codes: &[u8], bits: u8, out: &mut [u8]) {
             let per = 8 / bits as usize;
             let mask = (1u8 << bits) - 1;
             for (src, dst) in codes.chunks_exact(per).zip(out.iter_mut()) {
-                *dst = src.iter().enumerate().fold(0u8, |acc, (k, &c)| {
-                    acc | ((c & mask) << (k * bits as usize))
-                });
+                *dst = src.iter().enumerate().fold(0u8, |acc, (k, &c)| acc | ((c & mask) << (k * bits as usize)));
             }
         }
         8 => out.copy_from_slice(codes),
@@ -67,9 +65,7 @@ mod tests {
     #[test]
     fn round_trip_every_width() {
         for bits in [1u8, 2, 3, 4, 8] {
-            let codes: Vec<u8> = (0..64u32)
-                .map(|i| ((i * 37 + 11) % (1u32 << bits)) as u8)
-                .collect();
+            let codes: Vec<u8> = (0..64u32).map(|i| ((i * 37 + 11) % (1u32 << bits)) as u8).collect();
             let mut packed = vec![0u8; packed_len(codes.len(), bits)];
             pack(&codes, bits, &mut packed);
             let mut back = vec![0u8; codes.len()];
@@ -85,9 +81,6 @@ mod tests {
         assert_eq!(packed[0], 0b00_11_10_01);
         let mut packed3 = [0u8; 3];
         pack(&[7, 0, 0, 0, 0, 0, 0, 1], 3, &mut packed3);
-        assert_eq!(
-            u32::from_le_bytes([packed3[0], packed3[1], packed3[2], 0]),
-            7 | (1 << 21)
-        );
+        assert_eq!(u32::from_le_bytes([packed3[0], packed3[1], packed3[2], 0]), 7 | (1 << 21));
     }
 }

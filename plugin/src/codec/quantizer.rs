@@ -16,10 +16,7 @@ pub struct Grid {
 impl Grid {
     pub fn new(bits: u8) -> Grid {
         let max_code = ((1u32 << bits) - 1) as f32;
-        Grid {
-            half: max_code / 2.0,
-            max_code,
-        }
+        Grid { half: max_code / 2.0, max_code }
     }
 
     /// Nearest code. Clamping first keeps the value in [0, max], where adding 0.5 and
@@ -98,26 +95,16 @@ pub struct Effort {
 impl Effort {
     /// For the stored steps: a dense clip grid (1-2 bit grids on heavy-tailed rows want
     /// aggressive clipping), then refinement.
-    pub const FULL: Effort = Effort {
-        ratios: 24,
-        refits: 4,
-    };
+    pub const FULL: Effort = Effort { ratios: 24, refits: 4 };
     /// For ranking channels by error before the salient ones are set aside.
-    pub const QUICK: Effort = Effort {
-        ratios: 8,
-        refits: 0,
-    };
+    pub const QUICK: Effort = Effort { ratios: 8, refits: 0 };
 }
 
 /// The step (as stored, f16) minimising the weighted error of `d`: a search over clip ratios,
 /// then alternating code assignment and the closed-form step until it stops improving.
 /// Elements with weight 0 (salient channels kept elsewhere) neither count nor set the range.
 pub fn fit_step(d: &[f32], w: &[f32], grid: Grid, effort: Effort) -> f16 {
-    let max_abs = d
-        .iter()
-        .zip(w)
-        .filter(|(_, &wi)| wi > 0.0)
-        .fold(0.0f32, |m, (&x, _)| m.max(x.abs()));
+    let max_abs = d.iter().zip(w).filter(|(_, &wi)| wi > 0.0).fold(0.0f32, |m, (&x, _)| m.max(x.abs()));
     if max_abs == 0.0 || !max_abs.is_finite() {
         return f16::ZERO;
     }

@@ -102,10 +102,9 @@ impl GgufFile {
         let start = self.data_offset.checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(info.n_bytes()));
         let slice = match (start, end) {
-            (Some(s), Some(e)) => usize::try_from(s)
-                .ok()
-                .zip(usize::try_from(e).ok())
-                .and_then(|(s, e)| self.mmap.get(s..e)),
+            (Some(s), Some(e)) => {
+                usize::try_from(s).ok().zip(usize::try_from(e).ok()).and_then(|(s, e)| self.mmap.get(s..e))
+            }
             _ => None,
         };
         slice.ok_or_else(|| {
@@ -121,9 +120,8 @@ impl GgufFile {
 
     /// The data of the tensor called `name`, or an error naming the file and the tensor.
     pub fn tensor_data_by_name(&self, name: &str) -> Result<&[u8]> {
-        let info = self
-            .tensor(name)
-            .ok_or_else(|| Error::Invalid(format!("{}: no tensor named '{name}'", self.label())))?;
+        let info =
+            self.tensor(name).ok_or_else(|| Error::Invalid(format!("{}: no tensor named '{name}'", self.label())))?;
         self.try_tensor_data(info)
     }
 }

@@ -32,18 +32,11 @@ impl Metadata {
 
     /// Empty metadata whose getter errors will start with `label` (usually the file name).
     pub fn with_label(label: impl Into<String>) -> Self {
-        Metadata {
-            label: label.into(),
-            ..Self::default()
-        }
+        Metadata { label: label.into(), ..Self::default() }
     }
 
     pub(crate) fn with_capacity(label: &str, n: usize) -> Self {
-        Metadata {
-            entries: Vec::with_capacity(n),
-            index: HashMap::with_capacity(n),
-            label: label.to_string(),
-        }
+        Metadata { entries: Vec::with_capacity(n), index: HashMap::with_capacity(n), label: label.to_string() }
     }
 
     pub fn label(&self) -> &str {
@@ -137,18 +130,11 @@ impl Metadata {
     ) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => conv(v)
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, v, expected)),
+            Some(v) => conv(v).map(Some).ok_or_else(|| self.wrong(key, v, expected)),
         }
     }
 
-    fn req_with<'a, T>(
-        &'a self,
-        key: &str,
-        expected: &str,
-        conv: impl FnOnce(&'a Value) -> Option<T>,
-    ) -> Result<T> {
+    fn req_with<'a, T>(&'a self, key: &str, expected: &str, conv: impl FnOnce(&'a Value) -> Option<T>) -> Result<T> {
         let v = self.req(key)?;
         conv(v).ok_or_else(|| self.wrong(key, v, expected))
     }
@@ -192,9 +178,7 @@ impl Metadata {
     }
 
     pub fn get_str_array(&self, key: &str) -> Result<&[String]> {
-        self.req_with(key, "an array of strings", |v| {
-            v.as_array().and_then(Array::as_strings)
-        })
+        self.req_with(key, "an array of strings", |v| v.as_array().and_then(Array::as_strings))
     }
 
     // The `opt_*` getters return `Ok(None)` when the key is absent but still fail when it is
@@ -237,9 +221,7 @@ impl Metadata {
     }
 
     pub fn opt_str_array(&self, key: &str) -> Result<Option<&[String]>> {
-        self.opt_with(key, "an array of strings", |v| {
-            v.as_array().and_then(Array::as_strings)
-        })
+        self.opt_with(key, "an array of strings", |v| v.as_array().and_then(Array::as_strings))
     }
 }
 

@@ -53,22 +53,12 @@ pub fn parse_header(bytes: &[u8], label: &str) -> Result<GgufHeader> {
 }
 
 /// [`parse_header`] plus the name -> position index it builds anyway to find duplicates.
-pub(crate) fn parse_with_index(
-    bytes: &[u8],
-    label: &str,
-) -> Result<(GgufHeader, HashMap<String, usize>)> {
-    let mut r = Reader {
-        buf: bytes,
-        pos: 0,
-        label,
-    };
+pub(crate) fn parse_with_index(bytes: &[u8], label: &str) -> Result<(GgufHeader, HashMap<String, usize>)> {
+    let mut r = Reader { buf: bytes, pos: 0, label };
 
     let magic = r.take(4, &|| "the magic number".into())?;
     if magic != MAGIC {
-        bail_invalid!(
-            "{label}: not a GGUF file: bad magic \"{}\", expected \"GGUF\"",
-            magic.escape_ascii()
-        );
+        bail_invalid!("{label}: not a GGUF file: bad magic \"{}\", expected \"GGUF\"", magic.escape_ascii());
     }
     let version = r.u32(&|| "the version".into())?;
     check_version(version, label)?;
@@ -98,8 +88,7 @@ pub(crate) fn parse_with_index(
         }
         metadata.insert(key, value);
     }
-    let alignment =
-        alignment_from(&metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
+    let alignment = alignment_from(&metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
 
     // Tighter than the bound checked above: only what is left after the metadata can hold
     // tensor infos, so the reservation never exceeds what the file could describe.
@@ -109,10 +98,7 @@ pub(crate) fn parse_with_index(
     for i in 0..n_tensors {
         let info = read_tensor_info(&mut r, i)?;
         if let Some(&first) = index.get(&info.name) {
-            bail_invalid!(
-                "{label}: tensor '{}' appears twice (tensors #{first} and #{i})",
-                info.name
-            );
+            bail_invalid!("{label}: tensor '{}' appears twice (tensors #{first} and #{i})", info.name);
         }
         index.insert(info.name.clone(), tensors.len());
         tensors.push(info);
@@ -121,23 +107,11 @@ pub(crate) fn parse_with_index(
     // The data section starts at the end of the header rounded up to the alignment; ggml
     // seeks there without looking at the padding bytes, and so do we.
     let header_end = r.pos as u64;
-    let data_offset = pad_to(header_end, alignment).ok_or_else(|| {
-        Error::Invalid(format!(
-            "{label}: header size {header_end} overflows when padded"
-        ))
-    })?;
+    let data_offset = pad_to(header_end, alignment)
+        .ok_or_else(|| Error::Invalid(format!("{label}: header size {header_end} overflows when padded")))?;
     check_data_layout(&tensors, alignment, data_offset, bytes.len() as u64, label)?;
 
-    Ok((
-        GgufHeader {
-            version,
-            metadata,
-            tensors,
-            alignment,
-            data_offset,
-        },
-        index,
-    ))
+    Ok((GgufHeader { version, metadata, tensors, alignment, data_offset }, index))
 }
 
 fn check_version(version: u32, label: &str) -> Result<()> {
@@ -154,9 +128,7 @@ fn check_version(version: u32, label: &str) -> Result<()> {
         bail_unsupported!("{label}: GGUF version 1 is not supported (only versions 2 and 3)");
     }
     if version > super::VERSION {
-        bail_unsupported!(
-            "{label}: GGUF version {version} is newer than this reader supports (versions 2 and 3)"
-        );
+        bail_unsupported!("{label}: GGUF version {version} is newer than this reader supports (versions 2 and 3)");
     }
     Ok(())
 }
@@ -194,9 +166,7 @@ fn check_data_layout(
         }
         // Validated by check_shape already, so this is the exact size.
         let n_bytes = t.n_bytes();
-        let end = data_offset
-            .checked_add(offset)
-            .and_then(|s| s.checked_add(n_bytes));
+        let end = data_offset.checked_add(offset).and_then(|s| s.checked_add(n_bytes));
         match end {
             Some(end) if end <= file_len => {}
             _ => bail_invalid!(
@@ -206,11 +176,7 @@ fn check_data_layout(
         }
         expected = pad_to(n_bytes, alignment)
             .and_then(|p| expected.checked_add(p))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{label}: tensor '{name}': data section size overflows"
-                ))
-            })?;
+            .ok_or_else(|| Error::Invalid(format!("{label}: tensor '{name}': data section size overflows")))?;
         prev = Some(name);
     }
     Ok(())
@@ -222,10 +188,7 @@ fn read_kv(r: &mut Reader<'_>, i: u64) -> Result<(String, Value)> {
     let key_bytes = r.string_bytes(&|| format!("metadata key #{i}"))?;
     let key = match std::str::from_utf8(key_bytes) {
         Ok(k) => k.to_string(),
-        Err(_) => bail_invalid!(
-            "{label}: metadata key #{i} (\"{}\") is not valid UTF-8",
-            key_bytes.escape_ascii()
-        ),
+        Err(_) => bail_invalid!("{label}: metadata key #{i} (\"{}\") is not valid UTF-8", key_bytes.escape_ascii()),
     };
     // ggml asserts on empty keys when it stores them, so such a file would abort llama.cpp.
     if key.is_empty() {
@@ -248,11 +211,8 @@ fn read_kv(r: &mut Reader<'_>, i: u64) -> Result<(String, Value)> {
 }
 
 fn value_type(tag: u32, key: &str, label: &str) -> Result<ValueType> {
-    ValueType::from_u32(tag).ok_or_else(|| {
-        Error::Invalid(format!(
-            "{label}: metadata key '{key}' has unknown value type id {tag}"
-        ))
-    })
+    ValueType::from_u32(tag)
+        .ok_or_else(|| Error::Invalid(format!("{label}: metadata key '{key}' has unknown value type id {tag}")))
 }
 
 fn read_scalar(r: &mut Reader<'_>, ty: ValueType, key: &str) -> Result<Value> {
@@ -314,9 +274,7 @@ fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<
             "{label}: metadata key '{key}': array of {n} {elem} elements cannot fit in the {left} bytes left"
         );
     };
-    let data = r.take(total as usize, &|| {
-        format!("the elements of metadata key '{key}'")
-    })?;
+    let data = r.take(total as usize, &|| format!("the elements of metadata key '{key}'"))?;
     Ok(match elem {
         ValueType::U8 => Array::U8(data.to_vec()),
         ValueType::I8 => Array::I8(data.iter().map(|&b| b as i8).collect()),
@@ -329,10 +287,7 @@ fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<
         ValueType::I64 => Array::I64(decode(data, i64::from_le_bytes)),
         ValueType::F64 => Array::F64(decode(data, f64::from_le_bytes)),
         ValueType::Bool => Array::Bool(
-            data.iter()
-                .enumerate()
-                .map(|(j, &b)| to_bool(b, label, key, Some(j as u64)))
-                .collect::<Result<_>>()?,
+            data.iter().enumerate().map(|(j, &b)| to_bool(b, label, key, Some(j as u64))).collect::<Result<_>>()?,
         ),
         ValueType::String | ValueType::Array => {
             bail_invalid!("{label}: metadata key '{key}': unexpected element type {elem}")
@@ -365,10 +320,7 @@ fn read_tensor_info(r: &mut Reader<'_>, i: u64) -> Result<TensorInfo> {
     }
     let name = match std::str::from_utf8(name_bytes) {
         Ok(n) => n.to_string(),
-        Err(_) => bail_invalid!(
-            "{label}: tensor #{i} (\"{}\"): name is not valid UTF-8",
-            name_bytes.escape_ascii()
-        ),
+        Err(_) => bail_invalid!("{label}: tensor #{i} (\"{}\"): name is not valid UTF-8", name_bytes.escape_ascii()),
     };
     if let Err(e) = check_name(&name) {
         bail_invalid!("{label}: tensor #{i} ('{}'): {e}", name.escape_debug());
@@ -390,12 +342,7 @@ fn read_tensor_info(r: &mut Reader<'_>, i: u64) -> Result<TensorInfo> {
         bail_invalid!("{label}: tensor '{name}': {e}");
     }
     let offset = r.u64(&|| format!("the data offset of tensor '{name}'"))?;
-    Ok(TensorInfo {
-        name,
-        ty,
-        ne,
-        offset,
-    })
+    Ok(TensorInfo { name, ty, ne, offset })
 }
 
 /// Bounds-checked little-endian cursor. `what` closures describe the item being read for error
@@ -414,10 +361,7 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize, what: What<'_>) -> Result<&'a [u8]> {
-        let slice = self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.buf.get(self.pos..end));
+        let slice = self.pos.checked_add(n).and_then(|end| self.buf.get(self.pos..end));
         match slice {
             Some(s) => {
                 self.pos += n;
@@ -451,11 +395,7 @@ impl<'a> Reader<'a> {
         let len = self.u64(&|| format!("the length of {}", what()))?;
         let left = self.remaining();
         if len > left as u64 {
-            bail_invalid!(
-                "{}: {}: string length {len} exceeds the {left} bytes left in the file",
-                self.label,
-                what()
-            );
+            bail_invalid!("{}: {}: string length {len} exceeds the {left} bytes left in the file", self.label, what());
         }
         self.take(len as usize, what)
     }

@@ -43,11 +43,7 @@ pub struct TensorInfoOut {
 
 impl TensorInfoOut {
     pub fn new(name: impl Into<String>, ty: GgmlType, ne: impl Into<Vec<u64>>) -> Self {
-        TensorInfoOut {
-            name: name.into(),
-            ty,
-            ne: ne.into(),
-        }
+        TensorInfoOut { name: name.into(), ty, ne: ne.into() }
     }
 
     pub fn n_elements(&self) -> u64 {
@@ -61,11 +57,7 @@ impl TensorInfoOut {
 
 impl From<&TensorInfo> for TensorInfoOut {
     fn from(t: &TensorInfo) -> Self {
-        TensorInfoOut {
-            name: t.name.clone(),
-            ty: t.ty,
-            ne: t.ne.clone(),
-        }
+        TensorInfoOut { name: t.name.clone(), ty: t.ty, ne: t.ne.clone() }
     }
 }
 
@@ -106,10 +98,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 /// load such a tensor.
 pub(crate) fn check_shape(ty: GgmlType, ne: &[u64]) -> Result<u64, String> {
     if ne.is_empty() || ne.len() > MAX_DIMS {
-        return Err(format!(
-            "has {} dimensions; GGUF allows 1 to {MAX_DIMS}",
-            ne.len()
-        ));
+        return Err(format!("has {} dimensions; GGUF allows 1 to {MAX_DIMS}", ne.len()));
     }
     // ggml stores dimensions as int64 and the element count must fit one too.
     let mut count: i64 = 1;
@@ -117,27 +106,16 @@ pub(crate) fn check_shape(ty: GgmlType, ne: &[u64]) -> Result<u64, String> {
         if d == 0 {
             return Err(format!("dimension {j} is 0 (shape {ne:?})"));
         }
-        let d = i64::try_from(d)
-            .map_err(|_| format!("dimension {j} = {d} does not fit in an int64 (shape {ne:?})"))?;
-        count = count
-            .checked_mul(d)
-            .ok_or_else(|| format!("shape {ne:?} has more elements than fit in an int64"))?;
+        let d = i64::try_from(d).map_err(|_| format!("dimension {j} = {d} does not fit in an int64 (shape {ne:?})"))?;
+        count = count.checked_mul(d).ok_or_else(|| format!("shape {ne:?} has more elements than fit in an int64"))?;
     }
     let (blck, size) = ty.block_geometry();
     let row = ne[0];
     if !row.is_multiple_of(blck as u64) {
-        return Err(format!(
-            "row length ne[0] = {row} is not a multiple of the {} block size {blck}",
-            ty.name()
-        ));
+        return Err(format!("row length ne[0] = {row} is not a multiple of the {} block size {blck}", ty.name()));
     }
     // count fits in i64 and size is small, so this only overflows for absurd shapes; still checked.
     (count as u64 / blck as u64)
         .checked_mul(size as u64)
-        .ok_or_else(|| {
-            format!(
-                "shape {ne:?} of type {} overflows a 64-bit byte size",
-                ty.name()
-            )
-        })
+        .ok_or_else(|| format!("shape {ne:?} of type {} overflows a 64-bit byte size", ty.name()))
 }

@@ -30,10 +30,7 @@ fn every_value() -> Metadata {
     md.insert("arr.i32", vec![-1i32, 0, 1]);
     md.insert("arr.f32", vec![0.5f32, -2.25, f32::INFINITY]);
     md.insert("arr.bool", vec![true, false, true]);
-    md.insert(
-        "arr.string",
-        vec!["a".to_string(), String::new(), "ünï©ødé 🦀".to_string()],
-    );
+    md.insert("arr.string", vec!["a".to_string(), String::new(), "ünï©ødé 🦀".to_string()]);
     md.insert("arr.u64", vec![u64::MAX, 0]);
     md.insert("arr.i64", vec![i64::MIN, i64::MAX]);
     md.insert("arr.f64", vec![std::f64::consts::PI, f64::NEG_INFINITY]);
@@ -58,27 +55,15 @@ fn sample_tensors() -> Vec<(TensorInfoOut, Vec<u8>)> {
     let q8: Vec<u8> = (0..2 * 34).map(|i| i as u8).collect();
     let f16: Vec<u8> = vec![7u8; 2 * 3];
     vec![
-        (
-            TensorInfoOut::new("token_embd.weight", GgmlType::F32, [4u64, 3, 2]),
-            f32_data,
-        ),
-        (
-            TensorInfoOut::new("blk.0.attn_q.weight", GgmlType::Q8_0, [64u64, 1]),
-            q8,
-        ),
-        (
-            TensorInfoOut::new("output_norm.weight", GgmlType::F16, [3u64]),
-            f16,
-        ),
+        (TensorInfoOut::new("token_embd.weight", GgmlType::F32, [4u64, 3, 2]), f32_data),
+        (TensorInfoOut::new("blk.0.attn_q.weight", GgmlType::Q8_0, [64u64, 1]), q8),
+        (TensorInfoOut::new("output_norm.weight", GgmlType::F16, [3u64]), f16),
     ]
 }
 
 fn write_sample(path: &std::path::Path, md: &Metadata) -> Vec<(TensorInfoOut, Vec<u8>)> {
     let tensors = sample_tensors();
-    let refs: Vec<(TensorInfoOut, &[u8])> = tensors
-        .iter()
-        .map(|(t, d)| (t.clone(), d.as_slice()))
-        .collect();
+    let refs: Vec<(TensorInfoOut, &[u8])> = tensors.iter().map(|(t, d)| (t.clone(), d.as_slice())).collect();
     write_gguf(path, md, &refs).unwrap();
     tensors
 }
@@ -109,18 +94,9 @@ fn every_value_type_round_trips_in_order() {
     let keys: Vec<&str> = f.metadata.keys().collect();
     let want: Vec<&str> = md.keys().collect();
     assert_eq!(keys, want, "key order must be the insertion order");
-    assert_eq!(
-        f.metadata.get("e.string").unwrap().as_str(),
-        Some("héllo wörld ✓ 日本語 🦀")
-    );
-    assert_eq!(
-        f.metadata.get("empty.f64"),
-        Some(&Value::Array(Array::F64(vec![])))
-    );
-    assert_eq!(
-        f.metadata.get("empty.string").unwrap().type_name(),
-        "array[string]"
-    );
+    assert_eq!(f.metadata.get("e.string").unwrap().as_str(), Some("héllo wörld ✓ 日本語 🦀"));
+    assert_eq!(f.metadata.get("empty.f64"), Some(&Value::Array(Array::F64(vec![]))));
+    assert_eq!(f.metadata.get("empty.string").unwrap().type_name(), "array[string]");
     assert_eq!(f.tensors.len(), tensors.len());
     for (t, data) in &tensors {
         let info = f.tensor(&t.name).unwrap();
@@ -223,20 +199,11 @@ fn typed_getter_errors_name_key_and_file() {
 
     let msg = |e: crate::error::Error| e.to_string();
     let e = msg(md.get_u32("llama.embedding_length").unwrap_err());
-    assert!(
-        e.contains("model.gguf") && e.contains("'llama.embedding_length'") && e.contains("missing"),
-        "{e}"
-    );
+    assert!(e.contains("model.gguf") && e.contains("'llama.embedding_length'") && e.contains("missing"), "{e}");
     let e = msg(md.get_u32("llama.block_count").unwrap_err());
-    assert!(
-        e.contains("model.gguf") && e.contains("'llama.block_count'") && e.contains("string"),
-        "{e}"
-    );
+    assert!(e.contains("model.gguf") && e.contains("'llama.block_count'") && e.contains("string"), "{e}");
     let e = msg(md.get_bool("flag").unwrap_err());
-    assert!(
-        e.contains("'flag'") && e.contains("u8") && e.contains("bool"),
-        "{e}"
-    );
+    assert!(e.contains("'flag'") && e.contains("u8") && e.contains("bool"), "{e}");
     let e = msg(md.get_u32("neg").unwrap_err());
     assert!(e.contains("'neg'") && e.contains("-3"), "{e}");
     let e = msg(md.get_str_array("tokens").unwrap_err());
@@ -299,17 +266,12 @@ fn chunked_writes_match_whole_writes() {
         w.end_tensor().unwrap();
     }
     w.finish().unwrap();
-    assert_eq!(
-        std::fs::read(&whole).unwrap(),
-        std::fs::read(&chunked).unwrap()
-    );
+    assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&chunked).unwrap());
 }
 
 fn dir_entries(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -322,66 +284,32 @@ fn writer_checks_order_sizes_and_completeness() {
     let infos: Vec<TensorInfoOut> = tensors.iter().map(|(t, _)| t.clone()).collect();
     let mut w = GgufWriter::create(&path, &Metadata::new(), &infos).unwrap();
 
-    let e = w
-        .write_tensor_data("blk.0.attn_q.weight", &tensors[1].1)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("'blk.0.attn_q.weight'")
-            && e.contains("order")
-            && e.contains("'token_embd.weight'"),
-        "{e}"
-    );
+    let e = w.write_tensor_data("blk.0.attn_q.weight", &tensors[1].1).unwrap_err().to_string();
+    assert!(e.contains("'blk.0.attn_q.weight'") && e.contains("order") && e.contains("'token_embd.weight'"), "{e}");
     let e = w.write_tensor_data("nope", &[]).unwrap_err().to_string();
-    assert!(
-        e.contains("'nope'") && e.contains("not in the header"),
-        "{e}"
-    );
-    let e = w
-        .write_tensor_data("token_embd.weight", &[0u8; 5])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("'token_embd.weight'") && e.contains("5 bytes") && e.contains("96"),
-        "{e}"
-    );
+    assert!(e.contains("'nope'") && e.contains("not in the header"), "{e}");
+    let e = w.write_tensor_data("token_embd.weight", &[0u8; 5]).unwrap_err().to_string();
+    assert!(e.contains("'token_embd.weight'") && e.contains("5 bytes") && e.contains("96"), "{e}");
     // The failed calls changed nothing: the right call still works.
-    w.write_tensor_data("token_embd.weight", &tensors[0].1)
-        .unwrap();
-    let e = w
-        .write_tensor_data("token_embd.weight", &tensors[0].1)
-        .unwrap_err()
-        .to_string();
+    w.write_tensor_data("token_embd.weight", &tensors[0].1).unwrap();
+    let e = w.write_tensor_data("token_embd.weight", &tensors[0].1).unwrap_err().to_string();
     assert!(e.contains("already written"), "{e}");
 
     w.begin_tensor("blk.0.attn_q.weight").unwrap();
     w.write_chunk(&[1u8; 60]).unwrap();
     let e = w.write_chunk(&[1u8; 60]).unwrap_err().to_string();
-    assert!(
-        e.contains("'blk.0.attn_q.weight'") && e.contains("exceed"),
-        "{e}"
-    );
+    assert!(e.contains("'blk.0.attn_q.weight'") && e.contains("exceed"), "{e}");
     let e = w.end_tensor().unwrap_err().to_string();
     assert!(e.contains("60 bytes") && e.contains("68"), "{e}");
-    let e = w
-        .begin_tensor("output_norm.weight")
-        .unwrap_err()
-        .to_string();
+    let e = w.begin_tensor("output_norm.weight").unwrap_err().to_string();
     assert!(e.contains("incomplete"), "{e}");
     w.write_chunk(&[1u8; 8]).unwrap();
     w.end_tensor().unwrap();
 
     let e = w.finish().unwrap_err().to_string();
-    assert!(
-        e.contains("'output_norm.weight'") && e.contains("never written"),
-        "{e}"
-    );
+    assert!(e.contains("'output_norm.weight'") && e.contains("never written"), "{e}");
     // A failed finish leaves neither the output nor a temporary file.
-    assert!(
-        dir_entries(dir.path()).is_empty(),
-        "{:?}",
-        dir_entries(dir.path())
-    );
+    assert!(dir_entries(dir.path()).is_empty(), "{:?}", dir_entries(dir.path()));
 }
 
 #[test]
@@ -393,11 +321,7 @@ fn dropped_writer_leaves_nothing() {
     let mut w = GgufWriter::create(&path, &every_value(), &infos).unwrap();
     w.write_tensor_data(&infos[0].name, &tensors[0].1).unwrap();
     drop(w);
-    assert!(
-        dir_entries(dir.path()).is_empty(),
-        "{:?}",
-        dir_entries(dir.path())
-    );
+    assert!(dir_entries(dir.path()).is_empty(), "{:?}", dir_entries(dir.path()));
 }
 
 #[test]
@@ -414,12 +338,8 @@ fn finish_replaces_an_existing_file_atomically() {
 fn writer_validates_like_the_reader() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.gguf");
-    let create = |md: &Metadata, t: &[TensorInfoOut]| {
-        GgufWriter::create(&path, md, t)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
-    };
+    let create =
+        |md: &Metadata, t: &[TensorInfoOut]| GgufWriter::create(&path, md, t).map(|_| ()).unwrap_err().to_string();
     let f32 = |name: &str, ne: &[u64]| TensorInfoOut::new(name, GgmlType::F32, ne.to_vec());
 
     let long = "x".repeat(64);
@@ -436,20 +356,12 @@ fn writer_validates_like_the_reader() {
     assert!(e.contains("dimension 1 is 0"), "{e}");
     let e = create(&Metadata::new(), &[f32("a", &[1 << 32, 1 << 32])]);
     assert!(e.contains("int64"), "{e}");
-    let e = create(
-        &Metadata::new(),
-        &[TensorInfoOut::new("q", GgmlType::Q4_K, [255u64])],
-    );
+    let e = create(&Metadata::new(), &[TensorInfoOut::new("q", GgmlType::Q4_K, [255u64])]);
     assert!(e.contains("'q'") && e.contains("block size 256"), "{e}");
     let e = create(&Metadata::new(), &[f32("nul\0name", &[1])]);
     assert!(e.contains("NUL"), "{e}");
 
-    for bad in [
-        Value::U32(0),
-        Value::U32(48),
-        Value::U64(32),
-        Value::I32(32),
-    ] {
+    for bad in [Value::U32(0), Value::U32(48), Value::U64(32), Value::I32(32)] {
         let mut md = Metadata::new();
         md.insert(KEY_ALIGNMENT, bad.clone());
         let e = create(&md, &[]);
@@ -495,13 +407,8 @@ fn file_without_tensors_and_missing_final_padding() {
     let end = (h.data_offset + last.offset + last.n_bytes()) as usize;
     assert!(end < bytes.len());
     assert!(parse_header(&bytes[..end], "s.gguf").is_ok());
-    let e = parse_header(&bytes[..end - 1], "s.gguf")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("'output_norm.weight'") && e.contains("file is only"),
-        "{e}"
-    );
+    let e = parse_header(&bytes[..end - 1], "s.gguf").unwrap_err().to_string();
+    assert!(e.contains("'output_norm.weight'") && e.contains("file is only"), "{e}");
 }
 
 #[test]
@@ -510,10 +417,7 @@ fn file_lookup_helpers() {
     let path = dir.path().join("look.gguf");
     let tensors = write_sample(&path, &Metadata::new());
     let mut f = GgufFile::open(&path).unwrap();
-    assert_eq!(
-        f.tensor_data_by_name("output_norm.weight").unwrap(),
-        tensors[2].1.as_slice()
-    );
+    assert_eq!(f.tensor_data_by_name("output_norm.weight").unwrap(), tensors[2].1.as_slice());
     let e = f.tensor_data_by_name("missing").unwrap_err().to_string();
     assert!(e.contains("look.gguf") && e.contains("'missing'"), "{e}");
     let mut foreign = f.tensors[0].clone();
@@ -521,10 +425,7 @@ fn file_lookup_helpers() {
     assert!(f.try_tensor_data(&foreign).is_err());
     // Editing the public list must not make the index lie.
     f.tensors.remove(0);
-    assert_eq!(
-        f.tensor("blk.0.attn_q.weight").unwrap().name,
-        "blk.0.attn_q.weight"
-    );
+    assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().name, "blk.0.attn_q.weight");
     assert!(f.tensor("token_embd.weight").is_none());
     assert!(format!("{f:?}").contains("n_tensors"));
 }
@@ -542,10 +443,7 @@ fn empty_file_is_an_error_not_a_panic() {
 fn value_helpers() {
     assert_eq!(Value::from(3u16).as_u32(), Some(3));
     assert_eq!(Value::from(-3i64).as_u64(), None);
-    assert_eq!(
-        Value::from(vec!["a".to_string()]).type_name(),
-        "array[string]"
-    );
+    assert_eq!(Value::from(vec!["a".to_string()]).type_name(), "array[string]");
     let long = Value::from("x".repeat(200));
     assert!(long.to_string().len() < 80);
     assert_eq!(Value::from(vec![1.0f32; 1000]).to_string(), "[1000 x f32]");
@@ -563,16 +461,12 @@ fn value_helpers() {
 #[test]
 fn real_vocab_files_round_trip_when_available() {
     // The same default as scripts/lib.sh.
-    let cache = std::env::var_os("SWITCHYARD_CACHE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            let base = std::env::var_os("XDG_CACHE_HOME")
-                .map(std::path::PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
-                })?;
-            Some(base.join("switchyard"))
-        });
+    let cache = std::env::var_os("SWITCHYARD_CACHE").map(std::path::PathBuf::from).or_else(|| {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+        Some(base.join("switchyard"))
+    });
     let Some(cache) = cache else {
         eprintln!("no cache folder: skipped");
         return;
@@ -591,21 +485,13 @@ fn real_vocab_files_round_trip_when_available() {
     files.dedup_by(|a, b| a.file_name() == b.file_name());
     for path in files.iter().take(8) {
         let f = GgufFile::open(path).unwrap();
-        assert!(
-            f.metadata.get_str("tokenizer.ggml.model").is_ok(),
-            "{}",
-            path.display()
-        );
+        assert!(f.metadata.get_str("tokenizer.ggml.model").is_ok(), "{}", path.display());
         let infos: Vec<TensorInfoOut> = f.tensors.iter().map(TensorInfoOut::from).collect();
         let mut enc = header_bytes(&f.metadata, &infos).unwrap();
         assert_eq!(enc.len() as u64, f.data_offset, "{}", path.display());
         let mut orig = f.bytes().to_vec();
         orig.resize(enc.len().max(orig.len()), 0);
         enc[4..8].copy_from_slice(&f.version.to_le_bytes());
-        assert!(
-            orig.starts_with(&enc),
-            "{} does not round-trip",
-            path.display()
-        );
+        assert!(orig.starts_with(&enc), "{} does not round-trip", path.display());
     }
 }

@@ -84,11 +84,7 @@ impl GgufWriter {
     /// Validates `metadata` and `tensors` like the reader would, then writes the header to a
     /// temporary file in the destination's directory. Alignment comes from `general.alignment`
     /// (a u32 power of two) or defaults to 32.
-    pub fn create(
-        path: impl AsRef<Path>,
-        metadata: &Metadata,
-        tensors: &[TensorInfoOut],
-    ) -> Result<GgufWriter> {
+    pub fn create(path: impl AsRef<Path>, metadata: &Metadata, tensors: &[TensorInfoOut]) -> Result<GgufWriter> {
         let path = path.as_ref().to_path_buf();
         let label = path.display().to_string();
         let (header, plan, alignment) = encode_header(metadata, tensors, &label)?;
@@ -102,17 +98,7 @@ impl GgufWriter {
         let mut out = BufWriter::with_capacity(BUF_BYTES, tmp);
         out.write_all(&header).map_err(|e| Error::io(&path, e))?;
         let data_offset = header.len() as u64;
-        Ok(GgufWriter {
-            path,
-            label,
-            out,
-            plan,
-            alignment,
-            data_offset,
-            next: 0,
-            current: None,
-            failed: false,
-        })
+        Ok(GgufWriter { path, label, out, plan, alignment, data_offset, next: 0, current: None, failed: false })
     }
 
     pub fn alignment(&self) -> u64 {
@@ -146,11 +132,7 @@ impl GgufWriter {
     /// exactly its size. Nothing is written if either check fails.
     pub fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         // Check the size before beginning, so a wrong-sized call leaves the writer unchanged.
-        if let Some(p) = self
-            .plan
-            .get(self.next)
-            .filter(|p| p.name == name && self.current.is_none())
-        {
+        if let Some(p) = self.plan.get(self.next).filter(|p| p.name == name && self.current.is_none()) {
             if p.n_bytes != bytes.len() as u64 {
                 return Err(self.invalid(format_args!(
                     "tensor '{name}': got {} bytes of data, expected {}",
@@ -188,10 +170,7 @@ impl GgufWriter {
                 } else {
                     "is not in the header"
                 };
-                Err(self.invalid(format_args!(
-                    "tensor '{name}' {why}; expected tensor '{}' next",
-                    p.name
-                )))
+                Err(self.invalid(format_args!("tensor '{name}' {why}; expected tensor '{}' next", p.name)))
             }
             None => Err(self.invalid(format_args!(
                 "tensor '{name}': all {} tensors of the header are already written",
@@ -233,10 +212,9 @@ impl GgufWriter {
         };
         let p = &self.plan[i];
         if done != p.n_bytes {
-            return Err(self.invalid(format_args!(
-                "tensor '{}': got {done} bytes of data, expected {}",
-                p.name, p.n_bytes
-            )));
+            return Err(
+                self.invalid(format_args!("tensor '{}': got {done} bytes of data, expected {}", p.name, p.n_bytes))
+            );
         }
         let pad = p.padded - p.n_bytes;
         let r = write_zeros(&mut self.out, pad);
@@ -251,10 +229,9 @@ impl GgufWriter {
         self.check_usable()?;
         if let Some((i, done)) = self.current {
             let p = &self.plan[i];
-            return Err(self.invalid(format_args!(
-                "tensor '{}' is incomplete: {done} of {} bytes written",
-                p.name, p.n_bytes
-            )));
+            return Err(
+                self.invalid(format_args!("tensor '{}' is incomplete: {done} of {} bytes written", p.name, p.n_bytes))
+            );
         }
         if let Some(p) = self.plan.get(self.next) {
             return Err(self.invalid(format_args!(
@@ -265,10 +242,7 @@ impl GgufWriter {
             )));
         }
         let path = self.path;
-        let tmp = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
+        let tmp = self.out.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
         tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
         // NamedTempFile creates files readable by the owner only; a model file should have the
         // usual permissions.
@@ -276,9 +250,7 @@ impl GgufWriter {
         {
             use std::os::unix::fs::PermissionsExt;
             let perms = std::fs::Permissions::from_mode(0o644);
-            tmp.as_file()
-                .set_permissions(perms)
-                .map_err(|e| Error::io(&path, e))?;
+            tmp.as_file().set_permissions(perms).map_err(|e| Error::io(&path, e))?;
         }
         tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
         sync_parent_dir(&path);
@@ -308,11 +280,7 @@ fn write_zeros(w: &mut impl Write, mut n: u64) -> std::io::Result<()> {
 }
 
 /// Writes a whole file in one call (atomically, like [`GgufWriter`]).
-pub fn write_gguf(
-    path: impl AsRef<Path>,
-    metadata: &Metadata,
-    tensors: &[(TensorInfoOut, &[u8])],
-) -> Result<()> {
+pub fn write_gguf(path: impl AsRef<Path>, metadata: &Metadata, tensors: &[(TensorInfoOut, &[u8])]) -> Result<()> {
     let infos: Vec<TensorInfoOut> = tensors.iter().map(|(t, _)| t.clone()).collect();
     let mut w = GgufWriter::create(path, metadata, &infos)?;
     for (t, data) in tensors {
@@ -329,36 +297,21 @@ pub fn header_bytes(metadata: &Metadata, tensors: &[TensorInfoOut]) -> Result<Ve
 
 /// Validates and encodes the header, padded to the alignment. Returns the bytes, the per-tensor
 /// plan and the alignment.
-fn encode_header(
-    metadata: &Metadata,
-    tensors: &[TensorInfoOut],
-    label: &str,
-) -> Result<(Vec<u8>, Vec<Planned>, u64)> {
-    let alignment =
-        alignment_from(metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
+fn encode_header(metadata: &Metadata, tensors: &[TensorInfoOut], label: &str) -> Result<(Vec<u8>, Vec<Planned>, u64)> {
+    let alignment = alignment_from(metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
 
     let mut plan = Vec::with_capacity(tensors.len());
     let mut seen = HashSet::with_capacity(tensors.len());
     for t in tensors {
         let name = &t.name;
-        check_name(name).map_err(|e| {
-            Error::Invalid(format!("{label}: tensor '{}': {e}", name.escape_debug()))
-        })?;
+        check_name(name).map_err(|e| Error::Invalid(format!("{label}: tensor '{}': {e}", name.escape_debug())))?;
         if !seen.insert(name.as_str()) {
             bail_invalid!("{label}: tensor '{name}' appears twice in the tensor list");
         }
-        let n_bytes = check_shape(t.ty, &t.ne)
-            .map_err(|e| Error::Invalid(format!("{label}: tensor '{name}': {e}")))?;
-        let padded = pad_to(n_bytes, alignment).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{label}: tensor '{name}': size {n_bytes} overflows when padded"
-            ))
-        })?;
-        plan.push(Planned {
-            name: name.clone(),
-            n_bytes,
-            padded,
-        });
+        let n_bytes = check_shape(t.ty, &t.ne).map_err(|e| Error::Invalid(format!("{label}: tensor '{name}': {e}")))?;
+        let padded = pad_to(n_bytes, alignment)
+            .ok_or_else(|| Error::Invalid(format!("{label}: tensor '{name}': size {n_bytes} overflows when padded")))?;
+        plan.push(Planned { name: name.clone(), n_bytes, padded });
     }
 
     let mut h = Vec::new();
@@ -383,12 +336,9 @@ fn encode_header(
         }
         put_u32(&mut h, t.ty as u32);
         put_u64(&mut h, offset);
-        offset = offset.checked_add(p.padded).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{label}: tensor '{}': data section size overflows",
-                t.name
-            ))
-        })?;
+        offset = offset
+            .checked_add(p.padded)
+            .ok_or_else(|| Error::Invalid(format!("{label}: tensor '{}': data section size overflows", t.name)))?;
     }
     let padded_len = pad_to(h.len() as u64, alignment).unwrap_or(h.len() as u64) as usize;
     h.resize(padded_len, 0);

@@ -230,10 +230,8 @@ fn pack_2bit(levels: &[u8; QK_K], qs: &mut [u8; 64]) {
     for h in 0..2 {
         let j = 128 * h;
         for l in 0..32 {
-            qs[32 * h + l] = levels[j + l]
-                | (levels[j + l + 32] << 2)
-                | (levels[j + l + 64] << 4)
-                | (levels[j + l + 96] << 6);
+            qs[32 * h + l] =
+                levels[j + l] | (levels[j + l + 32] << 2) | (levels[j + l + 64] << 4) | (levels[j + l + 96] << 6);
         }
     }
 }
@@ -256,17 +254,8 @@ pub(super) fn quant_q2_k(src: &[f32], dst: &mut [u8]) {
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            let (scale, min) = make_qkx2_quants(
-                3,
-                xs,
-                &weights,
-                &mut levels[16 * j..16 * j + 16],
-                &mut laux,
-                -0.5,
-                0.1,
-                15,
-                true,
-            );
+            let (scale, min) =
+                make_qkx2_quants(3, xs, &weights, &mut levels[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
             scales[j] = scale;
             mins[j] = min;
             if scale > max_scale {
@@ -328,8 +317,7 @@ pub(super) fn quant_q3_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0.0f32;
         let mut amax = 0.0f32;
         for j in 0..16 {
-            scales[j] =
-                make_q3_quants(4, &x[16 * j..16 * j + 16], &mut levels[16 * j..16 * j + 16]);
+            scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut levels[16 * j..16 * j + 16]);
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;
@@ -430,17 +418,8 @@ fn q45_k_levels(
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (scale, min) = make_qkx2_quants(
-            nmax,
-            xs,
-            &weights,
-            &mut levels[32 * j..32 * j + 32],
-            &mut laux,
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
+        let (scale, min) =
+            make_qkx2_quants(nmax, xs, &weights, &mut levels[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
         scales[j] = scale;
         mins[j] = min;
         if scale > max_scale {
@@ -451,11 +430,7 @@ fn q45_k_levels(
         }
     }
 
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -542,11 +517,7 @@ pub(super) fn quant_q6_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;
         for ib in 0..16 {
-            let scale = make_qx_quants_rmse1(
-                32,
-                &x[16 * ib..16 * ib + 16],
-                &mut levels[16 * ib..16 * ib + 16],
-            );
+            let scale = make_qx_quants_rmse1(32, &x[16 * ib..16 * ib + 16], &mut levels[16 * ib..16 * ib + 16]);
             scales[ib] = scale;
             if scale.abs() > max_abs_scale {
                 max_abs_scale = scale.abs();
@@ -583,8 +554,7 @@ pub(super) fn quant_q6_k(src: &[f32], dst: &mut [u8]) {
                 let q = |k: usize| lv[l + 32 * k] as u8;
                 ql[64 * h + l] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
                 ql[64 * h + l + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
-                qh[32 * h + l] =
-                    (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+                qh[32 * h + l] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
             }
         }
         for (o, s) in rest[..16].iter_mut().zip(sc) {

@@ -30,8 +30,7 @@ pub(super) fn dequant_q2_k(src: &[u8], dst: &mut [f32]) {
                     let dl = d * (sc & 0xF) as f32;
                     let ml = dmin * (sc >> 4) as f32;
                     let q: &[u8; 16] = arr(&q[16 * h..16 * h + 16]);
-                    let out: &mut [f32; 16] =
-                        arr_mut(&mut yn[32 * j + 16 * h..32 * j + 16 * h + 16]);
+                    let out: &mut [f32; 16] = arr_mut(&mut yn[32 * j + 16 * h..32 * j + 16 * h + 16]);
                     for l in 0..16 {
                         out[l] = dl * ((q[l] >> shift) & 3) as f32 - ml;
                     }
@@ -46,11 +45,7 @@ pub(super) fn dequant_q2_k(src: &[u8], dst: &mut [f32]) {
 pub(super) fn q3_k_scales(raw: &[u8; 12]) -> [i32; 16] {
     let mut sc = [0i32; 16];
     for (is, s) in sc.iter_mut().enumerate() {
-        let low = if is < 8 {
-            raw[is] & 0xF
-        } else {
-            raw[is - 8] >> 4
-        };
+        let low = if is < 8 { raw[is] & 0xF } else { raw[is - 8] >> 4 };
         let high = (raw[8 + is % 4] >> (2 * (is / 4))) & 3;
         *s = (low | (high << 4)) as i32 - 32;
     }
@@ -74,8 +69,7 @@ pub(super) fn dequant_q3_k(src: &[u8], dst: &mut [f32]) {
                     let dl = d_all * sc[8 * n + 2 * j + h] as f32;
                     let q: &[u8; 16] = arr(&q[16 * h..16 * h + 16]);
                     let hm: &[u8; 16] = arr(&hm[16 * h..16 * h + 16]);
-                    let out: &mut [f32; 16] =
-                        arr_mut(&mut yn[32 * j + 16 * h..32 * j + 16 * h + 16]);
+                    let out: &mut [f32; 16] = arr_mut(&mut yn[32 * j + 16 * h..32 * j + 16 * h + 16]);
                     for l in 0..16 {
                         let v = ((q[l] >> shift) & 3) as i32 - if hm[l] & m != 0 { 0 } else { 4 };
                         out[l] = dl * v as f32;
@@ -92,10 +86,7 @@ fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 

@@ -61,35 +61,14 @@ pub fn can_dequantize(ty: GgmlType) -> bool {
 /// Whether [`quantize_row`] handles `ty`.
 pub fn can_quantize(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | Q8_K
-            | MXFP4
-    )
+    matches!(ty, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | MXFP4)
 }
 
 /// Bytes that `n` elements of `ty` take, as usize; `what` prefixes the error message.
 fn bytes_for(ty: GgmlType, n: usize, what: &str) -> Result<usize> {
-    let bytes = ty
-        .row_bytes(n as u64)
-        .map_err(|e| Error::Invalid(format!("{what} {ty}: {e}")))?;
-    usize::try_from(bytes).map_err(|_| {
-        Error::Invalid(format!(
-            "{what} {ty}: {n} elements ({bytes} bytes) do not fit in memory"
-        ))
-    })
+    let bytes = ty.row_bytes(n as u64).map_err(|e| Error::Invalid(format!("{what} {ty}: {e}")))?;
+    usize::try_from(bytes)
+        .map_err(|_| Error::Invalid(format!("{what} {ty}: {n} elements ({bytes} bytes) do not fit in memory")))
 }
 
 /// Dequantize `dst.len()` elements of type `ty` from `src` into `dst`.
@@ -99,9 +78,7 @@ fn bytes_for(ty: GgmlType, n: usize, what: &str) -> Result<usize> {
 /// `dequantize_row_*` (and `ggml_fp16_to_fp32_row` / `ggml_bf16_to_fp32_row` for F16 / BF16).
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!(
-            "dequantizing {ty} is not supported"
-        )));
+        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
     }
     let need = bytes_for(ty, dst.len(), "dequantizing")?;
     if src.len() != need {
@@ -142,9 +119,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// (as on x86-64), see `kquantize.rs`.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     if !can_quantize(ty) {
-        return Err(Error::Unsupported(format!(
-            "quantizing to {ty} is not supported"
-        )));
+        return Err(Error::Unsupported(format!("quantizing to {ty} is not supported")));
     }
     let need = bytes_for(ty, src.len(), "quantizing to")?;
     if dst.len() != need {
@@ -179,9 +154,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
 /// Dequantize `n_elements` elements of `ty` (a multiple of its block size) from `src`.
 pub fn dequantize(ty: GgmlType, src: &[u8], n_elements: usize) -> Result<Vec<f32>> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!(
-            "dequantizing {ty} is not supported"
-        )));
+        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
     }
     // Validate before allocating: a bogus element count must not trigger a huge allocation.
     let need = bytes_for(ty, n_elements, "dequantizing")?;
@@ -199,9 +172,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], n_elements: usize) -> Result<Vec<f32
 /// Quantize all of `src` (a multiple of the block size of `ty`) into a new buffer.
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
     if !can_quantize(ty) {
-        return Err(Error::Unsupported(format!(
-            "quantizing to {ty} is not supported"
-        )));
+        return Err(Error::Unsupported(format!("quantizing to {ty} is not supported")));
     }
     let mut out = vec![0u8; bytes_for(ty, src.len(), "quantizing to")?];
     quantize_row(ty, src, &mut out)?;
@@ -211,9 +182,7 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
 /// Shape checks shared by the parallel functions: returns (rows, bytes per row).
 fn tensor_rows(ty: GgmlType, n_elements: usize, ne0: usize, what: &str) -> Result<(usize, usize)> {
     if ne0 == 0 {
-        return Err(Error::Invalid(format!(
-            "{what} {ty}: row length ne[0] is 0"
-        )));
+        return Err(Error::Invalid(format!("{what} {ty}: row length ne[0] is 0")));
     }
     if n_elements / ne0 * ne0 != n_elements {
         return Err(Error::Invalid(format!(
@@ -232,20 +201,10 @@ fn rows_per_task(ne0: usize) -> usize {
 /// in parallel over groups of rows. Same result as [`dequantize`].
 pub fn dequantize_par(ty: GgmlType, src: &[u8], n_elements: usize, ne0: usize) -> Result<Vec<f32>> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!(
-            "dequantizing {ty} is not supported"
-        )));
+        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
     }
     let (rows, row_bytes) = tensor_rows(ty, n_elements, ne0, "dequantizing")?;
-    check_tensor_bytes(
-        ty,
-        src.len(),
-        rows,
-        row_bytes,
-        n_elements,
-        "dequantizing",
-        "source",
-    )?;
+    check_tensor_bytes(ty, src.len(), rows, row_bytes, n_elements, "dequantizing", "source")?;
     let mut out = vec![0f32; n_elements];
     dequantize_par_into(ty, src, ne0, &mut out)?;
     Ok(out)
@@ -254,46 +213,27 @@ pub fn dequantize_par(ty: GgmlType, src: &[u8], n_elements: usize, ne0: usize) -
 /// Like [`dequantize_par`] into a caller-provided buffer; `dst.len()` is the element count.
 pub fn dequantize_par_into(ty: GgmlType, src: &[u8], ne0: usize, dst: &mut [f32]) -> Result<()> {
     if !can_dequantize(ty) {
-        return Err(Error::Unsupported(format!(
-            "dequantizing {ty} is not supported"
-        )));
+        return Err(Error::Unsupported(format!("dequantizing {ty} is not supported")));
     }
     let (rows, row_bytes) = tensor_rows(ty, dst.len(), ne0, "dequantizing")?;
-    check_tensor_bytes(
-        ty,
-        src.len(),
-        rows,
-        row_bytes,
-        dst.len(),
-        "dequantizing",
-        "source",
-    )?;
+    check_tensor_bytes(ty, src.len(), rows, row_bytes, dst.len(), "dequantizing", "source")?;
     let per = rows_per_task(ne0);
-    dst.par_chunks_mut(per * ne0)
-        .zip(src.par_chunks(per * row_bytes))
-        .try_for_each(|(y, x)| dequantize_row(ty, x, y))
+    dst.par_chunks_mut(per * ne0).zip(src.par_chunks(per * row_bytes)).try_for_each(|(y, x)| dequantize_row(ty, x, y))
 }
 
 /// Quantize a whole tensor with row length `ne0` in parallel over groups of rows.
 /// Same result as [`quantize`].
 pub fn quantize_par(ty: GgmlType, src: &[f32], ne0: usize) -> Result<Vec<u8>> {
     if !can_quantize(ty) {
-        return Err(Error::Unsupported(format!(
-            "quantizing to {ty} is not supported"
-        )));
+        return Err(Error::Unsupported(format!("quantizing to {ty} is not supported")));
     }
     let (rows, row_bytes) = tensor_rows(ty, src.len(), ne0, "quantizing to")?;
-    let total = rows.checked_mul(row_bytes).ok_or_else(|| {
-        Error::Invalid(format!(
-            "quantizing to {ty}: {} elements overflow",
-            src.len()
-        ))
-    })?;
+    let total = rows
+        .checked_mul(row_bytes)
+        .ok_or_else(|| Error::Invalid(format!("quantizing to {ty}: {} elements overflow", src.len())))?;
     let mut out = vec![0u8; total];
     let per = rows_per_task(ne0);
-    out.par_chunks_mut(per * row_bytes)
-        .zip(src.par_chunks(per * ne0))
-        .try_for_each(|(y, x)| quantize_row(ty, x, y))?;
+    out.par_chunks_mut(per * row_bytes).zip(src.par_chunks(per * ne0)).try_for_each(|(y, x)| quantize_row(ty, x, y))?;
     Ok(out)
 }
 

@@ -13,9 +13,7 @@ use super::{arr, arr_mut, f16_le};
 use crate::ggml_type::QK_K;
 
 /// kvalues_iq4nl of ggml.
-const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// kvalues_mxfp4 of ggml: the E2M1 values, doubled (the scale is halved to match).
 const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
@@ -41,8 +39,7 @@ pub(super) fn dequant_iq4_xs(src: &[u8], dst: &mut [f32]) {
         let scales_h = u16::from_le_bytes([b[2], b[3]]) as i32;
         let scales_l: &[u8; 4] = arr(&b[4..8]);
         for ib in 0..QK_K / 32 {
-            let ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) as i32
-                | (((scales_h >> (2 * ib)) & 3) << 4);
+            let ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) as i32 | (((scales_h >> (2 * ib)) & 3) << 4);
             let dl = d * (ls - 32) as f32;
             let qs: &[u8; 16] = arr(&b[8 + 16 * ib..8 + 16 * ib + 16]);
             let out: &mut [f32; 32] = arr_mut(&mut y[32 * ib..32 * ib + 32]);
@@ -57,11 +54,7 @@ pub(super) fn dequant_iq4_xs(src: &[u8], dst: &mut [f32]) {
 /// GGML_E8M0_TO_FP32_HALF: 2^(e - 127) / 2, with the two smallest exponents as subnormals.
 #[inline(always)]
 fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 {
-        0x0020_0000u32 << e
-    } else {
-        (e as u32 - 1) << 23
-    };
+    let bits = if e < 2 { 0x0020_0000u32 << e } else { (e as u32 - 1) << 23 };
     f32::from_bits(bits)
 }
 
@@ -105,11 +98,7 @@ pub(super) fn quant_mxfp4(src: &[f32], dst: &mut [u8]) {
             }
         }
         // (uint8_t)(floorf(log2f(amax)) - 2 + 127), computed in f32 like ggml
-        let e = if amax > 0.0 {
-            (amax.log2().floor() - 2.0 + 127.0) as u8
-        } else {
-            0
-        };
+        let e = if amax > 0.0 { (amax.log2().floor() - 2.0 + 127.0) as u8 } else { 0 };
         let d = e8m0_to_f32_half(e);
         b[0] = e;
         for j in 0..16 {

@@ -45,9 +45,7 @@ const ALL_QUANT: [GgmlType; 15] = [
 
 /// llama.cpp test-quantize-fns' synthetic data: 0.1 + 2 cos(i + offset), in [-1.9, 2.1].
 fn synth(n: usize, offset: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| 0.1 + 2.0 * (i as f32 + offset).cos())
-        .collect()
+    (0..n).map(|i| 0.1 + 2.0 * (i as f32 + offset).cos()).collect()
 }
 
 /// A tiny deterministic generator (splitmix64) so the tests need no RNG crate.
@@ -154,22 +152,11 @@ fn round_trip_rmse_within_bounds() {
 #[test]
 fn k_quant_error_falls_with_bits() {
     let x = varied(8192, 21);
-    let errs: Vec<f64> = [
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::Q8_K,
-    ]
-    .iter()
-    .map(|&ty| {
-        rmse(
-            &x,
-            &dequantize(ty, &quantize(ty, &x).unwrap(), x.len()).unwrap(),
-        )
-    })
-    .collect();
+    let errs: Vec<f64> =
+        [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K]
+            .iter()
+            .map(|&ty| rmse(&x, &dequantize(ty, &quantize(ty, &x).unwrap(), x.len()).unwrap()))
+            .collect();
     assert!(errs.windows(2).all(|w| w[1] < w[0]), "{errs:?}");
 }
 
@@ -181,27 +168,13 @@ fn k_quant_edge_blocks() {
     x.extend((0..256).map(|i| if i == 77 { 1.0 } else { 0.0 }));
     x.extend((0..256).map(|i| (i as f32 - 100.0) * 1e-20));
     x.extend((0..256).map(|i| -3.0 + (i % 7) as f32 * 0.01));
-    for ty in [
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::Q8_K,
-    ] {
+    for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K] {
         let q = quantize(ty, &x).unwrap();
         let y = dequantize(ty, &q, x.len()).unwrap();
         assert!(y.iter().all(|v| v.is_finite()), "{ty}");
         assert!(y[..256].iter().all(|v| *v == 0.0), "{ty}: zero block");
-        assert!(
-            (y[512 + 77] - 1.0).abs() < 0.2,
-            "{ty}: spike {}",
-            y[512 + 77]
-        );
-        assert!(
-            y[768..1024].iter().all(|v| v.abs() < 1e-6),
-            "{ty}: tiny block"
-        );
+        assert!((y[512 + 77] - 1.0).abs() < 0.2, "{ty}: spike {}", y[512 + 77]);
+        assert!(y[768..1024].iter().all(|v| v.abs() < 1e-6), "{ty}: tiny block");
         let e = rmse(&x[1024..], &y[1024..]);
         assert!(e < 0.05, "{ty}: negative block rmse {e}");
     }
@@ -216,10 +189,7 @@ fn q8_0_error_is_at_most_half_a_step() {
         let d = f16_le(q[34 * blk], q[34 * blk + 1]);
         for (a, b) in xb.iter().zip(yb) {
             // half a step, plus what rounding d to f16 moves the largest level (127 * d * 2^-11)
-            assert!(
-                (a - b).abs() <= d * (0.5 + 127.0 / 2048.0) * 1.0001,
-                "block {blk}: {a} vs {b}, d {d}"
-            );
+            assert!((a - b).abs() <= d * (0.5 + 127.0 / 2048.0) * 1.0001, "block {blk}: {a} vs {b}, d {d}");
         }
     }
 }
@@ -245,10 +215,7 @@ fn zero_input_quantizes_to_zero_scales() {
         assert!(y.iter().all(|v| *v == 0.0), "{ty}: {y:?}");
     }
     // Q8_K: d, qs and bsums all zero
-    assert!(quantize(GgmlType::Q8_K, &x)
-        .unwrap()
-        .iter()
-        .all(|b| *b == 0));
+    assert!(quantize(GgmlType::Q8_K, &x).unwrap().iter().all(|b| *b == 0));
 }
 
 #[test]
@@ -305,14 +272,8 @@ fn hand_made_q8_0_and_q8_k() {
     assert_eq!(f32::from_le_bytes(q[..4].try_into().unwrap()), 1.0 / 127.0);
     assert_eq!(q[4] as i8, -127);
     for j in 0..16 {
-        let sum: i32 = q[4 + 16 * j..4 + 16 * j + 16]
-            .iter()
-            .map(|b| *b as i8 as i32)
-            .sum();
-        assert_eq!(
-            i16::from_le_bytes([q[260 + 2 * j], q[261 + 2 * j]]) as i32,
-            sum
-        );
+        let sum: i32 = q[4 + 16 * j..4 + 16 * j + 16].iter().map(|b| *b as i8 as i32).sum();
+        assert_eq!(i16::from_le_bytes([q[260 + 2 * j], q[261 + 2 * j]]) as i32, sum);
     }
 }
 
@@ -325,22 +286,14 @@ fn hand_made_mxfp4_block() {
         b[1 + j as usize] = j | (j << 4);
     }
     let y = dequantize(GgmlType::MXFP4, &b, 32).unwrap();
-    let k = [
-        0.0f32, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0,
-    ];
+    let k = [0.0f32, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0];
     assert_eq!(&y[..16], &k);
     assert_eq!(&y[16..], &k);
     // the two smallest exponents are subnormal
     b[0] = 0;
-    assert_eq!(
-        dequantize(GgmlType::MXFP4, &b, 32).unwrap()[1],
-        f32::from_bits(0x0020_0000)
-    );
+    assert_eq!(dequantize(GgmlType::MXFP4, &b, 32).unwrap()[1], f32::from_bits(0x0020_0000));
     b[0] = 1;
-    assert_eq!(
-        dequantize(GgmlType::MXFP4, &b, 32).unwrap()[1],
-        f32::from_bits(0x0040_0000)
-    );
+    assert_eq!(dequantize(GgmlType::MXFP4, &b, 32).unwrap()[1], f32::from_bits(0x0040_0000));
 }
 
 #[test]
@@ -362,27 +315,14 @@ fn q3_k_scales_match_ggmls_word_shuffle() {
             ((a[0] >> 4) & k2) | (((a[2] >> 4) & k1) << 4),
             ((a[1] >> 4) & k2) | (((a[2] >> 6) & k1) << 4),
         ];
-        let expect: Vec<i32> = words
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .map(|b| b as i8 as i32 - 32)
-            .collect();
+        let expect: Vec<i32> = words.iter().flat_map(|w| w.to_le_bytes()).map(|b| b as i8 as i32 - 32).collect();
         assert_eq!(kquants::q3_k_scales(&raw).to_vec(), expect);
     }
 }
 
 #[test]
 fn nearest_int_rounds_half_to_even() {
-    for (x, want) in [
-        (0.5f32, 0),
-        (1.5, 2),
-        (2.5, 2),
-        (-0.5, 0),
-        (-1.5, -2),
-        (2.4, 2),
-        (-2.6, -3),
-        (127.0, 127),
-    ] {
+    for (x, want) in [(0.5f32, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (2.4, 2), (-2.6, -3), (127.0, 127)] {
         assert_eq!(nearest_int(x), want, "{x}");
     }
 }
@@ -454,10 +394,7 @@ fn every_type_dequantizes_random_blocks_finitely() {
         assert!(y.iter().all(|v| v.is_finite()), "{ty}");
         let ne0 = blk.max(32) * 4;
         let p = dequantize_par(ty, &bytes, n, ne0).unwrap();
-        assert!(
-            y.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{ty}"
-        );
+        assert!(y.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty}");
     }
 }
 
@@ -484,10 +421,7 @@ fn parallel_matches_serial() {
         assert_eq!(quantize_par(ty, &x, ne0).unwrap(), q, "{ty}");
         let y = dequantize(ty, &q, x.len()).unwrap();
         let p = dequantize_par(ty, &q, x.len(), ne0).unwrap();
-        assert!(
-            y.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{ty}"
-        );
+        assert!(y.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty}");
     }
 }
 
@@ -497,66 +431,34 @@ fn size_mismatches_are_errors_naming_the_sizes() {
     let err = dequantize_row(GgmlType::Q4_0, &[0u8; 17], &mut dst).unwrap_err();
     assert!(matches!(err, Error::Invalid(_)));
     let msg = err.to_string();
-    assert!(
-        msg.contains("q4_0") && msg.contains("17") && msg.contains("18") && msg.contains("32"),
-        "{msg}"
-    );
+    assert!(msg.contains("q4_0") && msg.contains("17") && msg.contains("18") && msg.contains("32"), "{msg}");
 
     // element count not a multiple of the block size
     let mut dst = vec![0f32; 33];
-    let msg = dequantize_row(GgmlType::Q8_0, &[0u8; 34], &mut dst)
-        .unwrap_err()
-        .to_string();
+    let msg = dequantize_row(GgmlType::Q8_0, &[0u8; 34], &mut dst).unwrap_err().to_string();
     assert!(msg.contains("33") && msg.contains("32"), "{msg}");
-    let msg = dequantize(GgmlType::Q6_K, &[0u8; 210], 255)
-        .unwrap_err()
-        .to_string();
+    let msg = dequantize(GgmlType::Q6_K, &[0u8; 210], 255).unwrap_err().to_string();
     assert!(msg.contains("255") && msg.contains("256"), "{msg}");
 
     // too many source bytes is as wrong as too few
     let mut dst = vec![0f32; 256];
-    assert!(matches!(
-        dequantize_row(GgmlType::Q4_K, &[0u8; 145], &mut dst),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(dequantize_row(GgmlType::Q4_K, &[0u8; 145], &mut dst), Err(Error::Invalid(_))));
 
     // quantize: wrong destination size, bad element count
     let src = vec![0f32; 64];
-    let msg = quantize_row(GgmlType::Q8_0, &src, &mut [0u8; 67])
-        .unwrap_err()
-        .to_string();
+    let msg = quantize_row(GgmlType::Q8_0, &src, &mut [0u8; 67]).unwrap_err().to_string();
     assert!(msg.contains("67") && msg.contains("68"), "{msg}");
-    assert!(matches!(
-        quantize(GgmlType::Q4_1, &src[..40]),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(quantize(GgmlType::Q4_1, &src[..40]), Err(Error::Invalid(_))));
 
     // parallel versions: bad ne0, count not a whole number of rows, wrong byte count
-    assert!(matches!(
-        dequantize_par(GgmlType::Q8_0, &[0u8; 68], 64, 0),
-        Err(Error::Invalid(_))
-    ));
-    assert!(matches!(
-        dequantize_par(GgmlType::Q8_0, &[0u8; 68], 64, 48),
-        Err(Error::Invalid(_))
-    ));
-    assert!(matches!(
-        dequantize_par(GgmlType::Q8_0, &[0u8; 68], 64, 16),
-        Err(Error::Invalid(_))
-    ));
-    let msg = dequantize_par(GgmlType::Q8_0, &[0u8; 70], 64, 32)
-        .unwrap_err()
-        .to_string();
+    assert!(matches!(dequantize_par(GgmlType::Q8_0, &[0u8; 68], 64, 0), Err(Error::Invalid(_))));
+    assert!(matches!(dequantize_par(GgmlType::Q8_0, &[0u8; 68], 64, 48), Err(Error::Invalid(_))));
+    assert!(matches!(dequantize_par(GgmlType::Q8_0, &[0u8; 68], 64, 16), Err(Error::Invalid(_))));
+    let msg = dequantize_par(GgmlType::Q8_0, &[0u8; 70], 64, 32).unwrap_err().to_string();
     assert!(msg.contains("70") && msg.contains("68"), "{msg}");
-    assert!(matches!(
-        quantize_par(GgmlType::Q8_0, &src, 48),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(quantize_par(GgmlType::Q8_0, &src, 48), Err(Error::Invalid(_))));
     let mut dst = vec![0f32; 64];
-    assert!(matches!(
-        dequantize_par_into(GgmlType::Q8_0, &[0u8; 67], 32, &mut dst),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(dequantize_par_into(GgmlType::Q8_0, &[0u8; 67], 32, &mut dst), Err(Error::Invalid(_))));
 
     // empty input is fine
     assert!(dequantize(GgmlType::Q4_0, &[], 0).unwrap().is_empty());
@@ -565,44 +467,20 @@ fn size_mismatches_are_errors_naming_the_sizes() {
 
 #[test]
 fn unsupported_types_say_so() {
-    for ty in [
-        GgmlType::IQ2_XXS,
-        GgmlType::Q8_1,
-        GgmlType::I32,
-        GgmlType::TQ1_0,
-        GgmlType::F64,
-    ] {
+    for ty in [GgmlType::IQ2_XXS, GgmlType::Q8_1, GgmlType::I32, GgmlType::TQ1_0, GgmlType::F64] {
         assert!(!can_dequantize(ty));
         let err = dequantize(ty, &[], 0).unwrap_err();
         assert!(matches!(err, Error::Unsupported(_)));
-        assert_eq!(
-            err.to_string(),
-            format!("dequantizing {} is not supported", ty.name())
-        );
+        assert_eq!(err.to_string(), format!("dequantizing {} is not supported", ty.name()));
         let mut dst = [0f32; 0];
-        assert!(matches!(
-            dequantize_row(ty, &[], &mut dst),
-            Err(Error::Unsupported(_))
-        ));
-        assert!(matches!(
-            dequantize_par(ty, &[], 0, 1),
-            Err(Error::Unsupported(_))
-        ));
+        assert!(matches!(dequantize_row(ty, &[], &mut dst), Err(Error::Unsupported(_))));
+        assert!(matches!(dequantize_par(ty, &[], 0, 1), Err(Error::Unsupported(_))));
     }
-    for ty in [
-        GgmlType::IQ4_NL,
-        GgmlType::IQ4_XS,
-        GgmlType::IQ2_XXS,
-        GgmlType::Q8_1,
-        GgmlType::TQ2_0,
-    ] {
+    for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::IQ2_XXS, GgmlType::Q8_1, GgmlType::TQ2_0] {
         assert!(!can_quantize(ty));
         let err = quantize(ty, &[0f32; 256]).unwrap_err();
         assert!(matches!(err, Error::Unsupported(_)));
-        assert_eq!(
-            err.to_string(),
-            format!("quantizing to {} is not supported", ty.name())
-        );
+        assert_eq!(err.to_string(), format!("quantizing to {} is not supported", ty.name()));
     }
     for ty in ALL_DEQUANT {
         assert!(can_dequantize(ty), "{ty}");

