@@ -5,4 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
 export SWITCHYARD_REQUIRE_FIXTURES=1
-cargo test --release --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace 2>&1 | tee "$log" || status=$?
+# cargo prints one "test result:" line per test binary, the last often a crate without tests;
+# close with the totals so the whole run is summarised in one line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "switchyard: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

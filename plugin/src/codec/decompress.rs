@@ -206,7 +206,7 @@ where
             })
         }
         Output::F16(buf) => run!(buf, n_in, |s: &[f32], d: &mut [f16]| -> Result<()> {
-            d.convert_from_f32_slice(s);
+            quants::f32_to_f16(s, d);
             Ok(())
         }),
         Output::BF16(buf) => run!(buf, n_in, |s: &[f32], d: &mut [bf16]| -> Result<()> {

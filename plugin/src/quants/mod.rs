@@ -20,6 +20,7 @@
 //! Data is little-endian (as in GGUF files) regardless of the host.
 
 mod float;
+pub use float::f32_to_f16;
 mod kquantize;
 mod kquants;
 mod legacy;
