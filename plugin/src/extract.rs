@@ -5,7 +5,7 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use crate::bundle::naming::PREFIX;
-use crate::bundle::{materialize, Bundle, TensorDelta};
+use crate::bundle::{materialize, Bundle};
 use crate::codec::Output;
 use crate::error::Result;
 use crate::gguf::{GgufWriter, TensorInfoOut};
@@ -14,27 +14,27 @@ use crate::GgmlType;
 /// The type changed tensors are written in. Unchanged tensors always keep the base's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtractType {
-    /// F32 where the base is F32 (lossless), F16 otherwise: base + delta rarely fits the base's
-    /// quantized type exactly, and F16 holds it to ~3 significant digits.
+    /// What the patched llama.cpp computes with ([`Bundle::materialized_type`]): F32 where that
+    /// is exact (1-D tensors, F32 bases, whole replacements), F16 otherwise. Every expert of a
+    /// bundle, "base" included, gets the same types, so an extracted expert runs exactly like
+    /// the bundle switched to that expert.
     Auto,
     F32,
     F16,
     BF16,
 }
 
-/// The type a changed tensor is written in. 1-D tensors (norms, biases) and whole
-/// replacements are always F32 so they stay exact.
-pub fn output_type(choice: ExtractType, base_ty: GgmlType, ne: &[u64], delta: &TensorDelta) -> GgmlType {
-    if ne.len() == 1 || matches!(delta, TensorDelta::Replace { .. }) {
-        return GgmlType::F32;
-    }
-    match choice {
-        ExtractType::Auto if base_ty == GgmlType::F32 => GgmlType::F32,
-        ExtractType::Auto => GgmlType::F16,
+/// The type tensor `name` (changed by some expert) is written in.
+pub fn output_type(bundle: &Bundle, choice: ExtractType, name: &str) -> Option<GgmlType> {
+    let auto = bundle.materialized_type(name)?;
+    Some(match choice {
+        ExtractType::Auto => auto,
+        // 1-D tensors and whole replacements stay F32 whatever is asked: they are exact there.
+        _ if auto == GgmlType::F32 && bundle.file.tensor(name).is_some_and(|t| t.ne.len() == 1) => GgmlType::F32,
         ExtractType::F32 => GgmlType::F32,
         ExtractType::F16 => GgmlType::F16,
         ExtractType::BF16 => GgmlType::BF16,
-    }
+    })
 }
 
 /// Per-type counts of what was written, for the command line to report.
@@ -44,7 +44,8 @@ pub struct ExtractReport {
     pub unchanged: usize,
 }
 
-/// Write expert `expert` (or "base") of `bundle` to `out`.
+/// Write expert `expert` (or "base") of `bundle` to `out`: tensors no expert changes keep the
+/// base's bytes, the others are materialized (W_base + this expert's delta, if any).
 pub fn extract(
     bundle: &Bundle,
     expert: &str,
@@ -62,14 +63,14 @@ pub fn extract(
     let mut deltas = Vec::with_capacity(base.len());
     let mut infos = Vec::with_capacity(base.len());
     let mut report = ExtractReport::default();
+    let mut managed = Vec::with_capacity(base.len());
     for t in &base {
         let d = match e {
             Some(e) => bundle.delta(e, &t.name)?,
             None => None,
         };
-        let ty = match &d {
-            Some(d) => {
-                let ty = output_type(choice, t.ty, &t.ne, d);
+        let ty = match output_type(bundle, choice, &t.name) {
+            Some(ty) => {
                 report.changed.push((t.name.clone(), t.ty, ty));
                 ty
             }
@@ -78,32 +79,35 @@ pub fn extract(
                 t.ty
             }
         };
+        // Tensors some expert changes are materialized for every expert, "base" included.
+        managed.push(bundle.materialized_type(&t.name).is_some());
         infos.push(TensorInfoOut::new(t.name.clone(), ty, t.ne.clone()));
         deltas.push(d);
     }
     let mut w = GgufWriter::create(out, &metadata, &infos)?;
-    for (k, ((t, d), info)) in base.iter().zip(&deltas).zip(&infos).enumerate() {
+    for (k, (((t, d), info), &managed)) in base.iter().zip(&deltas).zip(&infos).zip(&managed).enumerate() {
         progress(k as u64, base.len() as u64);
         let bytes = bundle.file.try_tensor_data(t)?;
-        let Some(d) = d else {
+        if !managed {
             w.write_tensor_data(&t.name, bytes)?;
             continue;
-        };
+        }
+        let d = d.as_ref();
         let n = t.n_elements() as usize;
         let buf: Vec<u8> = match info.ty {
             GgmlType::F32 => {
                 let mut v = vec![0.0f32; n];
-                materialize(t, bytes, Some(d), Output::F32(&mut v))?;
+                materialize(t, bytes, d, Output::F32(&mut v))?;
                 v.iter().flat_map(|x| x.to_le_bytes()).collect()
             }
             GgmlType::F16 => {
                 let mut v = vec![f16::ZERO; n];
-                materialize(t, bytes, Some(d), Output::F16(&mut v))?;
+                materialize(t, bytes, d, Output::F16(&mut v))?;
                 v.iter().flat_map(|x| x.to_le_bytes()).collect()
             }
             GgmlType::BF16 => {
                 let mut v = vec![bf16::ZERO; n];
-                materialize(t, bytes, Some(d), Output::BF16(&mut v))?;
+                materialize(t, bytes, d, Output::BF16(&mut v))?;
                 v.iter().flat_map(|x| x.to_le_bytes()).collect()
             }
             other => unreachable!("output_type never picks {other}"),

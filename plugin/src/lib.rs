@@ -23,4 +23,5 @@ pub mod extract;
 pub mod hf;
 pub mod imatrix;
 pub mod pack;
+pub mod switch;
 pub mod synth;

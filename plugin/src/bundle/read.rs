@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::codec::{CodecParams, Method};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::GgmlType;
 
 use super::delta::TensorDelta;
 use super::fingerprint::base_fingerprint;
@@ -140,6 +141,24 @@ impl Bundle {
             .collect::<Result<BTreeMap<_, _>>>()?;
         let what = format!("{}: expert '{}', tensor '{base}'", self.label(), self.experts[e].name);
         TensorDelta::from_tensors(&parts, &self.experts[e].params, base_info, &what).map(Some)
+    }
+
+    /// The type a base tensor is materialized in by whatever switches experts in place (the
+    /// llama.cpp plugin) and by `extract`, or None when no expert changes it. One type for all
+    /// experts, so a switch never changes a tensor's layout: F32 for 1-D tensors, F32 bases
+    /// and tensors some expert replaces whole (exact), F16 otherwise (base + delta rarely fits
+    /// a quantized base type; F16 keeps ~3 significant digits).
+    pub fn materialized_type(&self, base: &str) -> Option<GgmlType> {
+        let info = self.file.tensor(base)?;
+        let mut changed = false;
+        let mut needs_f32 = info.ne.len() == 1 || info.ty == GgmlType::F32;
+        for e in &self.index {
+            if let Some(parts) = e.get(base) {
+                changed = true;
+                needs_f32 |= parts.contains_key("full");
+            }
+        }
+        changed.then_some(if needs_f32 { GgmlType::F32 } else { GgmlType::F16 })
     }
 
     /// Bytes the stored deltas of expert `e` take in the file.

@@ -1,0 +1,176 @@
+/* switchyard: the C ABI. Generated from ffi/src by cbindgen; do not edit.
+ *
+ * Every function returns a switchyard_result (or a value that cannot fail) and never lets a
+ * Rust panic cross into C. Outputs are written only on success; switchyard_last_error() gives
+ * the detail of the calling thread's last failure. Check
+ * switchyard_abi_version() == SWITCHYARD_ABI_VERSION before any other call. */
+
+#ifndef SWITCHYARD_H
+#define SWITCHYARD_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <stdbool.h>
+
+/*
+ The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
+ other call, so a library and header from different releases are never mixed.
+ */
+#define SWITCHYARD_ABI_VERSION 1
+
+/*
+ Outcome of a call.
+ */
+enum switchyard_result
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  SWITCHYARD_RESULT_OK = 0,
+  /*
+   A required pointer argument was NULL.
+   */
+  SWITCHYARD_RESULT_NULL_ARGUMENT = 1,
+  /*
+   A string argument was not valid UTF-8.
+   */
+  SWITCHYARD_RESULT_INVALID_UTF8 = 2,
+  /*
+   The operating system refused a file operation.
+   */
+  SWITCHYARD_RESULT_IO = 3,
+  /*
+   Malformed, truncated or mismatched input (a file, a tensor, a key).
+   */
+  SWITCHYARD_RESULT_INVALID = 4,
+  /*
+   Well-formed input this version does not handle.
+   */
+  SWITCHYARD_RESULT_UNSUPPORTED = 5,
+  /*
+   No expert or tensor of that name.
+   */
+  SWITCHYARD_RESULT_NOT_FOUND = 6,
+  /*
+   The caller's buffer is too small; the needed length was reported.
+   */
+  SWITCHYARD_RESULT_BUFFER_TOO_SMALL = 7,
+  /*
+   The host's callback reported a failure.
+   */
+  SWITCHYARD_RESULT_CALLBACK_FAILED = 8,
+  /*
+   A bug in switchyard: a panic was caught at the boundary.
+   */
+  SWITCHYARD_RESULT_PANIC = 9,
+};
+#ifndef __cplusplus
+typedef uint32_t switchyard_result;
+#endif // __cplusplus
+
+/*
+ A bundle opened for switching. Thread-safe: calls on one model are serialised.
+ */
+typedef struct switchyard_model switchyard_model;
+
+/*
+ Called by `switchyard_model_set_expert` once per bound tensor with its new contents:
+ `size` bytes at `data`, in the tensor's type, to be copied into `tensor` from offset 0
+ (e.g. with `ggml_backend_tensor_set`). Returns 0 on success, anything else on failure.
+ */
+typedef int32_t (*switchyard_write_fn)(void *user, void *tensor, const void *data, size_t size);
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/*
+ The ABI version the library was built with.
+ */
+uint32_t switchyard_abi_version(void);
+
+/*
+ Version of the library as a NUL-terminated string, e.g. "0.1.0". Never NULL; static storage.
+ */
+const char *switchyard_version(void);
+
+/*
+ A static, NUL-terminated description of `result`. Never NULL.
+ */
+const char *switchyard_result_str(switchyard_result result);
+
+/*
+ Copy the calling thread's last error detail (which file, tensor or key, and why) into
+ `buf` of `len` bytes, NUL-terminated and truncated to fit; returns the detail's full length
+ in bytes without the NUL (0 when there was none). `buf` may be NULL when `len` is 0.
+ */
+size_t switchyard_last_error(char *buf, size_t len);
+
+/*
+ Open the bundle at `path`: validates every delta and the base fingerprint. On success
+ `*out` receives a handle to release with `switchyard_model_free`.
+ */
+switchyard_result switchyard_model_open(const char *path, switchyard_model **out);
+
+/*
+ Release a model from `switchyard_model_open`. NULL is ignored.
+ */
+void switchyard_model_free(switchyard_model *model);
+
+/*
+ The ggml type (`enum ggml_type` value) weight `name` must be created in because the bundle
+ manages it, or -1 when the host loads it from the file as usual (also for NULL arguments).
+ */
+int32_t switchyard_model_tensor_type(const switchyard_model *model, const char *name);
+
+/*
+ Number of weights the bundle manages (those `switchyard_model_tensor_type` gives a type).
+ */
+uint32_t switchyard_model_n_managed(const switchyard_model *model);
+
+/*
+ Register `tensor` (an opaque pointer handed back to the write callback) as created for
+ managed weight `name`. A weight created several times (tied embeddings) is bound each time.
+ */
+switchyard_result switchyard_model_bind(switchyard_model *model, const char *name, void *tensor);
+
+/*
+ Write expert `name` ("base" for the base model) into every bound tensor through `write`.
+ A no-op when that expert is already in place. The host must not run the model while this
+ runs, and must clear its KV cache afterwards. On failure the tensors may hold a mix of
+ experts: switch again before using them.
+ */
+switchyard_result switchyard_model_set_expert(switchyard_model *model,
+                                              const char *name,
+                                              switchyard_write_fn write,
+                                              void *user);
+
+/*
+ Number of experts in the bundle (not counting "base").
+ */
+uint32_t switchyard_model_n_experts(const switchyard_model *model);
+
+/*
+ Name of expert `index` (0-based) into `buf` (`len` bytes, NUL-terminated); its length
+ without the NUL goes to `*out_len` when `out_len` is not NULL, also when `buf` is too small.
+ */
+switchyard_result switchyard_model_expert_name(const switchyard_model *model,
+                                               uint32_t index,
+                                               char *buf,
+                                               size_t len,
+                                               size_t *out_len);
+
+/*
+ Name of the expert the bound tensors hold ("base" before any switch or after switching
+ back), same buffer rules as `switchyard_model_expert_name`.
+ */
+switchyard_result switchyard_model_current_expert(const switchyard_model *model,
+                                                  char *buf,
+                                                  size_t len,
+                                                  size_t *out_len);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* SWITCHYARD_H */

@@ -1,0 +1,224 @@
+//! `switchyard_model`: a bundle opened for switching experts in a host's tensors.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::path::Path;
+use std::sync::Mutex;
+
+use switchyard::switch::Switcher;
+
+use crate::error::{boundary, boundary_value, check_null, fail, set_last_error, switchyard_result, write_str};
+use switchyard_result::*;
+
+/// A bundle opened for switching. Thread-safe: calls on one model are serialised.
+pub struct switchyard_model {
+    inner: Mutex<Switcher>,
+}
+
+impl switchyard_model {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Switcher> {
+        // A panic while locked was already reported; the switcher's state stays usable
+        // (a failed switch is redone by the next one).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Called by `switchyard_model_set_expert` once per bound tensor with its new contents:
+/// `size` bytes at `data`, in the tensor's type, to be copied into `tensor` from offset 0
+/// (e.g. with `ggml_backend_tensor_set`). Returns 0 on success, anything else on failure.
+pub type switchyard_write_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, data: *const c_void, size: usize) -> i32>;
+
+/// # Safety
+/// `s` non-NULL and NUL-terminated.
+unsafe fn utf8<'a>(s: *const c_char, what: &str) -> Result<&'a str, switchyard_result> {
+    // SAFETY: the caller guarantees a NUL-terminated string.
+    unsafe { CStr::from_ptr(s) }.to_str().map_err(|_| {
+        set_last_error(format!("argument '{what}' is not valid UTF-8"));
+        SWITCHYARD_RESULT_INVALID_UTF8
+    })
+}
+
+macro_rules! try_utf8 {
+    ($p:ident) => {
+        // SAFETY: checked non-NULL by the caller's check_null!, NUL-terminated by contract.
+        match unsafe { utf8($p, stringify!($p)) } {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
+    };
+}
+
+/// Open the bundle at `path`: validates every delta and the base fingerprint. On success
+/// `*out` receives a handle to release with `switchyard_model_free`.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_open(
+    path: *const c_char,
+    out: *mut *mut switchyard_model,
+) -> switchyard_result {
+    boundary(|| {
+        check_null!(path, out);
+        let path = try_utf8!(path);
+        match Switcher::open(Path::new(path)) {
+            Ok(s) => {
+                let b = Box::new(switchyard_model { inner: Mutex::new(s) });
+                // SAFETY: out checked non-NULL.
+                unsafe { *out = Box::into_raw(b) };
+                SWITCHYARD_RESULT_OK
+            }
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Release a model from `switchyard_model_open`. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_free(model: *mut switchyard_model) {
+    boundary_value((), || {
+        if !model.is_null() {
+            // SAFETY: the pointer came from Box::into_raw in switchyard_model_open, and the
+            // caller gives up its handle here.
+            drop(unsafe { Box::from_raw(model) });
+        }
+    })
+}
+
+/// The ggml type (`enum ggml_type` value) weight `name` must be created in because the bundle
+/// manages it, or -1 when the host loads it from the file as usual (also for NULL arguments).
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_tensor_type(model: *const switchyard_model, name: *const c_char) -> i32 {
+    boundary_value(-1, || {
+        if model.is_null() || name.is_null() {
+            return -1;
+        }
+        // SAFETY: non-NULL, a live handle and a NUL-terminated string by contract.
+        let (m, name) = unsafe { (&*model, CStr::from_ptr(name)) };
+        let Ok(name) = name.to_str() else { return -1 };
+        m.lock().managed_type(name).map_or(-1, |t| t as i32)
+    })
+}
+
+/// Number of weights the bundle manages (those `switchyard_model_tensor_type` gives a type).
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_n_managed(model: *const switchyard_model) -> u32 {
+    boundary_value(0, || {
+        if model.is_null() {
+            return 0;
+        }
+        // SAFETY: a live handle by contract.
+        unsafe { &*model }.lock().managed_count() as u32
+    })
+}
+
+/// Register `tensor` (an opaque pointer handed back to the write callback) as created for
+/// managed weight `name`. A weight created several times (tied embeddings) is bound each time.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_bind(
+    model: *mut switchyard_model,
+    name: *const c_char,
+    tensor: *mut c_void,
+) -> switchyard_result {
+    boundary(|| {
+        check_null!(model, name, tensor);
+        let name = try_utf8!(name);
+        // SAFETY: a live handle by contract.
+        let m = unsafe { &*model };
+        match m.lock().bind(name, tensor as usize) {
+            Ok(()) => SWITCHYARD_RESULT_OK,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Write expert `name` ("base" for the base model) into every bound tensor through `write`.
+/// A no-op when that expert is already in place. The host must not run the model while this
+/// runs, and must clear its KV cache afterwards. On failure the tensors may hold a mix of
+/// experts: switch again before using them.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_set_expert(
+    model: *mut switchyard_model,
+    name: *const c_char,
+    write: switchyard_write_fn,
+    user: *mut c_void,
+) -> switchyard_result {
+    boundary(|| {
+        check_null!(model, name);
+        let Some(write) = write else {
+            set_last_error("argument 'write' is NULL");
+            return SWITCHYARD_RESULT_NULL_ARGUMENT;
+        };
+        let name = try_utf8!(name);
+        // SAFETY: a live handle by contract.
+        let m = unsafe { &*model };
+        let mut failed_cb = false;
+        let res = m.lock().set_expert(name, &mut |handle, bytes| {
+            // SAFETY: the host's callback, given the handle it bound and a live buffer.
+            let rc = unsafe { write(user, handle as *mut c_void, bytes.as_ptr().cast(), bytes.len()) };
+            if rc != 0 {
+                failed_cb = true;
+                return Err(switchyard::Error::Invalid(format!("the write callback returned {rc}")));
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => SWITCHYARD_RESULT_OK,
+            Err(e) if failed_cb => {
+                set_last_error(e.to_string());
+                SWITCHYARD_RESULT_CALLBACK_FAILED
+            }
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Number of experts in the bundle (not counting "base").
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_n_experts(model: *const switchyard_model) -> u32 {
+    boundary_value(0, || {
+        if model.is_null() {
+            return 0;
+        }
+        // SAFETY: a live handle by contract.
+        unsafe { &*model }.lock().expert_names().count() as u32
+    })
+}
+
+/// Name of expert `index` (0-based) into `buf` (`len` bytes, NUL-terminated); its length
+/// without the NUL goes to `*out_len` when `out_len` is not NULL, also when `buf` is too small.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_expert_name(
+    model: *const switchyard_model,
+    index: u32,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> switchyard_result {
+    boundary(|| {
+        check_null!(model);
+        // SAFETY: a live handle by contract.
+        let m = unsafe { &*model }.lock();
+        let Some(name) = m.expert_names().nth(index as usize) else {
+            set_last_error(format!("no expert {index}: the bundle has {}", m.expert_names().count()));
+            return SWITCHYARD_RESULT_NOT_FOUND;
+        };
+        // SAFETY: buffer contract forwarded from the caller.
+        unsafe { write_str(name, buf, len, out_len) }
+    })
+}
+
+/// Name of the expert the bound tensors hold ("base" before any switch or after switching
+/// back), same buffer rules as `switchyard_model_expert_name`.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_current_expert(
+    model: *const switchyard_model,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> switchyard_result {
+    boundary(|| {
+        check_null!(model);
+        // SAFETY: a live handle by contract.
+        let m = unsafe { &*model }.lock();
+        // SAFETY: buffer contract forwarded from the caller.
+        unsafe { write_str(m.current(), buf, len, out_len) }
+    })
+}

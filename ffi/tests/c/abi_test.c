@@ -1,0 +1,116 @@
+/* Exercises the switchyard C ABI from C: version check, expert listing, binding host
+ * tensors, switching, and the error paths. Usage: abi_test BUNDLE TENSOR...
+ * Prints "TENSOR EXPERT CHECKSUM" lines for the Rust side to compare. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "switchyard.h"
+
+#define MAX_TENSORS 64
+#define CHECK(cond)                                                           \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            char detail[512];                                                 \
+            switchyard_last_error(detail, sizeof detail);                     \
+            fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n",     \
+                    __FILE__, __LINE__, #cond, detail);                       \
+            exit(1);                                                          \
+        }                                                                     \
+    } while (0)
+
+struct host_tensor {
+    unsigned char * data;
+    size_t size;
+};
+
+static int write_tensor(void * user, void * tensor, const void * data, size_t size) {
+    int * writes = user;
+    struct host_tensor * t = tensor;
+    free(t->data);
+    t->data = malloc(size);
+    if (t->data == NULL) {
+        return 1;
+    }
+    memcpy(t->data, data, size);
+    t->size = size;
+    (*writes)++;
+    return 0;
+}
+
+static int refuse_write(void * user, void * tensor, const void * data, size_t size) {
+    (void) user; (void) tensor; (void) data; (void) size;
+    return 7;
+}
+
+/* FNV-1a over the tensor's bytes. */
+static unsigned long long checksum(const struct host_tensor * t) {
+    unsigned long long h = 1469598103934665603ULL;
+    for (size_t i = 0; i < t->size; i++) {
+        h = (h ^ t->data[i]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+int main(int argc, char ** argv) {
+    CHECK(argc >= 3 && argc - 2 <= MAX_TENSORS);
+    CHECK(switchyard_abi_version() == SWITCHYARD_ABI_VERSION);
+    CHECK(strlen(switchyard_version()) > 0);
+
+    switchyard_model * model = NULL;
+    CHECK(switchyard_model_open(NULL, &model) == SWITCHYARD_RESULT_NULL_ARGUMENT && model == NULL);
+    CHECK(switchyard_model_open("/nonexistent/bundle.gguf", &model) == SWITCHYARD_RESULT_IO && model == NULL);
+    char detail[512];
+    CHECK(switchyard_last_error(detail, sizeof detail) > 0 && strstr(detail, "/nonexistent/bundle.gguf") != NULL);
+    CHECK(switchyard_model_open(argv[1], &model) == SWITCHYARD_RESULT_OK && model != NULL);
+
+    uint32_t n_experts = switchyard_model_n_experts(model);
+    CHECK(n_experts == 2);
+    char name[64];
+    size_t name_len = 0;
+    CHECK(switchyard_model_expert_name(model, 0, name, sizeof name, &name_len) == SWITCHYARD_RESULT_OK);
+    CHECK(strcmp(name, "math") == 0 && name_len == 4);
+    CHECK(switchyard_model_expert_name(model, 1, name, 3, &name_len) == SWITCHYARD_RESULT_BUFFER_TOO_SMALL && name_len == 4);
+    CHECK(switchyard_model_expert_name(model, 2, name, sizeof name, NULL) == SWITCHYARD_RESULT_NOT_FOUND);
+    CHECK(switchyard_model_current_expert(model, name, sizeof name, NULL) == SWITCHYARD_RESULT_OK && strcmp(name, "base") == 0);
+
+    int n = argc - 2;
+    CHECK(switchyard_model_n_managed(model) == (uint32_t) n);
+    struct host_tensor tensors[MAX_TENSORS];
+    memset(tensors, 0, sizeof tensors);
+    int writes = 0;
+    /* Switching before every managed weight is bound is refused. */
+    CHECK(switchyard_model_set_expert(model, "math", write_tensor, &writes) == SWITCHYARD_RESULT_INVALID);
+    for (int i = 0; i < n; i++) {
+        CHECK(switchyard_model_tensor_type(model, argv[i + 2]) >= 0);
+        CHECK(switchyard_model_bind(model, argv[i + 2], &tensors[i]) == SWITCHYARD_RESULT_OK);
+    }
+    CHECK(switchyard_model_tensor_type(model, "not.a.tensor") == -1);
+    CHECK(switchyard_model_bind(model, "not.a.tensor", &tensors[0]) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_model_set_expert(model, "physics", write_tensor, &writes) == SWITCHYARD_RESULT_NOT_FOUND);
+    switchyard_last_error(detail, sizeof detail);
+    CHECK(strstr(detail, "physics") != NULL && strstr(detail, "math") != NULL);
+    CHECK(switchyard_model_set_expert(model, "math", NULL, &writes) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    CHECK(switchyard_model_set_expert(model, "code", refuse_write, NULL) == SWITCHYARD_RESULT_CALLBACK_FAILED);
+
+    const char * order[] = {"math", "code", "math", "base"};
+    for (int k = 0; k < 4; k++) {
+        writes = 0;
+        CHECK(switchyard_model_set_expert(model, order[k], write_tensor, &writes) == SWITCHYARD_RESULT_OK);
+        CHECK(writes == n);
+        CHECK(switchyard_model_current_expert(model, name, sizeof name, NULL) == SWITCHYARD_RESULT_OK && strcmp(name, order[k]) == 0);
+        for (int i = 0; i < n; i++) {
+            printf("%s %s %llu\n", argv[i + 2], order[k], checksum(&tensors[i]));
+        }
+    }
+    /* Switching to the expert already in place writes nothing. */
+    writes = 0;
+    CHECK(switchyard_model_set_expert(model, "base", write_tensor, &writes) == SWITCHYARD_RESULT_OK && writes == 0);
+
+    switchyard_model_free(model);
+    switchyard_model_free(NULL);
+    for (int i = 0; i < n; i++) {
+        free(tensors[i].data);
+    }
+    return 0;
+}

@@ -1,0 +1,139 @@
+//! Switching experts in place: what a host (the llama.cpp plugin) needs to run a bundle.
+//!
+//! The host creates every weight the bundle manages in [`Switcher::managed_type`] instead of
+//! the file's type and does not load it from the file; it then binds each created tensor
+//! ([`Switcher::bind`]). [`Switcher::set_expert`] materializes W_base + D of every managed
+//! tensor and hands the bytes to the host's writer, which copies them into the tensor (on the
+//! CPU or a GPU). W_base stays in the bundle file (memory-mapped), so going back to `base` or
+//! to another expert never needs a reload.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::bundle::{materialize, Bundle};
+use crate::codec::Output;
+use crate::error::{Error, Result};
+use crate::GgmlType;
+
+/// An opaque handle of the host's tensor (a `ggml_tensor*` for llama.cpp).
+pub type TensorHandle = usize;
+
+pub struct Switcher {
+    bundle: Bundle,
+    /// Managed base tensor -> (type it is materialized in, the host tensors bound to it).
+    managed: BTreeMap<String, (GgmlType, Vec<TensorHandle>)>,
+    /// Index of the expert the bound tensors hold; None for the base model.
+    current: Option<usize>,
+    /// Whether the bound tensors hold anything yet.
+    filled: bool,
+}
+
+/// The name that selects the base model wherever experts are named.
+pub const BASE: &str = "base";
+
+impl Switcher {
+    /// Open and fully validate a bundle, the base fingerprint included.
+    pub fn open(path: &Path) -> Result<Switcher> {
+        let bundle = Bundle::open(path)?;
+        bundle.verify_base()?;
+        bundle.validate_all()?;
+        let managed = bundle
+            .base_tensors()
+            .filter_map(|t| bundle.materialized_type(&t.name).map(|ty| (t.name.clone(), (ty, Vec::new()))))
+            .collect();
+        Ok(Switcher { bundle, managed, current: None, filled: false })
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The type the host must create weight `name` in, or None for weights it loads as usual.
+    pub fn managed_type(&self, name: &str) -> Option<GgmlType> {
+        self.managed.get(name).map(|(ty, _)| *ty)
+    }
+
+    pub fn managed_count(&self) -> usize {
+        self.managed.len()
+    }
+
+    /// Register a host tensor created for managed weight `name` (a weight may be created
+    /// more than once, e.g. tied embeddings duplicated as the output on another device).
+    pub fn bind(&mut self, name: &str, handle: TensorHandle) -> Result<()> {
+        let (_, handles) = self.managed.get_mut(name).ok_or_else(|| {
+            Error::Invalid(format!("{}: tensor '{name}' is not managed by the bundle", self.bundle.label()))
+        })?;
+        if !handles.contains(&handle) {
+            handles.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Every managed weight must have been created by the host: check after binding.
+    pub fn check_bound(&self) -> Result<()> {
+        match self.managed.iter().find(|(_, (_, h))| h.is_empty()) {
+            Some((name, _)) => {
+                Err(Error::Invalid(format!("{}: the model never created managed tensor '{name}'", self.bundle.label())))
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn expert_names(&self) -> impl Iterator<Item = &str> {
+        self.bundle.experts.iter().map(|e| e.name.as_str())
+    }
+
+    /// Name of the expert the bound tensors hold ("base" for the base model).
+    pub fn current(&self) -> &str {
+        self.current.map_or(BASE, |e| self.bundle.experts[e].name.as_str())
+    }
+
+    /// Resolve a name to an expert index (None = base); the error lists the valid names.
+    pub fn resolve(&self, name: &str) -> Result<Option<usize>> {
+        if name == BASE {
+            Ok(None)
+        } else {
+            self.bundle.expert_index(name).map(Some)
+        }
+    }
+
+    /// Materialize expert `name` (or "base") into every bound tensor through `write(handle,
+    /// bytes)`. Nothing happens when that expert is already in place. On error the tensors
+    /// may hold a mix of experts: the caller must switch again before using them.
+    pub fn set_expert(&mut self, name: &str, write: &mut dyn FnMut(TensorHandle, &[u8]) -> Result<()>) -> Result<()> {
+        let target = self.resolve(name)?;
+        if self.filled && target == self.current {
+            return Ok(());
+        }
+        self.check_bound()?;
+        self.filled = false;
+        // u32 storage: 4-byte aligned, so it can be viewed as f32 or f16 without copying.
+        let mut buf: Vec<u32> = Vec::new();
+        for (tname, (ty, handles)) in &self.managed {
+            // A tensor this expert leaves alone still needs the base written back when the
+            // previous expert changed it.
+            let delta = match target {
+                Some(e) => self.bundle.delta(e, tname)?,
+                None => None,
+            };
+            let info = self.bundle.file.tensor(tname).expect("managed tensors are base tensors");
+            let base = self.bundle.file.try_tensor_data(info)?;
+            let n = info.n_elements() as usize;
+            let bytes = ty.row_bytes(n as u64)? as usize;
+            buf.resize(bytes.div_ceil(4), 0);
+            let out = match ty {
+                GgmlType::F32 => Output::F32(bytemuck::cast_slice_mut(&mut buf[..])),
+                GgmlType::F16 => Output::F16(&mut bytemuck::cast_slice_mut(&mut buf[..])[..n]),
+                other => crate::bail_unsupported!("materializing into {other} is not supported"),
+            };
+            materialize(info, base, delta.as_ref(), out)?;
+            let view: &[u8] = bytemuck::cast_slice(&buf[..]);
+            for &h in handles {
+                write(h, &view[..bytes])?;
+            }
+        }
+        self.current = target;
+        self.filled = true;
+        Ok(())
+    }
+}
