@@ -5,8 +5,10 @@
 #   scripts/build-llama.sh            # patched: patches/*.patch applied, -DLLAMA_SWITCHYARD=ON
 #   scripts/build-llama.sh --stock    # stock llama.cpp, for comparisons
 #
-# A build is cached under $SWITCHYARD_CACHE/llama/<key>, the key hashing every input
-# (sdist hash, patches, Rust sources when patched, cmake flags), so an unchanged tree is reused.
+# A build lives under $SWITCHYARD_CACHE/llama/<key>, the key hashing the sdist, the patches, the
+# cmake flags and the CPU's instruction set. A stock build is reused as it is; a patched one is
+# rebuilt incrementally (ninja + cargo), so changed Rust sources only rebuild the Rust library
+# and relink, and unchanged ones cost a few seconds.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -28,15 +30,42 @@ inputs() {
     # GGML_NATIVE compiles for this CPU: a build is only reused on the same instruction set.
     grep -m1 '^flags' /proc/cpuinfo || true
     if [ "$variant" = patched ]; then
-        # Patches and everything the Rust library is built from.
-        (cd "$SWITCHYARD_ROOT" && git ls-files -co --exclude-standard patches plugin ffi kernels Cargo.toml Cargo.lock \
-            | LC_ALL=C sort | xargs -r sha256sum)
+        (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch)
     fi
 }
 key="$variant-$(inputs | sha256sum | cut -c1-16)"
 build="$SWITCHYARD_CACHE/llama/$key"
+
+# Configure and build (incrementally when the folder exists). The patched build runs cargo for
+# the Rust library every time; with nothing changed, ninja and cargo do nothing.
+compile() {
+    local flags=("${CMAKE_FLAGS[@]}")
+    if [ "$variant" = patched ]; then
+        flags+=(-DLLAMA_SWITCHYARD=ON "-DSWITCHYARD_ROOT=$SWITCHYARD_ROOT")
+    fi
+    if command -v ccache >/dev/null; then
+        # Shared between the stock and patched builds: paths under the cache folder are hashed
+        # relative to each build's cmake folder, so the files both compile are compiled once.
+        flags+=(-DGGML_CCACHE=ON)
+        export CCACHE_DIR="$SWITCHYARD_CACHE/ccache" CCACHE_BASEDIR="$SWITCHYARD_CACHE/llama" CCACHE_NOHASHDIR=true
+    fi
+    local jobs="${SWITCHYARD_BUILD_JOBS:-$(nproc)}"
+    cmake -S "$build/src" -B "$build/cmake" -G Ninja "${flags[@]}" >"$build/configure.log" 2>&1 \
+        || { tail -n 40 "$build/configure.log" >&2; die "cmake configure failed (log: $build/configure.log)"; }
+    log "building ${TARGETS[*]} ($variant) with $jobs jobs"
+    cmake --build "$build/cmake" -j "$jobs" --target "${TARGETS[@]}" >"$build/build.log" 2>&1 \
+        || { tail -n 40 "$build/build.log" >&2; die "build failed (log: $build/build.log)"; }
+    mkdir -p "$build/bin"
+    for t in "${TARGETS[@]}"; do cp "$build/cmake/bin/$t" "$build/bin/"; done
+}
+
 if [ -f "$build/.complete" ]; then
-    log "reusing cached build $key"
+    if [ "$variant" = patched ]; then
+        log "updating cached build $key"
+        compile
+    else
+        log "reusing cached build $key"
+    fi
     echo "$build/bin"
     exit 0
 fi
@@ -46,27 +75,16 @@ rm -rf "$build"
 mkdir -p "$build/src"
 log "unpacking llama.cpp from $(basename "$sdist") into $build/src"
 tar -xzf "$sdist" -C "$build/src" --strip-components=3 "llama_cpp_python-0.3.36/vendor/llama.cpp"
+rm -f "$build/src/.git" # a submodule pointer into the sdist's own git folder
 
-flags=("${CMAKE_FLAGS[@]}")
 if [ "$variant" = patched ]; then
+    command -v patch >/dev/null || die "the 'patch' program is needed (apt-get install patch)"
     for p in "$SWITCHYARD_ROOT"/patches/*.patch; do
         [ -e "$p" ] || continue
         log "applying $(basename "$p")"
         patch -d "$build/src" -p1 --forward --quiet < "$p" || die "$(basename "$p") does not apply to the pinned llama.cpp"
     done
-    if grep -q LLAMA_SWITCHYARD "$build/src/CMakeLists.txt"; then
-        flags+=(-DLLAMA_SWITCHYARD=ON "-DSWITCHYARD_ROOT=$SWITCHYARD_ROOT")
-    fi
 fi
-
-jobs="${SWITCHYARD_BUILD_JOBS:-$(nproc)}"
-log "configuring ($variant): ${flags[*]}"
-cmake -S "$build/src" -B "$build/cmake" -G Ninja "${flags[@]}" >"$build/configure.log" 2>&1 \
-    || { tail -n 40 "$build/configure.log" >&2; die "cmake configure failed (log: $build/configure.log)"; }
-log "building ${TARGETS[*]} with $jobs jobs (several minutes on 2 cores)"
-cmake --build "$build/cmake" -j "$jobs" --target "${TARGETS[@]}" >"$build/build.log" 2>&1 \
-    || { tail -n 40 "$build/build.log" >&2; die "build failed (log: $build/build.log)"; }
-mkdir -p "$build/bin"
-for t in "${TARGETS[@]}"; do cp "$build/cmake/bin/$t" "$build/bin/"; done
+compile
 touch "$build/.complete"
 echo "$build/bin"

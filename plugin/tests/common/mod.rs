@@ -55,6 +55,15 @@ pub fn llama_bin() -> Option<PathBuf> {
     )
 }
 
+/// Folder with the patched llama.cpp binaries (scripts/build-llama.sh).
+pub fn llama_patched_bin() -> Option<PathBuf> {
+    optional(
+        "SWITCHYARD_LLAMA_PATCHED_BIN",
+        cache_dir().join("no-default-llama-bin"),
+        "patched llama.cpp binaries (scripts/setup.sh prints SWITCHYARD_LLAMA_PATCHED_BIN)",
+    )
+}
+
 pub fn switchyard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
