@@ -74,11 +74,25 @@ typedef uint32_t switchyard_result;
 typedef struct switchyard_model switchyard_model;
 
 /*
- Called by `switchyard_model_set_expert` once per bound tensor with its new contents:
- `size` bytes at `data`, in the tensor's type, to be copied into `tensor` from offset 0
- (e.g. with `ggml_backend_tensor_set`). Returns 0 on success, anything else on failure.
+ How `switchyard_model_set_expert` reaches the host's tensors (the handles given to
+ `switchyard_model_bind`).
  */
-typedef int32_t (*switchyard_write_fn)(void *user, void *tensor, const void *data, size_t size);
+typedef struct {
+  /*
+   Optional: the tensor's memory when it lives in host RAM (`size` writable bytes), so the
+   weights are decoded in place; NULL (or a NULL return) to go through `write`.
+   */
+  void *(*memory)(void *user, void *tensor, size_t size);
+  /*
+   Required: copy `size` bytes at `data` into `tensor` from offset 0 (e.g. with
+   `ggml_backend_tensor_set`). Returns 0 on success, anything else on failure.
+   */
+  int32_t (*write)(void *user, void *tensor, const void *data, size_t size);
+  /*
+   Passed back to both callbacks.
+   */
+  void *user;
+} switchyard_host;
 
 #ifdef __cplusplus
 extern "C" {
@@ -135,15 +149,14 @@ uint32_t switchyard_model_n_managed(const switchyard_model *model);
 switchyard_result switchyard_model_bind(switchyard_model *model, const char *name, void *tensor);
 
 /*
- Write expert `name` ("base" for the base model) into every bound tensor through `write`.
+ Write expert `name` ("base" for the base model) into every bound tensor through `host`.
  A no-op when that expert is already in place. The host must not run the model while this
  runs, and must clear its KV cache afterwards. On failure the tensors may hold a mix of
  experts: switch again before using them.
  */
 switchyard_result switchyard_model_set_expert(switchyard_model *model,
                                               const char *name,
-                                              switchyard_write_fn write,
-                                              void *user);
+                                              const switchyard_host *host);
 
 /*
  Number of experts in the bundle (not counting "base").

@@ -22,11 +22,47 @@ impl switchyard_model {
     }
 }
 
-/// Called by `switchyard_model_set_expert` once per bound tensor with its new contents:
-/// `size` bytes at `data`, in the tensor's type, to be copied into `tensor` from offset 0
-/// (e.g. with `ggml_backend_tensor_set`). Returns 0 on success, anything else on failure.
-pub type switchyard_write_fn =
-    Option<unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, data: *const c_void, size: usize) -> i32>;
+/// How `switchyard_model_set_expert` reaches the host's tensors (the handles given to
+/// `switchyard_model_bind`).
+#[repr(C)]
+pub struct switchyard_host {
+    /// Optional: the tensor's memory when it lives in host RAM (`size` writable bytes), so the
+    /// weights are decoded in place; NULL (or a NULL return) to go through `write`.
+    pub memory: Option<unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, size: usize) -> *mut c_void>,
+    /// Required: copy `size` bytes at `data` into `tensor` from offset 0 (e.g. with
+    /// `ggml_backend_tensor_set`). Returns 0 on success, anything else on failure.
+    pub write:
+        Option<unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, data: *const c_void, size: usize) -> i32>,
+    /// Passed back to both callbacks.
+    pub user: *mut c_void,
+}
+
+/// Adapts the host's callbacks to the switcher; remembers a failed callback for the result code.
+struct CallbackHost<'a> {
+    host: &'a switchyard_host,
+    failed: bool,
+}
+
+impl switchyard::switch::TensorHost for CallbackHost<'_> {
+    fn memory(&mut self, handle: usize, len: usize) -> Option<&mut [u8]> {
+        let f = self.host.memory?;
+        // SAFETY: the host's callback with the handle it bound.
+        let p = unsafe { f(self.host.user, handle as *mut c_void, len) };
+        // SAFETY: the host lends `len` writable bytes at p for the duration of the switch.
+        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+    }
+
+    fn write(&mut self, handle: usize, bytes: &[u8]) -> switchyard::Result<()> {
+        let f = self.host.write.expect("checked before the switch");
+        // SAFETY: the host's callback, given the handle it bound and a live buffer.
+        let rc = unsafe { f(self.host.user, handle as *mut c_void, bytes.as_ptr().cast(), bytes.len()) };
+        if rc != 0 {
+            self.failed = true;
+            return Err(switchyard::Error::Invalid(format!("the host's write callback returned {rc}")));
+        }
+        Ok(())
+    }
+}
 
 /// # Safety
 /// `s` non-NULL and NUL-terminated.
@@ -129,7 +165,7 @@ pub unsafe extern "C" fn switchyard_model_bind(
     })
 }
 
-/// Write expert `name` ("base" for the base model) into every bound tensor through `write`.
+/// Write expert `name` ("base" for the base model) into every bound tensor through `host`.
 /// A no-op when that expert is already in place. The host must not run the model while this
 /// runs, and must clear its KV cache afterwards. On failure the tensors may hold a mix of
 /// experts: switch again before using them.
@@ -137,31 +173,24 @@ pub unsafe extern "C" fn switchyard_model_bind(
 pub unsafe extern "C" fn switchyard_model_set_expert(
     model: *mut switchyard_model,
     name: *const c_char,
-    write: switchyard_write_fn,
-    user: *mut c_void,
+    host: *const switchyard_host,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(model, name);
-        let Some(write) = write else {
-            set_last_error("argument 'write' is NULL");
+        check_null!(model, name, host);
+        // SAFETY: non-NULL; a live struct by contract.
+        let host = unsafe { &*host };
+        if host.write.is_none() {
+            set_last_error("argument 'host' has no write callback");
             return SWITCHYARD_RESULT_NULL_ARGUMENT;
-        };
+        }
         let name = try_utf8!(name);
         // SAFETY: a live handle by contract.
         let m = unsafe { &*model };
-        let mut failed_cb = false;
-        let res = m.lock().set_expert(name, &mut |handle, bytes| {
-            // SAFETY: the host's callback, given the handle it bound and a live buffer.
-            let rc = unsafe { write(user, handle as *mut c_void, bytes.as_ptr().cast(), bytes.len()) };
-            if rc != 0 {
-                failed_cb = true;
-                return Err(switchyard::Error::Invalid(format!("the write callback returned {rc}")));
-            }
-            Ok(())
-        });
+        let mut adapter = CallbackHost { host, failed: false };
+        let res = m.lock().set_expert(name, &mut adapter);
         match res {
             Ok(()) => SWITCHYARD_RESULT_OK,
-            Err(e) if failed_cb => {
+            Err(e) if adapter.failed => {
                 set_last_error(e.to_string());
                 SWITCHYARD_RESULT_CALLBACK_FAILED
             }

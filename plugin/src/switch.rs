@@ -97,21 +97,27 @@ impl Switcher {
         }
     }
 
-    /// Materialize expert `name` (or "base") into every bound tensor through `write(handle,
-    /// bytes)`. Nothing happens when that expert is already in place. On error the tensors
-    /// may hold a mix of experts: the caller must switch again before using them.
-    pub fn set_expert(&mut self, name: &str, write: &mut dyn FnMut(TensorHandle, &[u8]) -> Result<()>) -> Result<()> {
+    /// Materialize expert `name` (or "base") into every bound tensor of `host`. Nothing
+    /// happens when that expert is already in place. On error the tensors may hold a mix of
+    /// experts: the caller must switch again before using them.
+    pub fn set_expert(&mut self, name: &str, host: &mut dyn TensorHost) -> Result<()> {
         let target = self.resolve(name)?;
         if self.filled && target == self.current {
             return Ok(());
         }
         self.check_bound()?;
+        // A tensor neither the previous nor the target expert changes already holds the base.
+        let previous = if self.filled { Some(self.current) } else { None };
         self.filled = false;
         // u32 storage: 4-byte aligned, so it can be viewed as f32 or f16 without copying.
-        let mut buf: Vec<u32> = Vec::new();
+        let mut scratch: Vec<u32> = Vec::new();
         for (tname, (ty, handles)) in &self.managed {
-            // A tensor this expert leaves alone still needs the base written back when the
-            // previous expert changed it.
+            let changes = |e: Option<usize>| e.is_some_and(|e| self.bundle.changes(e, tname));
+            if let Some(prev) = previous {
+                if !changes(prev) && !changes(target) {
+                    continue;
+                }
+            }
             let delta = match target {
                 Some(e) => self.bundle.delta(e, tname)?,
                 None => None,
@@ -120,20 +126,60 @@ impl Switcher {
             let base = self.bundle.file.try_tensor_data(info)?;
             let n = info.n_elements() as usize;
             let bytes = ty.row_bytes(n as u64)? as usize;
-            buf.resize(bytes.div_ceil(4), 0);
-            let out = match ty {
-                GgmlType::F32 => Output::F32(bytemuck::cast_slice_mut(&mut buf[..])),
-                GgmlType::F16 => Output::F16(&mut bytemuck::cast_slice_mut(&mut buf[..])[..n]),
-                other => crate::bail_unsupported!("materializing into {other} is not supported"),
+            // Decode straight into the first tensor when the host lends its memory; copy from
+            // there (or from scratch) into the others.
+            let (first, rest) = handles.split_first().expect("check_bound");
+            let decoded: &[u8] = match host.memory(*first, bytes) {
+                Some(mem) => {
+                    decode_into(info, base, delta.as_ref(), *ty, mem)?;
+                    &*mem
+                }
+                None => {
+                    scratch.resize(bytes.div_ceil(4), 0);
+                    let mem = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut scratch[..])[..bytes];
+                    decode_into(info, base, delta.as_ref(), *ty, mem)?;
+                    host.write(*first, mem)?;
+                    &*mem
+                }
             };
-            materialize(info, base, delta.as_ref(), out)?;
-            let view: &[u8] = bytemuck::cast_slice(&buf[..]);
-            for &h in handles {
-                write(h, &view[..bytes])?;
+            let decoded = decoded.to_vec();
+            for &h in rest {
+                host.write(h, &decoded)?;
             }
         }
         self.current = target;
         self.filled = true;
         Ok(())
     }
+}
+
+/// Where materialized weights go: the host's tensors.
+pub trait TensorHost {
+    /// The tensor's memory, `len` bytes, when the host can lend it (CPU tensors); None to
+    /// receive the bytes through [`TensorHost::write`] instead (GPU tensors).
+    fn memory(&mut self, handle: TensorHandle, len: usize) -> Option<&mut [u8]>;
+    /// Copy `bytes` into the tensor.
+    fn write(&mut self, handle: TensorHandle, bytes: &[u8]) -> Result<()>;
+}
+
+/// W_base + D of one tensor into `out` (bytes of `ty`), viewed as f32 or f16.
+fn decode_into(
+    info: &crate::gguf::TensorInfo,
+    base: &[u8],
+    delta: Option<&crate::bundle::TensorDelta>,
+    ty: GgmlType,
+    out: &mut [u8],
+) -> Result<()> {
+    let out = match ty {
+        GgmlType::F32 => Output::F32(cast_mut(out)?),
+        GgmlType::F16 => Output::F16(cast_mut(out)?),
+        other => crate::bail_unsupported!("materializing into {other} is not supported"),
+    };
+    materialize(info, base, delta, out)
+}
+
+/// View host memory as `T`, refusing misaligned or odd-sized memory instead of panicking.
+fn cast_mut<T: bytemuck::Pod>(b: &mut [u8]) -> Result<&mut [T]> {
+    bytemuck::try_cast_slice_mut(b)
+        .map_err(|e| Error::Invalid(format!("tensor memory cannot hold {}: {e:?}", std::any::type_name::<T>())))
 }

@@ -126,6 +126,11 @@ impl Bundle {
         self.base_tensors().filter(move |t| self.index[e].contains_key(&t.name)).map(|t| t.name.as_str())
     }
 
+    /// Whether expert `e` changes base tensor `base`.
+    pub fn changes(&self, e: usize, base: &str) -> bool {
+        self.index[e].contains_key(base)
+    }
+
     /// Expert `e`'s delta for base tensor `base`, or None when the expert leaves it unchanged.
     pub fn delta(&self, e: usize, base: &str) -> Result<Option<TensorDelta>> {
         let Some(parts) = self.index[e].get(base) else {

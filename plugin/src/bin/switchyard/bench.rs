@@ -18,6 +18,16 @@ use switchyard::{quants, GgmlType};
 pub enum BenchCommand {
     /// W_base + D into a buffer vs memcpy of the same bytes.
     Decompress(DecompressArgs),
+    /// Switching a bundle between experts into host buffers, as the llama.cpp plugin does.
+    Switch(SwitchArgs),
+}
+
+#[derive(Args)]
+pub struct SwitchArgs {
+    bundle: PathBuf,
+    /// Rounds over all experts (and base).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 #[derive(Args)]
@@ -50,6 +60,7 @@ pub struct DecompressArgs {
 pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Decompress(a) => decompress(a),
+        BenchCommand::Switch(a) => switch(a),
     }
 }
 
@@ -166,5 +177,61 @@ fn decompress(a: DecompressArgs) -> Result<()> {
     println!("  reconstruct: {:8.3} ms  {:7.2} GB/s of output", dec * 1e3, gbs(dec));
     println!("  memcpy:      {:8.3} ms  {:7.2} GB/s", cpy * 1e3, gbs(cpy));
     println!("  ratio reconstruct/memcpy = {ratio:.3} (median of per-iteration ratios; range {lo:.3}-{hi:.3})");
+    Ok(())
+}
+
+/// Host buffers standing in for a loaded model's weights.
+struct HostBuffers(std::collections::HashMap<usize, Vec<u8>>);
+
+impl switchyard::switch::TensorHost for HostBuffers {
+    fn memory(&mut self, handle: usize, len: usize) -> Option<&mut [u8]> {
+        let b = self.0.get_mut(&handle)?;
+        b.resize(len, 0);
+        Some(b)
+    }
+
+    fn write(&mut self, handle: usize, bytes: &[u8]) -> switchyard::Result<()> {
+        let b = self.0.get_mut(&handle).expect("bound");
+        b.clear();
+        b.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+fn switch(a: SwitchArgs) -> Result<()> {
+    use std::collections::HashMap;
+    use switchyard::switch::{Switcher, BASE};
+    let mut sw = Switcher::open(&a.bundle)?;
+    let names: Vec<String> = sw.bundle().base_tensors().map(|t| t.name.clone()).collect();
+    let mut host = HostBuffers(HashMap::new());
+    for (i, n) in names.iter().enumerate() {
+        if sw.managed_type(n).is_some() {
+            sw.bind(n, i)?;
+            host.0.insert(i, Vec::new());
+        }
+    }
+    let mut order: Vec<String> = sw.expert_names().map(String::from).collect();
+    order.push(BASE.into());
+    sw.set_expert(BASE, &mut host)?; // as after loading
+    let mut times: HashMap<String, Vec<f64>> = HashMap::new();
+    for _ in 0..a.rounds.max(1) {
+        for e in &order {
+            let t = Instant::now();
+            sw.set_expert(e, &mut host)?;
+            times.entry(e.clone()).or_default().push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let total: usize = host.0.values().map(Vec::len).sum();
+    println!(
+        "switch {} ({} managed tensors, {:.1} MiB of weights), median of {} rounds, {} threads",
+        a.bundle.display(),
+        host.0.len(),
+        total as f64 / 1048576.0,
+        a.rounds,
+        rayon::current_num_threads()
+    );
+    for e in &order {
+        println!("  to {e:<12} {:8.2} ms", median(times.get_mut(e).expect("timed")));
+    }
     Ok(())
 }
