@@ -106,31 +106,66 @@ fn answer(v: &Value) -> (Value, Value) {
     (v["content"].clone(), v["completion_probabilities"].clone())
 }
 
+/// Pack `experts` (name, Hugging Face folder) over `base_gguf` into `dir/bundle.gguf`.
+fn pack(dir: &Path, base_gguf: &Path, base_hf: &Path, experts: &[(String, std::path::PathBuf)]) -> std::path::PathBuf {
+    let bundle = dir.join("bundle.gguf");
+    let mut args = vec![
+        "pack".to_string(),
+        "--base-gguf".into(),
+        base_gguf.display().to_string(),
+        "--base".into(),
+        base_hf.display().to_string(),
+    ];
+    for (n, d) in experts {
+        args.extend(["--expert".into(), format!("{n}={}", d.display())]);
+    }
+    args.extend(["-o".into(), bundle.display().to_string()]);
+    sy_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    bundle
+}
+
 #[test]
 fn server_answers_each_expert_exactly_like_its_extracted_gguf() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
     let tiny = Tiny::new(GgmlType::Q8_0, Some(&smol));
-    let bundle = tiny.path("bundle.gguf");
-    let [math, code] = [&tiny.experts[0], &tiny.experts[1]].map(|(n, d)| format!("{n}={}", d.display()));
-    sy_ok(&[
-        "pack",
-        "--base-gguf",
-        tiny.base_gguf.to_str().unwrap(),
-        "--base",
-        tiny.base_hf.to_str().unwrap(),
-        "--expert",
-        &math,
-        "--expert",
-        &code,
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
+    let bundle = pack(tiny.dir.path(), &tiny.base_gguf, &tiny.base_hf, &tiny.experts);
+    check_server(&bin, &bundle, tiny.dir.path());
+}
+
+/// The same on the real SmolLM2-135M-Instruct (Q4_1) with two synthetic experts.
+#[test]
+fn server_answers_on_smollm2_like_the_extracted_experts() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base_hf = dir.path().join("base-hf");
+    sy_ok(&["to-hf", smol.to_str().unwrap(), "-o", base_hf.to_str().unwrap()]);
+    let experts: Vec<(String, std::path::PathBuf)> = [("math", "1"), ("code", "2")]
+        .iter()
+        .map(|(n, seed)| {
+            let d = dir.path().join(n);
+            sy_ok(&["synth", "expert", "--base", base_hf.to_str().unwrap(), "--seed", seed, "-o", d.to_str().unwrap()]);
+            (n.to_string(), d)
+        })
+        .collect();
+    let bundle = pack(dir.path(), &smol, &base_hf, &experts);
+    // The Hugging Face folders are no longer needed: free the disk before serving.
+    for d in std::iter::once(&base_hf).chain(experts.iter().map(|(_, d)| d)) {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    check_server(&bin, &bundle, dir.path());
+}
+
+/// Serve `bundle` (experts math and code) and check every answer against the same build
+/// serving that expert's `extract` output (written to `dir`).
+fn check_server(bin: &Path, bundle: &Path, dir: &Path) {
+    let bin = bin.to_path_buf();
+    let bundle = bundle.to_path_buf();
     let prompts = ["The three primary colors are", "def fibonacci(n):"];
 
     // References: the same build serving each extracted expert.
     let mut reference = std::collections::HashMap::new();
     for e in ["math", "code", "base"] {
-        let path = tiny.path(&format!("{e}.gguf"));
+        let path = dir.join(format!("{e}.gguf"));
         sy_ok(&["extract", bundle.to_str().unwrap(), "--expert", e, "-o", path.to_str().unwrap()]);
         let server = Server::start(&bin, &path, 1);
         for p in prompts {
