@@ -124,10 +124,10 @@ size_t switchyard_last_error(char *buf, size_t len);
  Open the bundle at `path`: validates every delta and the base fingerprint. On success
  `*out` receives a handle to release with `switchyard_model_free`.
  */
-switchyard_result switchyard_model_open(const char *path, switchyard_model **out);
+switchyard_result switchyard_model_init(const char *path, switchyard_model **out);
 
 /*
- Release a model from `switchyard_model_open`. NULL is ignored.
+ Release a model from `switchyard_model_init`. NULL is ignored.
  */
 void switchyard_model_free(switchyard_model *model);
 

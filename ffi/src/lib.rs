@@ -5,7 +5,7 @@
 //!   a panic boundary: a Rust panic becomes `SWITCHYARD_RESULT_PANIC`, never an abort;
 //! - NULL arguments are checked and reported as `SWITCHYARD_RESULT_NULL_ARGUMENT`;
 //! - outputs go through out-pointers and are written only on success;
-//! - opaque handles come from `_open` and go back through `_free`;
+//! - opaque handles come from `_init` and go back through `_free`;
 //! - [`switchyard_last_error`] gives the detail of the calling thread's last failure (which
 //!   file, tensor or key).
 #![allow(non_camel_case_types)]
@@ -19,7 +19,7 @@ pub use error::{switchyard_last_error, switchyard_result, switchyard_result_str}
 pub use model::{
     switchyard_host, switchyard_model, switchyard_model_bind, switchyard_model_current_expert,
     switchyard_model_expert_name, switchyard_model_free, switchyard_model_n_experts, switchyard_model_n_managed,
-    switchyard_model_open, switchyard_model_set_expert, switchyard_model_tensor_type,
+    switchyard_model_init, switchyard_model_set_expert, switchyard_model_tensor_type,
 };
 
 use std::ffi::c_char;

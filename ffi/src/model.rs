@@ -87,7 +87,7 @@ macro_rules! try_utf8 {
 /// Open the bundle at `path`: validates every delta and the base fingerprint. On success
 /// `*out` receives a handle to release with `switchyard_model_free`.
 #[no_mangle]
-pub unsafe extern "C" fn switchyard_model_open(
+pub unsafe extern "C" fn switchyard_model_init(
     path: *const c_char,
     out: *mut *mut switchyard_model,
 ) -> switchyard_result {
@@ -106,12 +106,12 @@ pub unsafe extern "C" fn switchyard_model_open(
     })
 }
 
-/// Release a model from `switchyard_model_open`. NULL is ignored.
+/// Release a model from `switchyard_model_init`. NULL is ignored.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_free(model: *mut switchyard_model) {
     boundary_value((), || {
         if !model.is_null() {
-            // SAFETY: the pointer came from Box::into_raw in switchyard_model_open, and the
+            // SAFETY: the pointer came from Box::into_raw in switchyard_model_init, and the
             // caller gives up its handle here.
             drop(unsafe { Box::from_raw(model) });
         }

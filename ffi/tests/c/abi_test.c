@@ -70,11 +70,11 @@ int main(int argc, char ** argv) {
     CHECK(strlen(switchyard_version()) > 0);
 
     switchyard_model * model = NULL;
-    CHECK(switchyard_model_open(NULL, &model) == SWITCHYARD_RESULT_NULL_ARGUMENT && model == NULL);
-    CHECK(switchyard_model_open("/nonexistent/bundle.gguf", &model) == SWITCHYARD_RESULT_IO && model == NULL);
+    CHECK(switchyard_model_init(NULL, &model) == SWITCHYARD_RESULT_NULL_ARGUMENT && model == NULL);
+    CHECK(switchyard_model_init("/nonexistent/bundle.gguf", &model) == SWITCHYARD_RESULT_IO && model == NULL);
     char detail[512];
     CHECK(switchyard_last_error(detail, sizeof detail) > 0 && strstr(detail, "/nonexistent/bundle.gguf") != NULL);
-    CHECK(switchyard_model_open(argv[1], &model) == SWITCHYARD_RESULT_OK && model != NULL);
+    CHECK(switchyard_model_init(argv[1], &model) == SWITCHYARD_RESULT_OK && model != NULL);
 
     uint32_t n_experts = switchyard_model_n_experts(model);
     CHECK(n_experts == 2);
