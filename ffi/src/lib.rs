@@ -18,8 +18,8 @@ mod model;
 pub use error::{switchyard_last_error, switchyard_result, switchyard_result_str};
 pub use model::{
     switchyard_host, switchyard_model, switchyard_model_bind, switchyard_model_current_expert,
-    switchyard_model_expert_name, switchyard_model_free, switchyard_model_n_experts, switchyard_model_n_managed,
-    switchyard_model_init, switchyard_model_set_expert, switchyard_model_tensor_type,
+    switchyard_model_expert_name, switchyard_model_free, switchyard_model_init, switchyard_model_n_experts,
+    switchyard_model_n_managed, switchyard_model_set_expert, switchyard_model_tensor_type,
 };
 
 use std::ffi::c_char;

@@ -116,6 +116,34 @@ fn bundle_switched_to_an_expert_computes_exactly_its_extracted_gguf() {
     assert_eq!(complete(&bin, &f.bundle, None), texts[2]);
 }
 
+/// llama-cli's single-turn answer (it runs an in-process llama-server).
+fn chat(bin: &Path, model: &Path, expert: Option<&str>) -> String {
+    let mut args =
+        vec!["-m", model.to_str().unwrap(), "-p", "What are the three primary colors?", "-n", "24", "--temp", "0"];
+    args.extend(["-st", "--simple-io", "--no-warmup", "-c", "512", "-t", "2"]);
+    if let Some(e) = expert {
+        args.extend(["--expert", e]);
+    }
+    let out = Command::new(bin.join("llama-cli")).args(&args).stdin(std::process::Stdio::null()).output().unwrap();
+    let text = ok(out, "llama-cli");
+    let start = text.find("> What are the three primary colors?").expect("prompt echo");
+    let end = text[start..].find("[ Prompt:").map_or(text.len(), |e| start + e);
+    text[start..end].trim().to_string()
+}
+
+#[test]
+fn llama_cli_expert_option_runs_the_expert() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    let f = fixture(&smol);
+    for e in ["math", "code"] {
+        assert_eq!(
+            chat(&bin, &f.bundle, Some(e)),
+            chat(&bin, &f.tiny.path(&format!("{e}.gguf")), None),
+            "llama-cli --expert {e}"
+        );
+    }
+}
+
 #[test]
 fn switching_in_process_matches_fresh_processes_and_unknown_experts_are_refused() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
