@@ -41,20 +41,7 @@ fn pack_inspect_eval_extract_and_run_in_stock_llama_cpp() {
     let t = Tiny::new(GgmlType::Q8_0, Some(&smol));
     let bundle = t.path("bundle.gguf");
     let b = bundle.to_str().unwrap();
-    let [math, code] = [&t.experts[0], &t.experts[1]].map(|(n, d)| format!("{n}={}", d.display()));
-    let out = sy_ok(&[
-        "pack",
-        "--base-gguf",
-        t.base_gguf.to_str().unwrap(),
-        "--base",
-        t.base_hf.to_str().unwrap(),
-        "--expert",
-        &math,
-        "--expert",
-        &code,
-        "-o",
-        b,
-    ]);
+    let out = sy_ok(&t.pack_args(&t.experts, &[], &bundle));
     assert!(out.contains("expert math") && out.contains("expert code"), "{out}");
 
     let out = sy_ok(&["inspect", b]);
@@ -136,20 +123,7 @@ fn real_imatrix_files_in_both_formats_agree_and_drive_pack() {
         }
     }
     let bundle = t.path("bundle.gguf");
-    let math = format!("math={}", t.experts[0].1.display());
-    sy_ok(&[
-        "pack",
-        "--base-gguf",
-        t.base_gguf.to_str().unwrap(),
-        "--base",
-        t.base_hf.to_str().unwrap(),
-        "--expert",
-        &math,
-        "--imatrix",
-        t.path("imatrix.dat").to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
+    sy_ok(&t.pack_args(&t.experts[..1], &["--imatrix", t.path("imatrix.dat").to_str().unwrap()], &bundle));
     let out = sy_ok(&["inspect", bundle.to_str().unwrap(), "--summary"]);
     assert!(out.contains("imatrix imatrix.dat"), "{out}");
 }
@@ -163,60 +137,18 @@ fn command_line_errors_are_clear_and_leave_no_output() {
     let o = out.to_str().unwrap();
     let err = sy_err(&["inspect", t.path("nope.gguf").to_str().unwrap()]);
     assert!(err.contains("nope.gguf") && err.contains("No such file"), "{err}");
-    let err = sy_err(&[
-        "pack",
-        "--base-gguf",
-        t.base_gguf.to_str().unwrap(),
-        "--base",
-        t.base_hf.to_str().unwrap(),
-        "--expert",
-        "no-equals-sign",
-        "-o",
-        o,
-    ]);
+    let mut args = t.pack_args(&[], &[], &out);
+    args.splice(5..5, ["--expert".to_string(), "no-equals-sign".to_string()]);
+    let err = sy_err(&args);
     assert!(err.contains("NAME=DIR"), "{err}");
-    let math = format!("math={}", t.experts[0].1.display());
-    let err = sy_err(&[
-        "pack",
-        "--base-gguf",
-        t.base_gguf.to_str().unwrap(),
-        "--base",
-        t.base_hf.to_str().unwrap(),
-        "--expert",
-        &math,
-        "--bits",
-        "7",
-        "-o",
-        o,
-    ]);
+    let math = &t.experts[..1];
+    let err = sy_err(&t.pack_args(math, &["--bits", "7"], &out));
     assert!(err.contains("bits must be 1, 2, 3 or 4"), "{err}");
-    let err = sy_err(&[
-        "pack",
-        "--base-gguf",
-        t.base_gguf.to_str().unwrap(),
-        "--base",
-        t.base_hf.to_str().unwrap(),
-        "--expert",
-        &math,
-        "--imatrix",
-        t.base_gguf.to_str().unwrap(),
-        "-o",
-        o,
-    ]);
+    let err = sy_err(&t.pack_args(math, &["--imatrix", t.base_gguf.to_str().unwrap()], &out));
     assert!(err.contains("in_sum2"), "{err}");
     // A truncated bundle given to extract.
     let b = t.path("b.gguf");
-    sy_ok(&[
-        "pack",
-        "--base-gguf",
-        t.base_gguf.to_str().unwrap(),
-        "--base",
-        t.base_hf.to_str().unwrap(),
-        "--expert",
-        &math,
-        "-o",
-        b.to_str().unwrap(),
-    ]);
+    sy_ok(&t.pack_args(math, &[], &b));
     let bytes = std::fs::read(&b).unwrap();
     std::fs::write(&b, &bytes[..bytes.len() - 100]).unwrap();
     let err = sy_err(&["extract", b.to_str().unwrap(), "--expert", "math", "-o", o]);

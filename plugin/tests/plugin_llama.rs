@@ -68,20 +68,7 @@ struct Fixture {
 fn fixture(smol: &Path) -> Fixture {
     let tiny = Tiny::new(GgmlType::Q8_0, Some(smol));
     let bundle = tiny.path("bundle.gguf");
-    let [math, code] = [&tiny.experts[0], &tiny.experts[1]].map(|(n, d)| format!("{n}={}", d.display()));
-    sy_ok(&[
-        "pack",
-        "--base-gguf",
-        tiny.base_gguf.to_str().unwrap(),
-        "--base",
-        tiny.base_hf.to_str().unwrap(),
-        "--expert",
-        &math,
-        "--expert",
-        &code,
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
+    sy_ok(&tiny.pack_args(&tiny.experts, &[], &bundle));
     for e in ["math", "code", "base"] {
         sy_ok(&[
             "extract",

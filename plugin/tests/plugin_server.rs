@@ -109,18 +109,7 @@ fn answer(v: &Value) -> (Value, Value) {
 /// Pack `experts` (name, Hugging Face folder) over `base_gguf` into `dir/bundle.gguf`.
 fn pack(dir: &Path, base_gguf: &Path, base_hf: &Path, experts: &[(String, std::path::PathBuf)]) -> std::path::PathBuf {
     let bundle = dir.join("bundle.gguf");
-    let mut args = vec![
-        "pack".to_string(),
-        "--base-gguf".into(),
-        base_gguf.display().to_string(),
-        "--base".into(),
-        base_hf.display().to_string(),
-    ];
-    for (n, d) in experts {
-        args.extend(["--expert".into(), format!("{n}={}", d.display())]);
-    }
-    args.extend(["-o".into(), bundle.display().to_string()]);
-    sy_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    sy_ok(&common::pack_args(base_gguf, base_hf, experts, &[], &bundle));
     bundle
 }
 

@@ -69,19 +69,44 @@ pub fn switchyard() -> Command {
 }
 
 /// Run the CLI, expecting success; returns stdout.
-pub fn sy_ok(args: &[&str]) -> String {
+pub fn sy_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     let out = switchyard().args(args).output().unwrap();
-    assert!(out.status.success(), "switchyard {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+    assert!(out.status.success(), "switchyard {shown:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Run the CLI, expecting failure; returns stderr.
-pub fn sy_err(args: &[&str]) -> String {
+pub fn sy_err<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     let out = switchyard().args(args).output().unwrap();
-    assert!(!out.status.success(), "switchyard {args:?} should have failed");
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+    assert!(!out.status.success(), "switchyard {shown:?} should have failed");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(!err.contains("panicked"), "switchyard {args:?} panicked:\n{err}");
+    assert!(!err.contains("panicked"), "switchyard {shown:?} panicked:\n{err}");
     err
+}
+
+/// `switchyard pack` arguments: `experts` as (name, Hugging Face folder), then `extra` flags.
+pub fn pack_args(
+    base_gguf: &Path,
+    base_hf: &Path,
+    experts: &[(String, PathBuf)],
+    extra: &[&str],
+    out: &Path,
+) -> Vec<String> {
+    let mut args = vec![
+        "pack".into(),
+        "--base-gguf".into(),
+        base_gguf.display().to_string(),
+        "--base".into(),
+        base_hf.display().to_string(),
+    ];
+    for (name, dir) in experts {
+        args.extend(["--expert".into(), format!("{name}={}", dir.display())]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["-o".into(), out.display().to_string()]);
+    args
 }
 
 /// A tiny llama model and two synthetic experts, as Hugging Face folders plus a base GGUF.
@@ -122,6 +147,11 @@ impl Tiny {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// `switchyard pack` arguments over this model's base.
+    pub fn pack_args(&self, experts: &[(String, PathBuf)], extra: &[&str], out: &Path) -> Vec<String> {
+        pack_args(&self.base_gguf, &self.base_hf, experts, extra, out)
     }
 }
 
