@@ -47,7 +47,7 @@ fn make_bundle(dir: &Path) -> PathBuf {
         experts.push((name.to_string(), p));
     }
     let out = dir.join("bundle.gguf");
-    pack(&base_gguf, &base_hf, &experts, &PackOptions::default(), &out, &|_, _, _| {}).unwrap();
+    pack(&base_gguf, Some(&base_hf), &experts, &PackOptions::default(), &out, &|_, _, _| {}).unwrap();
     out
 }
 

@@ -8,9 +8,9 @@ use rayon::prelude::*;
 use crate::bundle::{Bundle, TensorDelta};
 use crate::codec::{self, CodecParams};
 use crate::error::{Error, Result};
-use crate::hf::HfModel;
 use crate::pack::is_linear_weight;
 use crate::quants;
+use crate::weights::ModelWeights;
 
 /// Relative error and effective bits per parameter of one method on one tensor.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,17 +75,18 @@ fn score(approx: &[f32], exact: &[f32], bits: f64) -> Score {
     Score { err2, ref2, bits }
 }
 
-/// Compare expert `expert`'s stored linear-weight deltas with the exact deltas of `reference`.
+/// Compare expert `expert`'s stored linear-weight deltas with the exact deltas of `reference`
+/// (a Hugging Face folder or a GGUF file).
 /// Baselines: round-to-nearest per output row at the codec's bits, and BitDelta (1 bit).
 pub fn eval(bundle: &Bundle, expert: &str, reference: &Path, progress: &dyn Fn(u64, u64)) -> Result<EvalReport> {
     let e = bundle.expert_index(expert)?;
     let params = bundle.experts[e].params;
-    let model = HfModel::open(reference)?;
+    let model = ModelWeights::open(reference)?;
     let linear: Vec<_> = bundle.base_tensors().filter(|t| is_linear_weight(&t.name, &t.ne)).collect();
     let mut tensors = Vec::new();
     for (k, t) in linear.iter().enumerate() {
         progress(k as u64, linear.len() as u64);
-        let (w_ref, ne) = model.gguf_tensor(&t.name)?;
+        let (w_ref, ne) = model.tensor(&t.name)?;
         if ne != t.ne {
             crate::bail_invalid!(
                 "{}: tensor for '{}' has shape {ne:?}, the bundle's base has {:?}",

@@ -25,3 +25,4 @@ pub mod imatrix;
 pub mod pack;
 pub mod switch;
 pub mod synth;
+pub mod weights;

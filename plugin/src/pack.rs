@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::hf::{self, HfConfig, HfModel};
 use crate::imatrix::Imatrix;
+use crate::weights::ModelWeights;
 use crate::{quants, GgmlType};
 
 /// How tensors that are not linear weights but 2-D (token embeddings, output) are stored.
@@ -102,55 +103,49 @@ fn check_same_model(base_label: &str, base: &HfConfig, other: &HfConfig, other_l
 /// Deltas of one expert against `base`.
 pub fn expert_deltas(
     base: &GgufFile,
-    expert: &HfModel,
+    expert: &ModelWeights,
     info: ExpertInfo,
     imatrix: Option<&Imatrix>,
     opts: &PackOptions,
     progress: Progress<'_>,
 ) -> Result<ExpertDeltas> {
-    let dir = expert.dir.display().to_string();
+    let label = expert.label();
     // Every expert tensor must land somewhere in the base model.
-    for hf_name in expert.tensor_names() {
-        if hf::is_ignored_hf_tensor(hf_name) {
-            continue;
-        }
-        let Some(g) = hf::gguf_name(hf_name) else {
-            crate::bail_unsupported!("{dir}: tensor '{hf_name}' has no GGUF counterpart in this architecture");
-        };
-        if base.tensor(&g).is_none() && !(g == "output.weight" && expert.config.tie_word_embeddings) {
-            crate::bail_invalid!("{dir}: tensor '{hf_name}' ('{g}') is not in the base model {}", base.label());
+    for (g, source) in expert.tensors()? {
+        if base.tensor(&g).is_none() {
+            crate::bail_invalid!("{label}: tensor '{source}' ('{g}') is not in the base model {}", base.label());
         }
     }
-    let linear_total: u64 = base.tensors.len() as u64;
+    let total: u64 = base.tensors.len() as u64;
     let mut out = Vec::new();
     for (k, t) in base.tensors.iter().enumerate() {
-        progress(&format!("{}: {}", info.name, t.name), k as u64, linear_total);
-        if let Some(d) = tensor_delta(base, t, expert, &dir, &info, imatrix, opts)? {
+        progress(&format!("{}: {}", info.name, t.name), k as u64, total);
+        if let Some(d) = tensor_delta(base, t, expert, &label, &info, imatrix, opts)? {
             out.push((t.name.clone(), d));
         }
     }
-    progress(&info.name, linear_total, linear_total);
+    progress(&info.name, total, total);
     Ok(ExpertDeltas { info, tensors: out })
 }
 
 fn tensor_delta(
     base: &GgufFile,
     t: &TensorInfo,
-    expert: &HfModel,
-    dir: &str,
+    expert: &ModelWeights,
+    label: &str,
     info: &ExpertInfo,
     imatrix: Option<&Imatrix>,
     opts: &PackOptions,
 ) -> Result<Option<TensorDelta>> {
-    let hf_name = hf::hf_name(&t.name).unwrap_or_default();
-    if expert.shape(&hf_name).is_none() {
-        crate::bail_invalid!("{dir}: missing tensor '{hf_name}' (base tensor '{}')", t.name);
-    }
-    let (w_expert, ne) = expert.gguf_tensor(&t.name)?;
+    let Some(source) = expert.source_name(&t.name) else {
+        let hf_name = hf::hf_name(&t.name).unwrap_or_default();
+        crate::bail_invalid!("{label}: missing tensor '{hf_name}' (base tensor '{}')", t.name);
+    };
+    let (w_expert, ne) = expert.tensor(&t.name)?;
     if ne != t.ne {
         let vocab = if t.name == "token_embd.weight" || t.name == "output.weight" { "vocab mismatch: " } else { "" };
         crate::bail_invalid!(
-            "{vocab}{dir}: tensor '{hf_name}' has shape {ne:?} (ggml order) but base tensor '{}' in {} has {:?}",
+            "{vocab}{label}: tensor '{source}' has shape {ne:?} (ggml order) but base tensor '{}' in {} has {:?}",
             t.name,
             base.label(),
             t.ne
@@ -166,7 +161,7 @@ fn tensor_delta(
         return Ok(None);
     }
     if let Some(bad) = d.iter().position(|x| !x.is_finite()) {
-        crate::bail_invalid!("{dir}: tensor '{hf_name}' has a non-finite value at element {bad}");
+        crate::bail_invalid!("{label}: tensor '{source}' has a non-finite value at element {bad}");
     }
     let n_in = t.ne[0] as usize;
     if is_linear_weight(&t.name, &t.ne) {
@@ -192,11 +187,12 @@ pub struct PackReport {
     pub bundle_bytes: u64,
 }
 
-/// Build the bundle at `out` from `base_gguf` (+ its Hugging Face folder `base_hf` for the
-/// architecture checks) and `experts` as (name, Hugging Face folder).
+/// Build the bundle at `out` from `base_gguf` and `experts` as (name, Hugging Face folder or
+/// GGUF file). `base_hf`, the base's Hugging Face folder, if given, is checked to describe the
+/// same network as the base GGUF.
 pub fn pack(
     base_gguf: &Path,
-    base_hf: &Path,
+    base_hf: Option<&Path>,
     experts: &[(String, PathBuf)],
     opts: &PackOptions,
     out: &Path,
@@ -204,27 +200,29 @@ pub fn pack(
 ) -> Result<PackReport> {
     opts.params.validate()?;
     if experts.is_empty() {
-        crate::bail_invalid!("no experts given (use --expert NAME=HF_DIR)");
+        crate::bail_invalid!("no experts given (use --expert NAME=HF_DIR or NAME=MODEL.gguf)");
     }
     let base = GgufFile::open(base_gguf)?;
     if base.metadata.contains_key(crate::bundle::naming::KEY_FORMAT_VERSION) {
         crate::bail_invalid!("{}: is already a switchyard bundle; give the plain base model GGUF", base.label());
     }
     let gguf_cfg = config_from_gguf(&base)?;
-    let base_model = HfModel::open(base_hf)?;
     let gguf_label = base.label().to_string();
-    let hf_label = base_hf.join("config.json").display().to_string();
-    check_same_model(&gguf_label, &gguf_cfg, &base_model.config, &format!("wrong base: {hf_label}"))?;
+    if let Some(base_hf) = base_hf {
+        let base_model = HfModel::open(base_hf)?;
+        let hf_label = base_hf.join("config.json").display().to_string();
+        check_same_model(&gguf_label, &gguf_cfg, &base_model.config, &format!("wrong base: {hf_label}"))?;
+    }
     let imatrix = match &opts.imatrix {
         Some(p) => Some(Imatrix::load(p)?),
         None => None,
     };
     let fingerprint = base_fingerprint(&base);
     let mut deltas = Vec::new();
-    for (name, dir) in experts {
+    for (name, path) in experts {
         crate::bundle::naming::check_expert_name(name)?;
-        let model = HfModel::open(dir)?;
-        check_same_model(&gguf_label, &gguf_cfg, &model.config, &dir.join("config.json").display().to_string())?;
+        let model = ModelWeights::open(path)?;
+        check_same_model(&gguf_label, &gguf_cfg, &model.config()?, &model.config_label())?;
         let info = ExpertInfo {
             name: name.clone(),
             params: opts.params,

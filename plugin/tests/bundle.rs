@@ -17,7 +17,7 @@ use switchyard::{quants, GgmlType};
 fn no_progress(_: &str, _: u64, _: u64) {}
 
 fn pack_tiny(t: &Tiny, out: &Path) -> switchyard::Result<switchyard::pack::PackReport> {
-    pack(&t.base_gguf, &t.base_hf, &t.experts, &PackOptions::default(), out, &no_progress)
+    pack(&t.base_gguf, Some(&t.base_hf), &t.experts, &PackOptions::default(), out, &no_progress)
 }
 
 fn tensor_f32(f: &GgufFile, name: &str) -> Vec<f32> {
@@ -114,8 +114,9 @@ fn extract_auto_writes_f16_for_quantized_bases_and_f32_for_norms() {
 fn pack_fails(t: &Tiny, experts: &[(String, std::path::PathBuf)], base_hf: &Path, needles: &[&str]) {
     let out = t.path("bad.gguf");
     let before = listing(t.dir.path());
-    let err =
-        pack(&t.base_gguf, base_hf, experts, &PackOptions::default(), &out, &no_progress).unwrap_err().to_string();
+    let err = pack(&t.base_gguf, Some(base_hf), experts, &PackOptions::default(), &out, &no_progress)
+        .unwrap_err()
+        .to_string();
     for n in needles {
         assert!(err.contains(n), "error {err:?} lacks {n:?}");
     }
@@ -249,9 +250,50 @@ fn corrupt_bundles_are_refused_with_the_file_named() {
     let err = Bundle::open(&t.base_gguf).err().unwrap().to_string();
     assert!(err.contains("not a switchyard bundle"), "{err}");
     // And a bundle is not a base.
-    let err = pack(&out, &t.base_hf, &t.experts, &PackOptions::default(), &t.path("x.gguf"), &no_progress)
+    let err = pack(&out, Some(&t.base_hf), &t.experts, &PackOptions::default(), &t.path("x.gguf"), &no_progress)
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("already a switchyard bundle"), "{err}");
+}
+
+#[test]
+fn gguf_experts_pack_exactly_like_their_hugging_face_folders() {
+    let t = Tiny::new(GgmlType::Q8_0, None);
+    let as_gguf = t.path("math-f32.gguf");
+    let math_hf = HfModel::open(&t.experts[0].1).unwrap();
+    switchyard::convert::hf_to_gguf(&math_hf, None, "math", GgmlType::F32, &as_gguf).unwrap();
+    let (from_hf, from_gguf) = (t.path("a.gguf"), t.path("b.gguf"));
+    pack(&t.base_gguf, Some(&t.base_hf), &t.experts[..1], &PackOptions::default(), &from_hf, &no_progress).unwrap();
+    // No Hugging Face folder at all: base and expert both as GGUF.
+    pack(&t.base_gguf, None, &[("math".into(), as_gguf.clone())], &PackOptions::default(), &from_gguf, &no_progress)
+        .unwrap();
+    let (a, b) = (Bundle::open(&from_hf).unwrap(), Bundle::open(&from_gguf).unwrap());
+    let mut compared = 0;
+    for t in a.base_tensors() {
+        assert_eq!(a.delta(0, &t.name).unwrap(), b.delta(0, &t.name).unwrap(), "{}", t.name);
+        compared += a.changes(0, &t.name) as usize;
+    }
+    assert!(compared > 10);
+    // A quantized expert GGUF packs too (its weights are what it holds, dequantized), and
+    // eval takes a GGUF reference.
+    let q8 = t.path("math-q8.gguf");
+    switchyard::convert::hf_to_gguf(&math_hf, None, "math", GgmlType::Q8_0, &q8).unwrap();
+    let c = t.path("c.gguf");
+    pack(&t.base_gguf, None, &[("math".into(), q8.clone())], &PackOptions::default(), &c, &no_progress).unwrap();
+    let report = switchyard::eval::eval(&Bundle::open(&c).unwrap(), "math", &q8, &|_, _| {}).unwrap();
+    let (codec, rtn, _) = report.totals();
+    assert!(codec.relative() < 0.5 * rtn.relative(), "{} vs {}", codec.relative(), rtn.relative());
+    // A bundle is not an expert.
+    let err = pack(
+        &t.base_gguf,
+        None,
+        &[("x".into(), from_hf.clone())],
+        &PackOptions::default(),
+        &t.path("d.gguf"),
+        &no_progress,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("is a switchyard bundle"), "{err}");
 }

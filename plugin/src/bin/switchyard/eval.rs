@@ -15,7 +15,7 @@ pub struct EvalArgs {
     bundle: PathBuf,
     #[arg(long)]
     expert: String,
-    /// The expert's full-precision Hugging Face folder.
+    /// The expert at full precision: a Hugging Face folder or a GGUF file.
     #[arg(long)]
     reference: PathBuf,
     /// Only totals.

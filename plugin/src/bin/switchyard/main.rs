@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 
 /// `NAME=DIR` as given to `--expert`.
 fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
-    let (name, dir) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=DIR"))?;
+    let (name, dir) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=DIR or NAME=FILE.gguf"))?;
     switchyard::bundle::naming::check_expert_name(name).map_err(|e| e.to_string())?;
     Ok((name.to_string(), PathBuf::from(dir)))
 }

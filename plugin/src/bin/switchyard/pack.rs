@@ -33,10 +33,10 @@ pub struct PackArgs {
     /// The base model as llama.cpp runs it (any type switchyard dequantizes).
     #[arg(long)]
     base_gguf: PathBuf,
-    /// The base model's Hugging Face folder (config.json + safetensors).
+    /// The base model's Hugging Face folder, checked to describe the same network.
     #[arg(long)]
-    base: PathBuf,
-    /// An expert as NAME=HF_DIR; repeat for more.
+    base: Option<PathBuf>,
+    /// An expert as NAME=HF_DIR or NAME=MODEL.gguf (any type switchyard dequantizes); repeat.
     #[arg(long = "expert", value_parser = crate::parse_named_path, required = true)]
     experts: Vec<(String, PathBuf)>,
     /// Bits per non-salient delta parameter (1-4).
@@ -87,7 +87,7 @@ pub fn pack(a: PackArgs) -> Result<()> {
         },
     };
     let pb = progress::bar("pack");
-    let report = pack_bundle(&a.base_gguf, &a.base, &a.experts, &opts, &a.output, &progress::reporter(&pb))?;
+    let report = pack_bundle(&a.base_gguf, a.base.as_deref(), &a.experts, &opts, &a.output, &progress::reporter(&pb))?;
     pb.finish_and_clear();
     println!("wrote {} ({})", a.output.display(), crate::mib(report.bundle_bytes));
     for (name, n, bytes) in report.experts {
