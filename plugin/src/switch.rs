@@ -142,9 +142,12 @@ impl Switcher {
                     &*mem
                 }
             };
-            let decoded = decoded.to_vec();
-            for &h in rest {
-                host.write(h, &decoded)?;
+            // Duplicates (tied embeddings on two devices) are rare: copy only for them.
+            if !rest.is_empty() {
+                let decoded = decoded.to_vec();
+                for &h in rest {
+                    host.write(h, &decoded)?;
+                }
             }
         }
         self.current = target;
