@@ -27,6 +27,11 @@ pub(super) fn dequant_f16(src: &[u8], dst: &mut [f32]) {
         unsafe { dequant_f16_f16c(src, dst) };
         return;
     }
+    dequant_f16_portable(src, dst)
+}
+
+/// The reference the F16C path must match bit for bit (tests compare them).
+pub(super) fn dequant_f16_portable(src: &[u8], dst: &mut [f32]) {
     let mut buf = [f16::ZERO; BUF];
     for (b, y) in src.chunks(2 * BUF).zip(dst.chunks_mut(BUF)) {
         let h = &mut buf[..y.len()];
@@ -51,7 +56,7 @@ pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
-unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [f16]) {
+pub(super) unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [f16]) {
     use std::arch::x86_64::{__m128i, _mm256_cvtps_ph, _mm256_loadu_ps, _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT};
     let n = src.len().min(dst.len());
     let main = n / 8 * 8;
@@ -69,7 +74,7 @@ unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [f16]) {
 /// F16 bytes -> f32, 8 values per instruction, straight from the (possibly unaligned) bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
-unsafe fn dequant_f16_f16c(src: &[u8], dst: &mut [f32]) {
+pub(super) unsafe fn dequant_f16_f16c(src: &[u8], dst: &mut [f32]) {
     use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
     let n = dst.len().min(src.len() / 2);
     let main = n / 8 * 8;

@@ -489,3 +489,62 @@ fn unsupported_types_say_so() {
         assert!(can_quantize(ty) && can_dequantize(ty), "{ty}");
     }
 }
+
+/// The SIMD paths this CPU takes must equal the portable ones bit for bit, so that machines
+/// without them compute the same weights (and the goldens, made on one path, hold on both).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_paths_match_the_portable_ones_bit_for_bit() {
+    use half::f16;
+    let simd = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c");
+    if !simd {
+        eprintln!("SKIP: this CPU has no AVX2/F16C, only the portable paths run");
+        return;
+    }
+    // Random bytes cover every nibble; the f16 fields get finite values, zero, subnormals,
+    // infinities and NaN.
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let specials = [0x0000u16, 0x8000, 0x0001, 0x03ff, 0x7c00, 0xfc00, 0x7e00, 0x3c00, 0xbc00];
+    let n_blocks = 257;
+    let mut q4_1 = vec![0u8; 20 * n_blocks];
+    q4_1.iter_mut().for_each(|b| *b = next() as u8);
+    for (i, block) in q4_1.chunks_exact_mut(20).enumerate() {
+        let d = if i % 5 == 0 {
+            specials[i % specials.len()]
+        } else {
+            f16::from_f32((next() % 1000) as f32 / 997.0 - 0.5).to_bits()
+        };
+        block[..2].copy_from_slice(&d.to_le_bytes());
+    }
+    let (mut a, mut b) = (vec![0.0f32; 32 * n_blocks], vec![0.0f32; 32 * n_blocks]);
+    super::legacy::dequant_q4_1_portable(&q4_1, &mut a);
+    // SAFETY: checked above that the CPU has AVX2 and F16C.
+    unsafe { super::legacy::dequant_q4_1_avx2(&q4_1, &mut b) };
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "q4_1");
+
+    // F16 rows of odd lengths (the tails) and every special value.
+    let mut bytes: Vec<u8> = (0..1003).flat_map(|_| (next() as u16).to_le_bytes()).collect();
+    for (i, s) in specials.iter().enumerate() {
+        bytes[2 * i..2 * i + 2].copy_from_slice(&s.to_le_bytes());
+    }
+    let (mut a, mut b) = (vec![0.0f32; 1003], vec![0.0f32; 1003]);
+    super::float::dequant_f16_portable(&bytes, &mut a);
+    // SAFETY: as above.
+    unsafe { super::float::dequant_f16_f16c(&bytes, &mut b) };
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())), "f16 -> f32");
+
+    // f32 -> f16: rounding ties, overflow, subnormals.
+    let src: Vec<f32> =
+        (0..1003).map(|i| f32::from_bits(next() as u32) * if i % 3 == 0 { 1.0 } else { 1e-30 }).collect();
+    let (mut a, mut b) = (vec![f16::ZERO; 1003], vec![f16::ZERO; 1003]);
+    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut a[..], &src);
+    // SAFETY: as above.
+    unsafe { super::float::f32_to_f16_f16c(&src, &mut b) };
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())), "f32 -> f16");
+}
