@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use half::{bf16, f16};
-
 use crate::bundle::naming::PREFIX;
 use crate::bundle::{materialize, Bundle};
 use crate::codec::Output;
@@ -85,6 +83,7 @@ pub fn extract(
         deltas.push(d);
     }
     let mut w = GgufWriter::create(out, &metadata, &infos)?;
+    let mut scratch: Vec<u32> = Vec::new();
     for (k, (((t, d), info), &managed)) in base.iter().zip(&deltas).zip(&infos).zip(&managed).enumerate() {
         progress(k as u64, base.len() as u64);
         let bytes = bundle.file.try_tensor_data(t)?;
@@ -93,26 +92,12 @@ pub fn extract(
             continue;
         }
         let d = d.as_ref();
-        let n = t.n_elements() as usize;
-        let buf: Vec<u8> = match info.ty {
-            GgmlType::F32 => {
-                let mut v = vec![0.0f32; n];
-                materialize(t, bytes, d, Output::F32(&mut v))?;
-                v.iter().flat_map(|x| x.to_le_bytes()).collect()
-            }
-            GgmlType::F16 => {
-                let mut v = vec![f16::ZERO; n];
-                materialize(t, bytes, d, Output::F16(&mut v))?;
-                v.iter().flat_map(|x| x.to_le_bytes()).collect()
-            }
-            GgmlType::BF16 => {
-                let mut v = vec![bf16::ZERO; n];
-                materialize(t, bytes, d, Output::BF16(&mut v))?;
-                v.iter().flat_map(|x| x.to_le_bytes()).collect()
-            }
-            other => unreachable!("output_type never picks {other}"),
-        };
-        w.write_tensor_data(&t.name, &buf)?;
+        let bytes_out = info.n_bytes() as usize;
+        // u32 storage: aligned for every float type, reused across tensors.
+        scratch.resize(bytes_out.div_ceil(4), 0);
+        let buf = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut scratch[..])[..bytes_out];
+        materialize(t, bytes, d, Output::from_bytes(info.ty, buf)?)?;
+        w.write_tensor_data(&t.name, buf)?;
     }
     progress(base.len() as u64, base.len() as u64);
     w.finish()?;

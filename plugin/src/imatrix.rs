@@ -25,12 +25,15 @@ pub struct Imatrix {
 impl Imatrix {
     /// Read either form, chosen by the file's magic bytes.
     pub fn load(path: &Path) -> Result<Imatrix> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        if bytes.starts_with(b"GGUF") {
-            Self::load_gguf(path)
-        } else {
-            Self::parse_legacy(&bytes, &path.display().to_string())
+        use std::io::Read;
+        // The magic alone decides; a GGUF file is then mapped, not read.
+        let mut magic = [0u8; 4];
+        let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| Error::io(path, e))?;
+        if n == 4 && &magic == b"GGUF" {
+            return Self::load_gguf(path);
         }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::parse_legacy(&bytes, &path.display().to_string())
     }
 
     /// The statistic for `tensor`, if the file has it.

@@ -26,3 +26,6 @@ pub mod pack;
 pub mod switch;
 pub mod synth;
 pub mod weights;
+
+// Decoded weights are written as native floats into GGUF tensors, which are little-endian.
+const _: () = assert!(cfg!(target_endian = "little"), "switchyard supports little-endian hosts only");

@@ -131,13 +131,13 @@ impl Switcher {
             let (first, rest) = handles.split_first().expect("check_bound");
             let decoded: &[u8] = match host.memory(*first, bytes) {
                 Some(mem) => {
-                    decode_into(info, base, delta.as_ref(), *ty, mem)?;
+                    materialize(info, base, delta.as_ref(), Output::from_bytes(*ty, mem)?)?;
                     &*mem
                 }
                 None => {
                     scratch.resize(bytes.div_ceil(4), 0);
                     let mem = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut scratch[..])[..bytes];
-                    decode_into(info, base, delta.as_ref(), *ty, mem)?;
+                    materialize(info, base, delta.as_ref(), Output::from_bytes(*ty, mem)?)?;
                     host.write(*first, mem)?;
                     &*mem
                 }
@@ -163,26 +163,4 @@ pub trait TensorHost {
     fn memory(&mut self, handle: TensorHandle, len: usize) -> Option<&mut [u8]>;
     /// Copy `bytes` into the tensor.
     fn write(&mut self, handle: TensorHandle, bytes: &[u8]) -> Result<()>;
-}
-
-/// W_base + D of one tensor into `out` (bytes of `ty`), viewed as f32 or f16.
-fn decode_into(
-    info: &crate::gguf::TensorInfo,
-    base: &[u8],
-    delta: Option<&crate::bundle::TensorDelta>,
-    ty: GgmlType,
-    out: &mut [u8],
-) -> Result<()> {
-    let out = match ty {
-        GgmlType::F32 => Output::F32(cast_mut(out)?),
-        GgmlType::F16 => Output::F16(cast_mut(out)?),
-        other => crate::bail_unsupported!("materializing into {other} is not supported"),
-    };
-    materialize(info, base, delta, out)
-}
-
-/// View host memory as `T`, refusing misaligned or odd-sized memory instead of panicking.
-fn cast_mut<T: bytemuck::Pod>(b: &mut [u8]) -> Result<&mut [T]> {
-    bytemuck::try_cast_slice_mut(b)
-        .map_err(|e| Error::Invalid(format!("tensor memory cannot hold {}: {e:?}", std::any::type_name::<T>())))
 }

@@ -119,7 +119,9 @@ fn decompress(a: DecompressArgs) -> Result<()> {
     }
     let elems: usize = jobs.iter().map(|j| j.info.n_elements() as usize).sum();
     let out_bytes = elems * out_ty.block_geometry().1;
-    let mut out = vec![0u8; out_bytes];
+    // u32 storage: aligned for every float type the output is viewed as.
+    let mut out_words = vec![0u32; out_bytes.div_ceil(4)];
+    let out = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut out_words)[..out_bytes];
     let src = vec![1u8; out_bytes];
 
     let run_decompress = |out: &mut [u8]| -> Result<()> {
@@ -128,12 +130,7 @@ fn decompress(a: DecompressArgs) -> Result<()> {
             let n = j.info.n_elements() as usize;
             let bytes = n * out_ty.block_geometry().1;
             let dst = &mut out[off..off + bytes];
-            let o = match out_ty {
-                GgmlType::F32 => Output::F32(bytemuck::cast_slice_mut(dst)),
-                GgmlType::F16 => Output::F16(bytemuck::cast_slice_mut(dst)),
-                _ => Output::BF16(bytemuck::cast_slice_mut(dst)),
-            };
-            materialize(&j.info, &j.base, j.delta.as_ref(), o)?;
+            materialize(&j.info, &j.base, j.delta.as_ref(), Output::from_bytes(out_ty, dst)?)?;
             off += bytes;
         }
         Ok(())
@@ -143,15 +140,15 @@ fn decompress(a: DecompressArgs) -> Result<()> {
     let run_memcpy =
         |out: &mut [u8]| out.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
 
-    run_decompress(&mut out)?; // warm-up: page faults, lookup tables
-    run_memcpy(&mut out);
+    run_decompress(out)?; // warm-up: page faults, lookup tables
+    run_memcpy(out);
     let (mut t_dec, mut t_cpy) = (Vec::new(), Vec::new());
     for _ in 0..a.iters {
         let t = Instant::now();
-        run_memcpy(&mut out);
+        run_memcpy(out);
         t_cpy.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        run_decompress(&mut out)?;
+        run_decompress(out)?;
         t_dec.push(t.elapsed().as_secs_f64());
     }
     // Each ratio pairs a memcpy with the reconstruction right after it: memory bandwidth on a
