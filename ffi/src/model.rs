@@ -4,6 +4,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::path::Path;
 use std::sync::Mutex;
 
+use switchyard::router::PromptRouter;
 use switchyard::switch::Switcher;
 
 use crate::error::{boundary, boundary_value, check_null, fail, set_last_error, switchyard_result, write_str};
@@ -12,6 +13,10 @@ use switchyard_result::*;
 /// A bundle opened for switching. Thread-safe: calls on one model are serialised.
 pub struct switchyard_model {
     inner: Mutex<Switcher>,
+    /// The bundle's router, if it has one; immutable, so routing never waits for a switch.
+    router: Option<PromptRouter>,
+    /// The experts' names in bundle order, for routing without taking the lock.
+    experts: Vec<String>,
 }
 
 impl switchyard_model {
@@ -94,9 +99,11 @@ pub unsafe extern "C" fn switchyard_model_init(
     boundary(|| {
         check_null!(path, out);
         let path = try_utf8!(path);
-        match Switcher::open(Path::new(path)) {
-            Ok(s) => {
-                let b = Box::new(switchyard_model { inner: Mutex::new(s) });
+        let opened = Switcher::open(Path::new(path)).and_then(|s| Ok((s, PromptRouter::open(Path::new(path))?)));
+        match opened {
+            Ok((s, router)) => {
+                let experts = s.expert_names().map(String::from).collect();
+                let b = Box::new(switchyard_model { inner: Mutex::new(s), router, experts });
                 // SAFETY: out checked non-NULL.
                 unsafe { *out = Box::into_raw(b) };
                 SWITCHYARD_RESULT_OK
@@ -249,5 +256,62 @@ pub unsafe extern "C" fn switchyard_model_current_expert(
         let m = unsafe { &*model }.lock();
         // SAFETY: buffer contract forwarded from the caller.
         unsafe { write_str(m.current(), buf, len, out_len) }
+    })
+}
+
+/// Whether the bundle carries a router (`switchyard router train`): 1 if so, 0 if not or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_has_router(model: *const switchyard_model) -> u32 {
+    boundary_value(0, || {
+        // SAFETY: NULL or a live handle by contract.
+        (!model.is_null() && unsafe { &*model }.router.is_some()) as u32
+    })
+}
+
+/// Choose the expert for a prompt from its `n_tokens` tokens (the model's vocabulary, without
+/// BOS or chat-template tokens). `*out_expert` receives the expert's index (as in
+/// `switchyard_model_expert_name`) or -1 for the base model, which serves when the router's
+/// confidence is below `threshold` (a negative `threshold` uses the one stored in the bundle)
+/// or the prompt is empty; `*out_confidence` (when not NULL) the router's probability of its top
+/// class. Never waits for a switch in progress. NOT_FOUND when the bundle has no router.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_model_route(
+    model: *const switchyard_model,
+    tokens: *const i32,
+    n_tokens: usize,
+    threshold: f32,
+    out_expert: *mut i32,
+    out_confidence: *mut f32,
+) -> switchyard_result {
+    boundary(|| {
+        check_null!(model, out_expert);
+        if tokens.is_null() && n_tokens > 0 {
+            set_last_error("argument 'tokens' is NULL but n_tokens is not 0");
+            return SWITCHYARD_RESULT_NULL_ARGUMENT;
+        }
+        // SAFETY: a live handle by contract.
+        let m = unsafe { &*model };
+        let Some(router) = &m.router else {
+            set_last_error("the bundle has no router (add one with `switchyard router train`)");
+            return SWITCHYARD_RESULT_NOT_FOUND;
+        };
+        // SAFETY: n_tokens readable tokens by contract (checked non-NULL when there are any).
+        let tokens = if n_tokens == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(tokens, n_tokens) } };
+        let threshold = (threshold >= 0.0).then_some(threshold);
+        match router.route(tokens, threshold) {
+            Ok(route) => {
+                // classes were checked against the experts when the router was opened
+                let expert = m.experts.iter().position(|e| e == route.expert).map_or(-1, |i| i as i32);
+                // SAFETY: out pointers checked non-NULL (confidence is optional).
+                unsafe {
+                    *out_expert = expert;
+                    if !out_confidence.is_null() {
+                        *out_confidence = route.confidence;
+                    }
+                }
+                SWITCHYARD_RESULT_OK
+            }
+            Err(e) => fail(&e),
+        }
     })
 }

@@ -51,6 +51,26 @@ fn make_bundle(dir: &Path) -> PathBuf {
     out
 }
 
+/// Compiles tests/c/NAME.c against the committed header and the static library, with warnings
+/// as errors and AddressSanitizer; returns the executable.
+fn compile_c(lib: &Path, name: &str, dir: &Path) -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = dir.join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"])
+        .arg("-I")
+        .arg(crate_dir.join("include"))
+        .arg(crate_dir.join(format!("tests/c/{name}.c")))
+        .arg(lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(status.success(), "compiling {name}.c failed");
+    exe
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(1469598103934665603u64, |h, &b| (h ^ b as u64).wrapping_mul(1099511628211))
 }
@@ -60,20 +80,7 @@ fn c_program_switches_experts_through_the_abi() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle_path = make_bundle(tmp.path());
     let lib = build_staticlib();
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = tmp.path().join("abi_test");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"])
-        .arg("-I")
-        .arg(crate_dir.join("include"))
-        .arg(crate_dir.join("tests/c/abi_test.c"))
-        .arg(&lib)
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe)
-        .status()
-        .unwrap();
-    assert!(status.success(), "compiling abi_test.c failed");
+    let exe = compile_c(&lib, "abi_test", tmp.path());
 
     let bundle = Bundle::open(&bundle_path).unwrap();
     let managed: Vec<String> =
@@ -109,4 +116,48 @@ fn c_program_switches_experts_through_the_abi() {
         checked += 1;
     }
     assert_eq!(checked, managed.len() * 4);
+}
+
+/// The C call routes exactly like the library: same expert (or -1 for base) and the same
+/// confidence, with the stored threshold and with one the router never reaches.
+#[test]
+fn c_program_routes_prompts_through_the_abi() {
+    use rand::{Rng, SeedableRng};
+    use switchyard::router::{PromptRouter, RouterHead, TokenEmbedding};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle_path = make_bundle(tmp.path());
+    let embedding = TokenEmbedding::new(GgufFile::open(&bundle_path).unwrap()).unwrap();
+    let (dim, n_vocab) = (embedding.feature_dim(), embedding.n_vocab());
+    // a random head: its decisions vary with the prompt, which is all the ABI test needs
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let classes = vec!["code".to_string(), "base".to_string(), "math".to_string()];
+    let weight = (0..classes.len() * dim).map(|_| rng.gen_range(-40.0..40.0)).collect();
+    let head = RouterHead { classes, dim, weight, bias: vec![0.1, -0.2, 0.0], threshold: 0.6 };
+    switchyard::router::store(&bundle_path, &head).unwrap();
+    let router = PromptRouter::open(&bundle_path).unwrap().unwrap();
+
+    let prompts: Vec<Vec<i32>> =
+        (0..40).map(|i| (0..i % 9).map(|_| rng.gen_range(0..n_vocab as i32)).collect()).collect();
+    let lib = build_staticlib();
+    let exe = compile_c(&lib, "route_test", tmp.path());
+    let args = prompts.iter().map(|p| p.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","));
+    let out = Command::new(&exe).arg(&bundle_path).args(args).env("ASAN_OPTIONS", "detect_leaks=0").output().unwrap();
+    assert!(out.status.success(), "route_test failed:\n{}", String::from_utf8_lossy(&out.stderr));
+
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2 * prompts.len());
+    let experts = ["math", "code"]; // bundle order
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, line) in lines.iter().enumerate() {
+        let threshold = if k < prompts.len() { None } else { Some(1.0) };
+        let want = router.route(&prompts[k % prompts.len()], threshold).unwrap();
+        let (expert, confidence) = line.split_once(' ').unwrap();
+        let want_index = experts.iter().position(|e| *e == want.expert).map_or(-1, |i| i as i32);
+        assert_eq!(expert.parse::<i32>().unwrap(), want_index, "prompt {k}: {line}");
+        assert_eq!(confidence.parse::<f32>().unwrap(), want.confidence, "prompt {k}");
+        seen.insert(want.expert);
+    }
+    assert!(seen.len() == 3, "the prompts should reach math, code and base: {seen:?}");
 }

@@ -7,6 +7,7 @@
 //! - [`hf`]: Hugging Face safetensors folders and the HF -> GGUF tensor mapping.
 //! - [`codec`]: the salient-aware delta codec and its baselines (BitDelta, round-to-nearest).
 //! - [`bundle`]: the bundle format (base GGUF + expert deltas) and its validation.
+//! - [`router`]: choosing the expert for a prompt (embedding, classifier head, training).
 
 pub mod error;
 pub mod ggml_type;
@@ -23,6 +24,7 @@ pub mod extract;
 pub mod hf;
 pub mod imatrix;
 pub mod pack;
+pub mod router;
 pub mod switch;
 pub mod synth;
 pub mod weights;

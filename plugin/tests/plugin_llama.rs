@@ -135,7 +135,7 @@ fn llama_cli_expert_option_runs_the_expert() {
 fn switching_in_process_matches_fresh_processes_and_unknown_experts_are_refused() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
     let f = fixture(&smol);
-    let exe = build_example(&bin, "switchyard_generate", f.tiny.dir.path());
+    let exe = common::build_example(&bin, "switchyard_generate", f.tiny.dir.path());
     let generate = |model: &Path, experts: &[&str]| -> Vec<(String, String)> {
         let mut cmd = Command::new(&exe);
         cmd.arg(model).args(["The three primary colors are", "16"]).args(experts);
@@ -180,41 +180,4 @@ fn the_patch_changes_nothing_for_plain_models() {
         &["-m", smol.to_str().unwrap(), "-p", "hi", "-n", "1", "-no-cnv", "--expert", "math"],
     );
     assert!(!out.status.success());
-}
-
-/// Compile examples/<name>.c against the patched llama.cpp build with -Wall -Wextra -Werror.
-fn build_example(bin: &Path, name: &str, out_dir: &Path) -> PathBuf {
-    let root = bin.parent().unwrap();
-    let src = root.join("src");
-    let cmake = root.join("cmake");
-    let example = common::repo_root().join(format!("examples/{name}.c"));
-    let obj = out_dir.join(format!("{name}.o"));
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-c"])
-        .arg("-I")
-        .arg(src.join("include"))
-        .arg("-I")
-        .arg(src.join("ggml/include"))
-        .arg(&example)
-        .arg("-o")
-        .arg(&obj)
-        .status()
-        .unwrap();
-    assert!(status.success(), "compiling {} failed", example.display());
-    let exe = out_dir.join(name);
-    let lib = |p: &str| cmake.join(p);
-    let status = Command::new("c++")
-        .arg(&obj)
-        .arg(lib("src/libllama.a"))
-        .arg(lib("ggml/src/libggml.a"))
-        .arg(lib("ggml/src/libggml-cpu.a"))
-        .arg(lib("ggml/src/libggml-base.a"))
-        .arg(lib("switchyard-target/release/libswitchyard_ffi.a"))
-        .args(["-fopenmp", "-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe)
-        .status()
-        .unwrap();
-    assert!(status.success(), "linking {name} failed");
-    exe
 }

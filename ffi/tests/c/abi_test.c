@@ -125,6 +125,12 @@ int main(int argc, char ** argv) {
     writes = 0;
     CHECK(switchyard_model_set_expert(model, "base", &by_write) == SWITCHYARD_RESULT_OK && writes == 0);
 
+    /* This bundle has no router: routing says so instead of guessing. */
+    int32_t routed = 0;
+    const int32_t tokens[] = {1, 2, 3};
+    CHECK(switchyard_model_has_router(model) == 0 && switchyard_model_has_router(NULL) == 0);
+    CHECK(switchyard_model_route(model, tokens, 3, -1.0f, &routed, NULL) == SWITCHYARD_RESULT_NOT_FOUND);
+
     switchyard_model_free(model);
     switchyard_model_free(NULL);
     for (int i = 0; i < n; i++) {

@@ -33,7 +33,7 @@ pub use metadata::Metadata;
 pub use read::{parse_header, GgufHeader};
 pub use tensor::{TensorInfo, TensorInfoOut, MAX_DIMS, MAX_NAME_BYTES};
 pub use value::{Array, Value, ValueType};
-pub use write::{header_bytes, write_gguf, GgufWriter};
+pub use write::{header_bytes, rewrite_with_metadata, write_gguf, GgufWriter};
 
 /// The four bytes every GGUF file starts with.
 pub const MAGIC: &[u8; 4] = b"GGUF";

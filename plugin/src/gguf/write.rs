@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
+use super::file::GgufFile;
 use super::metadata::Metadata;
 use super::tensor::{check_name, check_shape, pad_to, TensorInfoOut};
 use super::value::{Array, Value};
@@ -287,6 +288,17 @@ pub fn write_gguf(path: impl AsRef<Path>, metadata: &Metadata, tensors: &[(Tenso
         w.write_tensor_data(&t.name, data)?;
     }
     w.finish()
+}
+
+/// Rewrites `file` at `path` (atomically, like [`GgufWriter`]) with `metadata` in place of its
+/// own and every tensor's bytes unchanged: for edits that only touch metadata.
+pub fn rewrite_with_metadata(file: &GgufFile, metadata: &Metadata, path: impl AsRef<Path>) -> Result<()> {
+    let tensors: Vec<(TensorInfoOut, &[u8])> = file
+        .tensors
+        .iter()
+        .map(|t| Ok((TensorInfoOut::new(t.name.clone(), t.ty, t.ne.clone()), file.try_tensor_data(t)?)))
+        .collect::<Result<_>>()?;
+    write_gguf(path, metadata, &tensors)
 }
 
 /// The header [`GgufWriter`] would write for `metadata` and `tensors`, padded to the alignment

@@ -2,6 +2,8 @@
 //! the real components (SmolLM2 GGUF, the pinned llama.cpp) when the setup scripts fetched them.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -62,6 +64,18 @@ pub fn llama_patched_bin() -> Option<PathBuf> {
         cache_dir().join("no-default-llama-bin"),
         "patched llama.cpp binaries (scripts/setup.sh prints SWITCHYARD_LLAMA_PATCHED_BIN)",
     )
+}
+
+/// The labelled routing sets of scripts/fetch-data.sh: a folder holding route-train.jsonl and
+/// route-eval.jsonl ($SWITCHYARD_ROUTE_DATA, else the one under the cache).
+pub fn route_data() -> Option<PathBuf> {
+    let cached = std::fs::read_dir(cache_dir().join("data"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("route-")))
+        .unwrap_or_else(|| cache_dir().join("data/route-(none)"));
+    optional("SWITCHYARD_ROUTE_DATA", cached, "routing sets (scripts/fetch-data.sh)")
 }
 
 pub fn switchyard() -> Command {
@@ -169,4 +183,14 @@ pub fn assert_same(a: &[f32], b: &[f32], what: &str) {
     if let Some(i) = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits()) {
         panic!("{what}: element {i} differs: {} vs {}", a[i], b[i]);
     }
+}
+
+/// Compiles examples/NAME.c against the patched llama.cpp in `bin` (scripts/build-example.sh).
+pub fn build_example(bin: &Path, name: &str, out_dir: &Path) -> PathBuf {
+    let out = Command::new(repo_root().join("scripts/build-example.sh"))
+        .args([name, out_dir.to_str().unwrap(), bin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "building {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }

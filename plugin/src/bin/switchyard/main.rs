@@ -6,6 +6,7 @@ mod eval;
 mod inspect;
 mod pack;
 mod progress;
+mod route;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,11 @@ enum Command {
     Extract(pack::ExtractArgs),
     /// Per-tensor and total reconstruction error of an expert: codec vs RTN and BitDelta.
     Eval(eval::EvalArgs),
+    /// Fit a bundle's router (which expert serves a prompt).
+    #[command(subcommand)]
+    Router(route::RouterCommand),
+    /// Route prompts with a bundle's router: the expert and confidence per prompt.
+    Route(route::RouteArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +71,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Extract(a) => pack::extract(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Router(c) => route::train(c),
+        Command::Route(a) => route::route(a),
         Command::Bench(c) => bench::run(c),
         Command::ToHf(a) => dev::to_hf(a),
         Command::FromHf(a) => dev::from_hf(a),

