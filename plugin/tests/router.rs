@@ -290,3 +290,28 @@ fn route_bench_example_routes_like_the_cli() {
     assert!(stdout.contains(&format!("routing accuracy 1.0000 ({n}/{n})")), "{stdout}");
     assert!(stdout.contains("route/prefill"), "{stdout}");
 }
+
+/// llama-cli runs llama-server's code in-process: `--expert auto` routes its prompt too.
+#[test]
+fn cli_expert_auto_answers_like_the_routed_expert() {
+    let Some(t) = trained() else { return };
+    let samples = routed_samples(t);
+    let (text, expert) = samples.iter().find(|(text, e)| e != "base" && !text.contains('\n')).unwrap();
+    let answer = |choice: &str| {
+        let out = std::process::Command::new(t.bin.join("llama-cli"))
+            .args(["-m", s(&t.bundle), "--expert", choice, "-p", text, "-n", "12", "--temp", "0"])
+            .args(["-st", "--simple-io", "--no-warmup", "-c", "1024", "-t", "2"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        // the answer: from the echoed prompt to the timing line
+        let start = stdout.find(text.as_str()).unwrap_or_else(|| panic!("no prompt echo in {stdout}"));
+        let end = stdout[start..].find("[ Prompt:").map_or(stdout.len(), |e| start + e);
+        stdout[start..end].trim().to_string()
+    };
+    let routed = answer(expert);
+    assert_ne!(routed, answer("base"), "the expert must answer differently from base for this to show anything");
+    assert_eq!(answer("auto"), routed);
+}
