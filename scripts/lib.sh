@@ -32,3 +32,13 @@ fetch_pypi() {
     fi
     echo "$file"
 }
+
+# unpack_wheel WHEEL: unzip a wheel once into a folder beside it and print the folder.
+unpack_wheel() {
+    local dir="${1%.whl}"
+    if [ ! -d "$dir" ]; then
+        rm -rf "$dir.tmp"
+        python3 -m zipfile -e "$1" "$dir.tmp" && mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}

@@ -12,6 +12,7 @@
 
 mod compress;
 mod decompress;
+pub mod matmul;
 pub mod pack;
 pub mod quantizer;
 
