@@ -16,7 +16,7 @@
  The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
  other call, so a library and header from different releases are never mixed.
  */
-#define SWITCHYARD_ABI_VERSION 1
+#define SWITCHYARD_ABI_VERSION 2
 
 /*
  Outcome of a call.
@@ -89,9 +89,17 @@ typedef struct {
    */
   int32_t (*write)(void *user, void *tensor, const void *data, size_t size);
   /*
-   Passed back to both callbacks.
+   Passed back to the callbacks.
    */
   void *user;
+  /*
+   Optional: when `tensor` lives in CUDA device memory, store its device pointer in
+   `*ptr` and the device ordinal in `*device` and return 0; any other return (or a NULL
+   callback) means host memory. A library built with the `cuda` feature then decodes the
+   weight on that GPU with its own kernels and stream (synchronised before returning)
+   instead of calling `write`; otherwise this is never called.
+   */
+  int32_t (*device)(void *user, void *tensor, uint64_t *ptr, int32_t *device);
 } switchyard_host;
 
 #ifdef __cplusplus

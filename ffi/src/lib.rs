@@ -13,20 +13,22 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod error;
+mod gpu;
 mod model;
 
 pub use error::{switchyard_last_error, switchyard_result, switchyard_result_str};
 pub use model::{
     switchyard_host, switchyard_model, switchyard_model_bind, switchyard_model_current_expert,
-    switchyard_model_expert_name, switchyard_model_free, switchyard_model_init, switchyard_model_n_experts,
-    switchyard_model_n_managed, switchyard_model_set_expert, switchyard_model_tensor_type,
+    switchyard_model_expert_name, switchyard_model_free, switchyard_model_has_router, switchyard_model_init,
+    switchyard_model_n_experts, switchyard_model_n_managed, switchyard_model_route, switchyard_model_set_expert,
+    switchyard_model_tensor_type,
 };
 
 use std::ffi::c_char;
 
 /// The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
 /// other call, so a library and header from different releases are never mixed.
-pub const SWITCHYARD_ABI_VERSION: u32 = 1;
+pub const SWITCHYARD_ABI_VERSION: u32 = 2;
 
 /// The ABI version the library was built with.
 #[no_mangle]

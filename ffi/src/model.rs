@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use switchyard::router::PromptRouter;
-use switchyard::switch::Switcher;
+use switchyard::switch::{DeviceJob, Switcher};
+
+use crate::gpu::DeviceDecoder;
 
 use crate::error::{boundary, boundary_value, check_null, fail, set_last_error, switchyard_result, write_str};
 use switchyard_result::*;
@@ -13,6 +15,8 @@ use switchyard_result::*;
 /// A bundle opened for switching. Thread-safe: calls on one model are serialised.
 pub struct switchyard_model {
     inner: Mutex<Switcher>,
+    /// GPU state for hosts whose weights live on a GPU; locked after `inner`.
+    gpu: Mutex<DeviceDecoder>,
     /// The bundle's router, if it has one; immutable, so routing never waits for a switch.
     router: Option<PromptRouter>,
     /// The experts' names in bundle order, for routing without taking the lock.
@@ -38,17 +42,35 @@ pub struct switchyard_host {
     /// `ggml_backend_tensor_set`). Returns 0 on success, anything else on failure.
     pub write:
         Option<unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, data: *const c_void, size: usize) -> i32>,
-    /// Passed back to both callbacks.
+    /// Passed back to the callbacks.
     pub user: *mut c_void,
+    /// Optional: when `tensor` lives in CUDA device memory, store its device pointer in
+    /// `*ptr` and the device ordinal in `*device` and return 0; any other return (or a NULL
+    /// callback) means host memory. A library built with the `cuda` feature then decodes the
+    /// weight on that GPU with its own kernels and stream (synchronised before returning)
+    /// instead of calling `write`; otherwise this is never called.
+    pub device:
+        Option<unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, ptr: *mut u64, device: *mut i32) -> i32>,
 }
 
 /// Adapts the host's callbacks to the switcher; remembers a failed callback for the result code.
 struct CallbackHost<'a> {
     host: &'a switchyard_host,
     failed: bool,
+    gpu: &'a mut DeviceDecoder,
 }
 
 impl switchyard::switch::TensorHost for CallbackHost<'_> {
+    fn decode_on_device(&mut self, handle: usize, job: &DeviceJob<'_>) -> switchyard::Result<bool> {
+        let Some(f) = self.host.device else { return Ok(false) };
+        let (mut ptr, mut device) = (0u64, -1i32);
+        // SAFETY: the host's callback with the handle it bound and two live out-pointers.
+        if unsafe { f(self.host.user, handle as *mut c_void, &mut ptr, &mut device) } != 0 || ptr == 0 {
+            return Ok(false);
+        }
+        self.gpu.decode(ptr, device, job)
+    }
+
     fn memory(&mut self, handle: usize, len: usize) -> Option<&mut [u8]> {
         let f = self.host.memory?;
         // SAFETY: the host's callback with the handle it bound.
@@ -103,7 +125,8 @@ pub unsafe extern "C" fn switchyard_model_init(
         match opened {
             Ok((s, router)) => {
                 let experts = s.expert_names().map(String::from).collect();
-                let b = Box::new(switchyard_model { inner: Mutex::new(s), router, experts });
+                let gpu = Mutex::new(DeviceDecoder::default());
+                let b = Box::new(switchyard_model { inner: Mutex::new(s), gpu, router, experts });
                 // SAFETY: out checked non-NULL.
                 unsafe { *out = Box::into_raw(b) };
                 SWITCHYARD_RESULT_OK
@@ -193,8 +216,10 @@ pub unsafe extern "C" fn switchyard_model_set_expert(
         let name = try_utf8!(name);
         // SAFETY: a live handle by contract.
         let m = unsafe { &*model };
-        let mut adapter = CallbackHost { host, failed: false };
-        let res = m.lock().set_expert(name, &mut adapter);
+        let mut switcher = m.lock();
+        let mut gpu = m.gpu.lock().unwrap_or_else(|p| p.into_inner());
+        let mut adapter = CallbackHost { host, failed: false, gpu: &mut gpu };
+        let res = switcher.set_expert(name, &mut adapter);
         match res {
             Ok(()) => SWITCHYARD_RESULT_OK,
             Err(e) if adapter.failed => {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use half::f16;
 use switchyard::codec::{CompressedDelta, SalientValues, StepLayout};
@@ -89,6 +89,28 @@ impl Gpu {
         delta: &DeviceDelta,
         out: GgmlType,
     ) -> Result<CudaSlice<u8>> {
+        let bytes = out.row_bytes(delta.n_in as u64).map_err(|e| KernelError::Unsupported(e.to_string()))? as usize;
+        let mut dst = self.stream.alloc_zeros::<u8>(bytes * delta.n_out)?;
+        let (ptr, _record) = dst.device_ptr_mut(&self.stream);
+        // SAFETY: dst holds n_out rows of `out`, and lives until after the launch.
+        unsafe { self.decompress_add_into(base_ty, base, delta, out, ptr) }?;
+        drop(_record);
+        Ok(dst)
+    }
+
+    /// Like [`Gpu::decompress_add`], into device memory the caller owns (a host's weight tensor).
+    ///
+    /// # Safety
+    /// `dst` must point to `n_out` rows of `out` in this context, not in use until the stream
+    /// is synchronised.
+    pub unsafe fn decompress_add_into(
+        &self,
+        base_ty: GgmlType,
+        base: &CudaSlice<u8>,
+        delta: &DeviceDelta,
+        out: GgmlType,
+        dst: u64,
+    ) -> Result<()> {
         check_base(base_ty, delta.n_in)?;
         let kernel = match out {
             GgmlType::F32 | GgmlType::Q8_0 => "sy_decompress_add_f32",
@@ -99,47 +121,71 @@ impl Gpu {
         if out == GgmlType::Q8_0 && !delta.n_in.is_multiple_of(32) {
             return Err(KernelError::Unsupported(format!("Q8_0 rows of {} elements", delta.n_in)));
         }
-        let elem = if kernel == "sy_decompress_add_f32" { 4 } else { 2 };
-        let mut dst = self.stream.alloc_zeros::<u8>(elem * delta.n_in * delta.n_out)?;
+        // Q8_0: decompress to f32 first, then quantize into dst
+        let staging =
+            if out == GgmlType::Q8_0 { Some(self.stream.alloc_zeros::<f32>(delta.n_in * delta.n_out)?) } else { None };
+        let target = match &staging {
+            Some(s) => s.device_ptr(&self.stream).0,
+            None => dst,
+        };
         let base_ty_id = base_ty as i32;
         let n_in = delta.n_in as i32;
         let args = delta.args(&self.stream);
         let cfg = LaunchConfig { grid_dim: (delta.n_out as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let mut launch = self.stream.launch_builder(self.function(kernel));
-        launch.arg(&base_ty_id).arg(base).arg(&args).arg(&n_in).arg(&mut dst);
-        // SAFETY: the argument list matches the kernel's signature; every buffer holds what the
-        // shapes say (checked when the delta was uploaded and above).
+        launch.arg(&base_ty_id).arg(base).arg(&args).arg(&n_in).arg(&target);
+        // SAFETY: the argument list matches the kernel's signature; base and the delta hold
+        // what the shapes say (checked on upload), the target n_out rows (caller's contract).
         unsafe { launch.launch(cfg) }?;
-        if out != GgmlType::Q8_0 {
-            return Ok(dst);
+        if let Some(staging) = &staging {
+            let n_blocks = delta.n_in * delta.n_out / 32;
+            let n_blocks_i = n_blocks as i64;
+            let cfg =
+                LaunchConfig { grid_dim: (grid_for(n_blocks), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+            let mut launch = self.stream.launch_builder(self.function("sy_quantize_q8_0"));
+            launch.arg(staging).arg(&n_blocks_i).arg(&dst);
+            // SAFETY: signature matches; staging holds n_blocks * 32 floats, dst n_blocks blocks.
+            unsafe { launch.launch(cfg) }?;
         }
-        let n_blocks = delta.n_in * delta.n_out / 32;
-        let mut q = self.stream.alloc_zeros::<u8>(n_blocks * 34)?;
-        let n_blocks_i = n_blocks as i64;
-        let cfg = LaunchConfig {
-            grid_dim: (n_blocks.div_ceil(BLOCK as usize).min(65_535) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = self.stream.launch_builder(self.function("sy_quantize_q8_0"));
-        launch.arg(&dst).arg(&n_blocks_i).arg(&mut q);
-        // SAFETY: signature matches; dst holds n_blocks * 32 floats, q n_blocks * 34 bytes.
-        unsafe { launch.launch(cfg) }?;
-        Ok(q)
+        Ok(())
     }
 
     /// `n` elements of `ty` (rows of `n_in`) to f16, for moving expert slots between types.
     pub fn dequantize_f16(&self, ty: GgmlType, src: &CudaSlice<u8>, n_in: usize, n: usize) -> Result<CudaSlice<f16>> {
-        check_base(ty, n_in)?;
         let mut dst = self.stream.alloc_zeros::<f16>(n)?;
-        let (ty_id, n_in, n_i64) = (ty as i32, n_in as i32, n as i64);
-        let blocks = n.div_ceil(BLOCK as usize).min(65_535) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = self.stream.launch_builder(self.function("sy_dequantize_f16"));
-        launch.arg(&ty_id).arg(src).arg(&n_in).arg(&n_i64).arg(&mut dst);
-        // SAFETY: signature matches; src holds n elements of ty.
-        unsafe { launch.launch(cfg) }?;
+        let (ptr, _record) = dst.device_ptr_mut(&self.stream);
+        // SAFETY: dst holds n f16 and lives until after the launch.
+        unsafe { self.dequantize_f16_into(ty, src, n_in, n, ptr) }?;
+        drop(_record);
         Ok(dst)
+    }
+
+    /// Like [`Gpu::dequantize_f16`], into device memory the caller owns.
+    ///
+    /// # Safety
+    /// `dst` must point to `n` f16 values in this context, not in use until the stream is
+    /// synchronised.
+    pub unsafe fn dequantize_f16_into(
+        &self,
+        ty: GgmlType,
+        src: &CudaSlice<u8>,
+        n_in: usize,
+        n: usize,
+        dst: u64,
+    ) -> Result<()> {
+        check_base(ty, n_in)?;
+        let (ty_id, n_in, n_i64) = (ty as i32, n_in as i32, n as i64);
+        let cfg = LaunchConfig { grid_dim: (grid_for(n), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = self.stream.launch_builder(self.function("sy_dequantize_f16"));
+        launch.arg(&ty_id).arg(src).arg(&n_in).arg(&n_i64).arg(&dst);
+        // SAFETY: signature matches; src holds n elements of ty, dst n f16 (caller's contract).
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Waits for everything launched on switchyard's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
     }
 
     /// The mixed-expert matmul: y = W_base x for every token (once), then y += D_e x for each
@@ -198,6 +244,11 @@ pub struct MatmulShape {
     pub n_in: usize,
     pub n_out: usize,
     pub n_tok: usize,
+}
+
+/// Blocks for a grid-stride loop over `n` items.
+fn grid_for(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32
 }
 
 fn check_base(ty: GgmlType, n_in: usize) -> Result<()> {

@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::bundle::{materialize, Bundle};
+use crate::bundle::{materialize, Bundle, TensorDelta};
 use crate::codec::Output;
 use crate::error::{Error, Result};
+use crate::gguf::TensorInfo;
 use crate::GgmlType;
 
 /// An opaque handle of the host's tensor (a `ggml_tensor*` for llama.cpp).
@@ -124,11 +125,19 @@ impl Switcher {
             };
             let info = self.bundle.file.tensor(tname).expect("managed tensors are base tensors");
             let base = self.bundle.file.try_tensor_data(info)?;
+            // Tensors in GPU memory the host decodes there itself; the rest are decoded here.
+            let job = DeviceJob { expert: target, info, base, delta: delta.as_ref(), ty: *ty };
+            let mut on_host = Vec::with_capacity(handles.len());
+            for &h in handles {
+                if !host.decode_on_device(h, &job)? {
+                    on_host.push(h);
+                }
+            }
+            let Some((first, rest)) = on_host.split_first() else { continue };
             let n = info.n_elements() as usize;
             let bytes = ty.row_bytes(n as u64)? as usize;
             // Decode straight into the first tensor when the host lends its memory; copy from
             // there (or from scratch) into the others.
-            let (first, rest) = handles.split_first().expect("check_bound");
             let decoded: &[u8] = match host.memory(*first, bytes) {
                 Some(mem) => {
                     materialize(info, base, delta.as_ref(), Output::from_bytes(*ty, mem)?)?;
@@ -156,8 +165,26 @@ impl Switcher {
     }
 }
 
+/// One managed weight to materialize, as a host that decodes on its own device sees it.
+pub struct DeviceJob<'a> {
+    /// The expert (None: base); with the tensor's name, a key for caching uploads.
+    pub expert: Option<usize>,
+    pub info: &'a TensorInfo,
+    /// W_base's bytes in `info.ty`, from the mapped bundle.
+    pub base: &'a [u8],
+    pub delta: Option<&'a TensorDelta>,
+    /// The type the host tensor holds.
+    pub ty: GgmlType,
+}
+
 /// Where materialized weights go: the host's tensors.
 pub trait TensorHost {
+    /// Materialize `job` into the tensor on its own device (a GPU) and return true, or return
+    /// false to receive the bytes through [`TensorHost::memory`] / [`TensorHost::write`].
+    fn decode_on_device(&mut self, _handle: TensorHandle, _job: &DeviceJob<'_>) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The tensor's memory, `len` bytes, when the host can lend it (CPU tensors); None to
     /// receive the bytes through [`TensorHost::write`] instead (GPU tensors).
     fn memory(&mut self, handle: TensorHandle, len: usize) -> Option<&mut [u8]>;

@@ -91,10 +91,10 @@ int main(int argc, char ** argv) {
     struct host_tensor tensors[MAX_TENSORS];
     memset(tensors, 0, sizeof tensors);
     int writes = 0;
-    const switchyard_host by_write = {NULL, write_tensor, &writes};
-    const switchyard_host by_memory = {lend_memory, write_tensor, &writes};
-    const switchyard_host refusing = {NULL, refuse_write, NULL};
-    const switchyard_host no_write = {lend_memory, NULL, NULL};
+    const switchyard_host by_write = {NULL, write_tensor, &writes, NULL};
+    const switchyard_host by_memory = {lend_memory, write_tensor, &writes, NULL};
+    const switchyard_host refusing = {NULL, refuse_write, NULL, NULL};
+    const switchyard_host no_write = {lend_memory, NULL, NULL, NULL};
     /* Switching before every managed weight is bound is refused. */
     CHECK(switchyard_model_set_expert(model, "math", &by_write) == SWITCHYARD_RESULT_INVALID);
     for (int i = 0; i < n; i++) {
