@@ -52,17 +52,16 @@ mod imp {
         gpu: Gpu,
         pinned: bool,
         bases: HashMap<String, BaseCopy>,
-        deltas: HashMap<(usize, String), DeviceDelta>,
+        /// The deltas of one expert (the last switched to), by tensor: memory stays bounded by
+        /// one expert's compressed size however many experts the bundle has.
+        deltas: HashMap<String, DeviceDelta>,
+        deltas_of: Option<usize>,
     }
 
     /// Per device ordinal: the GPU's state, or None once opening it failed (logged once).
     #[derive(Default)]
     pub struct DeviceDecoder {
         devices: HashMap<i32, Option<GpuState>>,
-    }
-
-    fn gpu_error(e: impl std::fmt::Display) -> switchyard::Error {
-        switchyard::Error::Invalid(format!("GPU: {e}"))
     }
 
     impl DeviceDecoder {
@@ -80,7 +79,9 @@ mod imp {
             let state = self.devices.entry(device).or_insert_with(|| {
                 let pinned = std::env::var("SWITCHYARD_GPU_BASE").is_ok_and(|v| v == "pinned");
                 match Gpu::open(device as usize) {
-                    Ok(gpu) => Some(GpuState { gpu, pinned, bases: HashMap::new(), deltas: HashMap::new() }),
+                    Ok(gpu) => {
+                        Some(GpuState { gpu, pinned, bases: HashMap::new(), deltas: HashMap::new(), deltas_of: None })
+                    }
                     Err(e) => {
                         eprintln!("switchyard: GPU {device} unusable ({e}); switching through the host");
                         None
@@ -88,6 +89,24 @@ mod imp {
                 }
             });
             let Some(state) = state else { return Ok(false) };
+            match state.decode(ptr, job) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    // e.g. out of GPU memory: this tensor goes through the host instead, so the
+                    // switch still completes with every weight right
+                    eprintln!(
+                        "switchyard: decoding '{}' on GPU {device} failed ({e}); writing it from the host",
+                        job.info.name
+                    );
+                    Ok(false)
+                }
+            }
+        }
+    }
+
+    impl GpuState {
+        fn decode(&mut self, ptr: u64, job: &DeviceJob<'_>) -> Result<(), switchyard_kernels::KernelError> {
+            let state = self;
             let name = &job.info.name;
             let n = job.info.n_elements() as usize;
             let n_in = job.info.ne[0] as usize;
@@ -95,11 +114,11 @@ mod imp {
             if !state.bases.contains_key(name) {
                 let copy = if state.pinned {
                     // SAFETY: a fresh page-locked buffer, filled right below.
-                    let mut p = unsafe { state.gpu.context().alloc_pinned::<u8>(job.base.len()) }.map_err(gpu_error)?;
-                    p.as_mut_slice().map_err(gpu_error)?.copy_from_slice(job.base);
+                    let mut p = unsafe { state.gpu.context().alloc_pinned::<u8>(job.base.len()) }?;
+                    p.as_mut_slice()?.copy_from_slice(job.base);
                     BaseCopy::Pinned(p)
                 } else {
-                    BaseCopy::Device(state.gpu.upload(job.base).map_err(gpu_error)?)
+                    BaseCopy::Device(state.gpu.upload(job.base)?)
                 };
                 state.bases.insert(name.clone(), copy);
             }
@@ -107,28 +126,30 @@ mod imp {
             let base = match &state.bases[name] {
                 BaseCopy::Device(d) => d,
                 BaseCopy::Pinned(p) => {
-                    staged = state.gpu.stream.clone_htod(p).map_err(gpu_error)?;
+                    staged = state.gpu.stream.clone_htod(p)?;
                     &staged
                 }
             };
             match (job.expert, job.delta) {
                 (Some(e), Some(TensorDelta::Codec(c))) => {
-                    let key = (e, name.clone());
-                    if !state.deltas.contains_key(&key) {
-                        state.deltas.insert(key.clone(), DeviceDelta::upload(&state.gpu, c).map_err(gpu_error)?);
+                    if state.deltas_of != Some(e) {
+                        state.deltas.clear();
+                        state.deltas_of = Some(e);
+                    }
+                    if !state.deltas.contains_key(name) {
+                        state.deltas.insert(name.clone(), DeviceDelta::upload(&state.gpu, c)?);
                     }
                     // SAFETY: ptr is the host's f16 tensor of this shape on this device, idle
                     // while the host waits for the switch (synchronised below).
                     unsafe {
-                        state.gpu.decompress_add_into(job.info.ty, base, &state.deltas[&key], GgmlType::F16, ptr)
-                    }
-                    .map_err(gpu_error)?;
+                        state.gpu.decompress_add_into(job.info.ty, base, &state.deltas[name], GgmlType::F16, ptr)
+                    }?;
                 }
                 // SAFETY: as above, n f16 values.
-                _ => unsafe { state.gpu.dequantize_f16_into(job.info.ty, base, n_in, n, ptr) }.map_err(gpu_error)?,
+                _ => unsafe { state.gpu.dequantize_f16_into(job.info.ty, base, n_in, n, ptr) }?,
             }
-            state.gpu.synchronize().map_err(gpu_error)?;
-            Ok(true)
+            // the host reads the tensor with its own stream after the switch returns
+            state.gpu.synchronize()
         }
     }
 }

@@ -21,7 +21,8 @@ pub fn compile_ptx(arch: &'static str) -> Result<Ptx> {
         arch: Some(arch),
         options: vec!["--std=c++17".into()],
         name: Some("switchyard.cu".into()),
-        // products and sums stay separate where the CPU keeps them separate (see the source)
+        // fused multiply-adds stay allowed: the exact paths use __fmul_rn/__fadd_rn, which
+        // are never fused; only the matmuls' sums (held to a tolerance) may fuse
         fmad: Some(true),
         ..CompileOptions::default()
     };

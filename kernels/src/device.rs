@@ -124,9 +124,13 @@ impl Gpu {
         // Q8_0: decompress to f32 first, then quantize into dst
         let staging =
             if out == GgmlType::Q8_0 { Some(self.stream.alloc_zeros::<f32>(delta.n_in * delta.n_out)?) } else { None };
-        let target = match &staging {
-            Some(s) => s.device_ptr(&self.stream).0,
-            None => dst,
+        // the guard records the read of the staging buffer once the launch is queued
+        let (target, _guard) = match &staging {
+            Some(s) => {
+                let (p, g) = s.device_ptr(&self.stream);
+                (p, Some(g))
+            }
+            None => (dst, None),
         };
         let base_ty_id = base_ty as i32;
         let n_in = delta.n_in as i32;
@@ -207,6 +211,15 @@ impl Gpu {
                 x.len()
             )));
         }
+        for &(e, begin, end) in segments {
+            let fits = deltas.get(e).is_some_and(|d| d.n_in == n_in && d.n_out == n_out);
+            if !fits || begin > end || end > n_tok {
+                return Err(KernelError::Unsupported(format!(
+                    "segment ({e}, {begin}..{end}) of {n_tok} tokens with {} deltas for a {n_out}x{n_in} weight",
+                    deltas.len()
+                )));
+            }
+        }
         let mut y = self.stream.alloc_zeros::<f32>(n_tok * n_out)?;
         let warps = BLOCK / 32;
         let cfg = LaunchConfig {
@@ -221,12 +234,6 @@ impl Gpu {
         unsafe { launch.launch(cfg) }?;
         for &(e, begin, end) in segments {
             let d = deltas[e];
-            if d.n_in != n_in || d.n_out != n_out || begin > end || end > n_tok {
-                return Err(KernelError::Unsupported(format!(
-                    "segment ({e}, {begin}..{end}) of {n_tok} tokens with a {}x{} delta for a {n_out}x{n_in} weight",
-                    d.n_out, d.n_in
-                )));
-            }
             let args = d.args(&self.stream);
             let (b, en) = (begin as i32, end as i32);
             let mut launch = self.stream.launch_builder(self.function("sy_delta_matmul"));
@@ -322,6 +329,8 @@ impl DeviceDelta {
         })
     }
 
+    /// The kernels' view. The pointers' stream guards are dropped at once: every launch and
+    /// copy of these buffers goes through switchyard's one stream, which orders them already.
     fn args(&self, stream: &Arc<CudaStream>) -> DeltaArgs {
         fn ptr<T>(s: Option<&CudaSlice<T>>, stream: &Arc<CudaStream>) -> u64 {
             s.map_or(0, |s| s.device_ptr(stream).0)

@@ -2,7 +2,8 @@
 // and sm_90 without a GPU by scripts/check-kernels.sh. No CUDA headers are included, so NVRTC
 // needs nothing but itself: f16/bf16 conversions are the PTX instructions.
 //
-// Every kernel mirrors a CPU reference in the `switchyard` crate bit for bit where the CPU
+// Every kernel mirrors a CPU reference in the `switchyard` crate bit for bit (for NaN-free
+// weights: the PTX conversions give a canonical NaN, and fmaxf skips NaN) where the CPU
 // result is exact (decoding, conversion, quantization: products and sums are rounded separately
 // with __fmul_rn/__fadd_rn so the compiler cannot fuse them into FMAs the CPU does not do) and to
 // a tight tolerance where the order of a sum differs (the matrix-vector products).
