@@ -199,7 +199,7 @@ uint32_t switchyard_model_has_router(const switchyard_model *model);
  Choose the expert for a prompt from its `n_tokens` tokens (the model's vocabulary, without
  BOS or chat-template tokens). `*out_expert` receives the expert's index (as in
  `switchyard_model_expert_name`) or -1 for the base model, which serves when the router's
- confidence is below `threshold` (a negative `threshold` uses the one stored in the bundle)
+ confidence is below `threshold` (above 1: always) (a negative `threshold` uses the one stored in the bundle)
  or the prompt is empty; `*out_confidence` (when not NULL) the router's probability of its top
  class. Never waits for a switch in progress. NOT_FOUND when the bundle has no router.
  */

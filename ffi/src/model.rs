@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use switchyard::router::PromptRouter;
-use switchyard::switch::{DeviceJob, Switcher};
+use switchyard::switch::{DeviceJob, Switcher, BASE};
 
 use crate::gpu::DeviceDecoder;
 
@@ -121,7 +121,18 @@ pub unsafe extern "C" fn switchyard_model_init(
     boundary(|| {
         check_null!(path, out);
         let path = try_utf8!(path);
-        let opened = Switcher::open(Path::new(path)).and_then(|s| Ok((s, PromptRouter::open(Path::new(path))?)));
+        let opened = Switcher::open(Path::new(path)).and_then(|s| {
+            let router = PromptRouter::open(Path::new(path))?;
+            // opened twice: a router rewritten in between must still name this bundle's experts
+            if let Some(r) = &router {
+                if let Some(c) = r.head.classes.iter().find(|c| *c != BASE && !s.expert_names().any(|e| e == *c)) {
+                    return Err(switchyard::Error::Invalid(format!(
+                        "{path}: the router names expert '{c}', which the bundle lacks"
+                    )));
+                }
+            }
+            Ok((s, router))
+        });
         match opened {
             Ok((s, router)) => {
                 let experts = s.expert_names().map(String::from).collect();
@@ -296,7 +307,7 @@ pub unsafe extern "C" fn switchyard_model_has_router(model: *const switchyard_mo
 /// Choose the expert for a prompt from its `n_tokens` tokens (the model's vocabulary, without
 /// BOS or chat-template tokens). `*out_expert` receives the expert's index (as in
 /// `switchyard_model_expert_name`) or -1 for the base model, which serves when the router's
-/// confidence is below `threshold` (a negative `threshold` uses the one stored in the bundle)
+/// confidence is below `threshold` (above 1: always) (a negative `threshold` uses the one stored in the bundle)
 /// or the prompt is empty; `*out_confidence` (when not NULL) the router's probability of its top
 /// class. Never waits for a switch in progress. NOT_FOUND when the bundle has no router.
 #[no_mangle]
@@ -325,7 +336,7 @@ pub unsafe extern "C" fn switchyard_model_route(
         let threshold = (threshold >= 0.0).then_some(threshold);
         match router.route(tokens, threshold) {
             Ok(route) => {
-                // classes were checked against the experts when the router was opened
+                // classes were checked against the experts when the model was opened
                 let expert = m.experts.iter().position(|e| e == route.expert).map_or(-1, |i| i as i32);
                 // SAFETY: out pointers checked non-NULL (confidence is optional).
                 unsafe {

@@ -140,6 +140,14 @@ fn routing_errors_name_what_is_wrong() {
     std::fs::write(&bad, "{\"text\": \"hi\", \"expert\": \"math\"}\nnot json\n").unwrap();
     let err = sy_err(&["router", "train", s(&copy), "--data", s(&bad), "--llama-bin", s(&t.bin)]);
     assert!(err.contains("bad.jsonl:2"), "{err}");
+    let train = t.data.join("route-eval.jsonl");
+    let err =
+        sy_err(&["router", "train", s(&copy), "--data", s(&train), "--threshold", "1.5", "--llama-bin", s(&t.bin)]);
+    assert!(err.contains("--threshold 1.5"), "{err}");
+    std::fs::write(&bad, "{\"text\": \"hi\", \"expert\": \"math\"}\n{\"text\": \"yo\", \"expert\": \"math\"}\n")
+        .unwrap();
+    let err = sy_err(&["router", "train", s(&copy), "--data", s(&bad), "--eval", s(&bad), "--llama-bin", s(&t.bin)]);
+    assert!(err.contains("at least two classes"), "{err}");
     assert!(PromptRouter::open(&copy).unwrap().is_none(), "a failed training leaves the bundle as it was");
 }
 
@@ -148,16 +156,22 @@ fn routing_errors_name_what_is_wrong() {
 #[test]
 fn tokenizing_prompt_lines_equals_tokenizing_each_prompt() {
     let Some(t) = trained() else { return };
-    let prompts = ["plain words", "two\nlines\\n and a backslash \\ \t tab", "   spaces, émigré 数学 🙂", ""];
+    let prompts = [
+        "plain words",
+        "two\nlines\\n and a backslash \\ \t tab\r",
+        "   spaces, émigré 数学 🙂",
+        "",
+        "<|im_start|>user",
+    ];
     let tool = t.bin.join("llama-tokenize");
     let mut child = std::process::Command::new(&tool)
-        .args(["--stdin", "--lines", "--ids", "--no-bos", "--log-disable", "-m", s(&t.bundle)])
+        .args(["--stdin", "--lines", "--ids", "--no-bos", "--no-parse-special", "--log-disable", "-m", s(&t.bundle)])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let escaped: String =
-        prompts.iter().map(|p| p.replace('\\', "\\\\").replace('\n', "\\n").replace('\t', "\\t") + "\n").collect();
+    // the CLI's escaping, so this also tests what `router train` sends
+    let escaped: String = prompts.iter().map(|p| switchyard::router::escape_prompt_line(p) + "\n").collect();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(escaped.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -166,7 +180,17 @@ fn tokenizing_prompt_lines_equals_tokenizing_each_prompt() {
     assert_eq!(lines[3], "[]", "an empty line is an empty prompt");
     for (p, line) in prompts.iter().zip(&lines).filter(|(p, _)| !p.is_empty()) {
         let one = std::process::Command::new(&tool)
-            .args(["--ids", "--no-bos", "--log-disable", "--no-escape", "-m", s(&t.bundle), "-p", p])
+            .args([
+                "--ids",
+                "--no-bos",
+                "--no-parse-special",
+                "--log-disable",
+                "--no-escape",
+                "-m",
+                s(&t.bundle),
+                "-p",
+                p,
+            ])
             .output()
             .unwrap();
         assert_eq!(String::from_utf8(one.stdout).unwrap().trim(), line, "{p:?}");
@@ -218,9 +242,9 @@ fn server_auto_serves_each_request_with_the_routed_expert() {
         let (_, named) = server.post("/v1/chat/completions", chat(expert, text));
         assert_eq!(auto["choices"][0]["message"], named["choices"][0]["message"], "{text:?}");
     }
-    // a threshold no route reaches sends every request to base
+    // a threshold above 1 sends every request to base
     let mut req = chat("auto", &samples[0].0);
-    req["router_threshold"] = json!(1.0);
+    req["router_threshold"] = json!(2.0);
     assert_eq!(server.post("/v1/chat/completions", req).1["model"], json!("base"));
     drop(server);
 

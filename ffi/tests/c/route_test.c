@@ -1,7 +1,7 @@
 /* Routes prompts through the switchyard C ABI. Usage: route_test BUNDLE TOKENS...
  * where each TOKENS is a comma-separated list of token ids ("" for an empty prompt).
  * Prints "EXPERT CONFIDENCE" per prompt with the bundle's threshold, then the same with
- * threshold 1 (base unless the router is certain), for the Rust side to compare. */
+ * threshold 2 (always base), for the Rust side to compare. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +54,7 @@ int main(int argc, char ** argv) {
     /* the confidence is optional */
     CHECK(switchyard_model_route(model, some, 2, -1.0f, &expert, NULL) == SWITCHYARD_RESULT_OK);
 
-    const float thresholds[] = {-1.0f, 1.0f};
+    const float thresholds[] = {-1.0f, 2.0f};
     for (int t = 0; t < 2; t++) {
         for (int i = 2; i < argc; i++) {
             int32_t tokens[MAX_TOKENS];

@@ -27,20 +27,32 @@ pub struct TokenEmbedding {
     data_offset: usize,
 }
 
+/// The token embedding table of `file`, checked to be a matrix.
+fn table(file: &GgufFile) -> Result<&crate::gguf::TensorInfo> {
+    let label = file.label();
+    let info = file
+        .tensor(TOKEN_EMBD)
+        .ok_or_else(|| Error::Invalid(format!("{label}: no tensor '{TOKEN_EMBD}' to embed prompts with")))?;
+    if info.ne.len() != 2 {
+        crate::bail_invalid!("{label}: tensor '{TOKEN_EMBD}' has {} dimensions, expected 2", info.ne.len());
+    }
+    Ok(info)
+}
+
+/// Length of the prompt embeddings `file`'s token embedding gives ([`TokenEmbedding::feature_dim`]).
+pub fn feature_dim_of(file: &GgufFile) -> Result<usize> {
+    Ok(2 * table(file)?.ne[0] as usize)
+}
+
 impl TokenEmbedding {
     pub fn new(file: GgufFile) -> Result<TokenEmbedding> {
         let label = file.label().to_string();
-        let info = file
-            .tensor(TOKEN_EMBD)
-            .ok_or_else(|| Error::Invalid(format!("{label}: no tensor '{TOKEN_EMBD}' to embed prompts with")))?;
-        if info.ne.len() != 2 {
-            crate::bail_invalid!("{label}: tensor '{TOKEN_EMBD}' has {} dimensions, expected 2", info.ne.len());
-        }
+        let info = table(&file)?;
         let (dim, n_vocab) = (info.ne[0] as usize, info.ne[1] as usize);
         let row_bytes = info.ty.row_bytes(dim as u64)? as usize;
         let (ty, data) = (info.ty, file.try_tensor_data(info)?);
         let data_offset = data.as_ptr() as usize - file.bytes().as_ptr() as usize;
-        // prove every row decodes before any prompt depends on it
+        // prove the type decodes before any prompt depends on it
         dequantize_row(ty, &data[..row_bytes], &mut vec![0.0; dim])
             .map_err(|e| Error::Invalid(format!("{label}: tensor '{TOKEN_EMBD}': {e}")))?;
         Ok(TokenEmbedding { file, ty, dim, n_vocab, row_bytes, data_offset })

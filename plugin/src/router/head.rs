@@ -98,6 +98,27 @@ impl RouterHead {
             );
         }
         let classes = md.get_str_array(KEY_CLASSES)?.to_vec();
+        let floats = |key: &str| -> Result<Vec<f32>> {
+            match md.get_array(key)? {
+                Array::F32(v) => Ok(v.clone()),
+                other => Err(Error::Invalid(format!(
+                    "{label}: key '{key}' is [{}], expected [f32]",
+                    other.elem_type().name()
+                ))),
+            }
+        };
+        let weight = floats(KEY_WEIGHT)?;
+        let bias = floats(KEY_BIAS)?;
+        let threshold = md.get_f32(KEY_THRESHOLD)?;
+        let dim = if classes.is_empty() { 0 } else { weight.len() / classes.len() };
+        let head = RouterHead { dim, classes, weight, bias, threshold };
+        head.validate(label)?;
+        Ok(Some(head))
+    }
+
+    /// The rules a stored head obeys (docs/FORMAT.md), checked on reading and before storing.
+    pub fn validate(&self, label: &str) -> Result<()> {
+        let classes = &self.classes;
         if !(2..=MAX_CLASSES).contains(&classes.len()) {
             crate::bail_invalid!(
                 "{label}: key '{KEY_CLASSES}' has {} classes, expected 2 to {MAX_CLASSES}",
@@ -112,41 +133,32 @@ impl RouterHead {
                 crate::bail_invalid!("{label}: key '{KEY_CLASSES}' names class '{c}' twice");
             }
         }
-        let floats = |key: &str| -> Result<Vec<f32>> {
-            match md.get_array(key)? {
-                Array::F32(v) if v.iter().all(|x| x.is_finite()) => Ok(v.clone()),
-                Array::F32(_) => Err(Error::Invalid(format!("{label}: key '{key}' holds a non-finite number"))),
-                other => Err(Error::Invalid(format!(
-                    "{label}: key '{key}' is [{}], expected [f32]",
-                    other.elem_type().name()
-                ))),
-            }
-        };
-        let weight = floats(KEY_WEIGHT)?;
-        let bias = floats(KEY_BIAS)?;
         let n = classes.len();
-        if weight.is_empty() || weight.len() % n != 0 || weight.len() / n > MAX_DIM {
+        if self.dim == 0 || self.dim > MAX_DIM || self.weight.len() != n * self.dim {
             crate::bail_invalid!(
                 "{label}: key '{KEY_WEIGHT}' has {} values, not {n} rows of 1 to {MAX_DIM}",
-                weight.len()
+                self.weight.len()
             );
         }
-        if bias.len() != n {
-            crate::bail_invalid!("{label}: key '{KEY_BIAS}' has {} values for {n} classes", bias.len());
+        if !self.weight.iter().all(|x| x.is_finite()) {
+            crate::bail_invalid!("{label}: key '{KEY_WEIGHT}' holds a non-finite number");
         }
-        let threshold = md.get_f32(KEY_THRESHOLD)?;
-        if !(0.0..=1.0).contains(&threshold) {
-            crate::bail_invalid!("{label}: key '{KEY_THRESHOLD}' is {threshold}, expected 0 to 1");
+        if self.bias.len() != n {
+            crate::bail_invalid!("{label}: key '{KEY_BIAS}' has {} values for {n} classes", self.bias.len());
         }
-        Ok(Some(RouterHead { dim: weight.len() / n, classes, weight, bias, threshold }))
+        if !self.bias.iter().all(|x| x.is_finite()) {
+            crate::bail_invalid!("{label}: key '{KEY_BIAS}' holds a non-finite number");
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            crate::bail_invalid!("{label}: key '{KEY_THRESHOLD}' is {}, expected 0 to 1", self.threshold);
+        }
+        Ok(())
     }
 
     /// Every class must be `base` or an expert of the bundle.
     pub fn check_classes(&self, bundle: &Bundle) -> Result<()> {
-        for c in &self.classes {
-            if c != BASE && !bundle.experts.iter().any(|e| &e.name == c) {
-                bundle.expert_index(c).map_err(|e| Error::Invalid(format!("key '{KEY_CLASSES}': {e}")))?;
-            }
+        for c in self.classes.iter().filter(|c| *c != BASE) {
+            bundle.expert_index(c).map_err(|e| Error::Invalid(format!("key '{KEY_CLASSES}': {e}")))?;
         }
         Ok(())
     }

@@ -22,7 +22,6 @@ use std::path::Path;
 
 use crate::bundle::Bundle;
 use crate::error::Result;
-use crate::gguf::GgufFile;
 pub use embedding::TokenEmbedding;
 pub use head::{Route, RouterHead};
 
@@ -43,11 +42,8 @@ impl PromptRouter {
         let Some(head) = RouterHead::from_metadata(&bundle.file.metadata, bundle.label())? else {
             return Ok(None);
         };
-        head.check_classes(&bundle)?;
-        let file: GgufFile = bundle.file;
-        let embedding = TokenEmbedding::new(file)?;
-        head.check_dim(embedding.feature_dim(), embedding.label())?;
-        Ok(Some(PromptRouter { embedding, head }))
+        check_fits(&head, &bundle)?;
+        Ok(Some(PromptRouter { embedding: TokenEmbedding::new(bundle.file)?, head }))
     }
 
     /// The route for a prompt's tokens (without BOS or other special tokens). `threshold`
@@ -62,10 +58,32 @@ impl PromptRouter {
 /// atomically (readers see the old bundle or the new one) after the head is checked against it.
 pub fn store(path: &Path, head: &RouterHead) -> Result<()> {
     let bundle = Bundle::open(path)?;
-    head.check_classes(&bundle)?;
-    let embedding_dim = TokenEmbedding::new(GgufFile::open(path)?)?.feature_dim();
-    head.check_dim(embedding_dim, bundle.label())?;
+    head.validate(bundle.label())?;
+    check_fits(head, &bundle)?;
     let mut md = bundle.file.metadata.clone();
     head.to_metadata(&mut md);
     crate::gguf::rewrite_with_metadata(&bundle.file, &md, path)
+}
+
+/// A head fits a bundle when its classes are the bundle's experts (or base) and it reads
+/// embeddings of the length the bundle's token embedding gives.
+fn check_fits(head: &RouterHead, bundle: &Bundle) -> Result<()> {
+    head.check_classes(bundle)?;
+    head.check_dim(embedding::feature_dim_of(&bundle.file)?, bundle.label())
+}
+
+/// One prompt per line for `llama-tokenize --stdin --lines`: the escapes llama.cpp undoes
+/// (string_process_escapes) keep newlines, tabs and backslashes inside a prompt.
+pub fn escape_prompt_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -2,7 +2,7 @@
 //! and route prompts with it. Prompts are tokenized by llama.cpp itself (`llama-tokenize` of the
 //! patched build), so the tokens are exactly those the plugin routes on inside llama.cpp.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -15,7 +15,7 @@ use switchyard::bundle::Bundle;
 use switchyard::gguf::GgufFile;
 use switchyard::router::metrics::Evaluation;
 use switchyard::router::train::{fit, TrainOptions};
-use switchyard::router::{PromptRouter, TokenEmbedding};
+use switchyard::router::{escape_prompt_line, PromptRouter, TokenEmbedding};
 use switchyard::switch::BASE;
 
 /// Where the patched llama.cpp's tools are (`scripts/build-llama.sh` prints it).
@@ -37,7 +37,8 @@ pub struct TrainArgs {
     /// JSON lines {"text": ..., "expert": ...}; "expert" is an expert of the bundle or "base".
     #[arg(long)]
     data: PathBuf,
-    /// Held-out prompts (same format); without it, --holdout of --data is held out.
+    /// Held-out prompts (same format); without it, --holdout of --data is held out, whole
+    /// "source"s at a time.
     #[arg(long)]
     eval: Option<PathBuf>,
     #[arg(long, default_value_t = 0.2)]
@@ -73,6 +74,8 @@ pub struct RouteArgs {
 struct Prompt {
     text: String,
     label: Option<String>,
+    /// Where the prompt comes from (a template, a conversation); held-out splits keep sources whole.
+    source: Option<String>,
 }
 
 fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
@@ -93,7 +96,8 @@ fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(_) => bail!("{}: \"expert\" is not a string", at()),
         };
-        prompts.push(Prompt { text: text.to_string(), label });
+        let source = v.get("source").and_then(|s| s.as_str()).map(String::from);
+        prompts.push(Prompt { text: text.to_string(), label, source });
     }
     if prompts.is_empty() {
         bail!("{}: no prompts", path.display());
@@ -101,12 +105,12 @@ fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
     Ok(prompts)
 }
 
-/// Tokenizes every text with the model's vocabulary, as llama.cpp does (no BOS, no special
-/// tokens parsed): one `llama-tokenize --lines` process for all of them.
+/// Tokenizes every text with the model's vocabulary, as llama.cpp does when routing (no BOS, no
+/// special tokens parsed): one `llama-tokenize --lines` process for all of them.
 fn tokenize(llama: &LlamaBin, model: &Path, texts: &[&str]) -> Result<Vec<Vec<i32>>> {
     let exe = llama.llama_bin.join("llama-tokenize");
     let mut child = Command::new(&exe)
-        .args(["--stdin", "--lines", "--ids", "--no-bos", "--log-disable", "-m"])
+        .args(["--stdin", "--lines", "--ids", "--no-bos", "--no-parse-special", "--log-disable", "-m"])
         .arg(model)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -115,32 +119,17 @@ fn tokenize(llama: &LlamaBin, model: &Path, texts: &[&str]) -> Result<Vec<Vec<i3
         .with_context(|| {
             format!("cannot run {} (set --llama-bin to the patched llama.cpp's bin folder)", exe.display())
         })?;
-    // one text per line; escapes keep newlines inside a text (llama-tokenize undoes them)
-    let mut input = String::new();
-    for t in texts {
-        for c in t.chars() {
-            match c {
-                '\\' => input.push_str("\\\\"),
-                '\n' => input.push_str("\\n"),
-                '\r' => input.push_str("\\r"),
-                '\t' => input.push_str("\\t"),
-                c => input.push(c),
-            }
-        }
-        input.push('\n');
-    }
+    let input: String = texts.iter().map(|t| escape_prompt_line(t) + "\n").collect();
     let mut stdin = child.stdin.take().expect("piped");
+    // written from a thread while wait_with_output drains stdout and stderr: no pipe can fill up
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let mut out = String::new();
-    child.stdout.take().expect("piped").read_to_string(&mut out)?;
-    let mut err = String::new();
-    child.stderr.take().expect("piped").read_to_string(&mut err)?;
-    let status = child.wait()?;
-    writer.join().expect("writer thread").with_context(|| format!("writing prompts to {}", exe.display()))?;
-    if !status.success() {
-        bail!("{} failed ({status}): {}", exe.display(), err.trim());
+    let out = child.wait_with_output()?;
+    let written = writer.join().expect("writer thread");
+    if !out.status.success() {
+        bail!("{} failed ({}): {}", exe.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
-    let tokens: Vec<Vec<i32>> = out
+    written.with_context(|| format!("writing prompts to {}", exe.display()))?;
+    let tokens: Vec<Vec<i32>> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).with_context(|| format!("{}: unexpected output line '{l}'", exe.display())))
         .collect::<Result<_>>()?;
@@ -150,20 +139,47 @@ fn tokenize(llama: &LlamaBin, model: &Path, texts: &[&str]) -> Result<Vec<Vec<i3
     Ok(tokens)
 }
 
+/// Holds out about `fraction` of the prompts, whole sources at a time (prompts sharing a
+/// "source", such as one template, stay on one side), shuffled by `seed`.
+fn hold_out(data: Vec<Prompt>, fraction: f64, seed: u64) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        bail!("--holdout {fraction} must be between 0 and 1 (exclusive)");
+    }
+    let mut groups: Vec<(String, Vec<Prompt>)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (i, p) in data.into_iter().enumerate() {
+        let key = p.source.clone().unwrap_or_else(|| format!("#{i}"));
+        let g = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(p);
+    }
+    groups.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let total: usize = groups.iter().map(|(_, g)| g.len()).sum();
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for (_, g) in groups {
+        if (held.len() as f64) < fraction * total as f64 {
+            held.extend(g);
+        } else {
+            train.extend(g);
+        }
+    }
+    if train.is_empty() || held.is_empty() {
+        bail!("--holdout {fraction} leaves {} training and {} held-out prompts", train.len(), held.len());
+    }
+    Ok((train, held))
+}
+
 pub fn train(c: RouterCommand) -> Result<()> {
     let RouterCommand::Train(a) = c;
+    if !(0.0..=1.0).contains(&a.threshold) {
+        bail!("--threshold {} must be between 0 and 1", a.threshold);
+    }
     let bundle = Bundle::open(&a.bundle)?;
-    let mut data = read_prompts(&a.data)?;
-    let held_out = match &a.eval {
-        Some(p) => read_prompts(p)?,
-        None => {
-            if !(0.0..1.0).contains(&a.holdout) {
-                bail!("--holdout {} must be in [0, 1)", a.holdout);
-            }
-            data.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.seed));
-            let n_eval = (data.len() as f64 * a.holdout).round() as usize;
-            data.split_off(data.len() - n_eval)
-        }
+    let (data, held_out) = match &a.eval {
+        Some(p) => (read_prompts(&a.data)?, read_prompts(p)?),
+        None => hold_out(read_prompts(&a.data)?, a.holdout, a.seed)?,
     };
 
     // classes: the bundle's experts that the data names, in bundle order, then base if named
@@ -186,6 +202,13 @@ pub fn train(c: RouterCommand) -> Result<()> {
     let eval_file = a.eval.as_deref().unwrap_or(&a.data);
     let y: Vec<usize> = data.iter().map(|p| class_of(p, &a.data)).collect::<Result<_>>()?;
     let y_eval: Vec<usize> = held_out.iter().map(|p| class_of(p, eval_file)).collect::<Result<_>>()?;
+    if classes.len() < 2 {
+        bail!(
+            "{}: a router needs prompts of at least two classes (experts of the bundle or base); found {}",
+            a.data.display(),
+            classes.join(", ")
+        );
+    }
 
     let embedding = TokenEmbedding::new(GgufFile::open(&a.bundle)?)?;
     let texts: Vec<&str> = data.iter().chain(&held_out).map(|p| p.text.as_str()).collect();
@@ -231,7 +254,7 @@ pub fn route(a: RouteArgs) -> Result<()> {
     };
     let prompts = match &a.file {
         Some(f) => read_prompts(f)?,
-        None => a.text.iter().map(|t| Prompt { text: t.clone(), label: None }).collect(),
+        None => a.text.iter().map(|t| Prompt { text: t.clone(), label: None, source: None }).collect(),
     };
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
     let tokens = tokenize(&a.llama, &a.bundle, &texts)?;
