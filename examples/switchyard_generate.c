@@ -14,12 +14,7 @@
 #include "llama.h"
 #include "llama-switchyard.h"
 
-static void quiet_log(enum ggml_log_level level, const char * text, void * user) {
-    (void) user;
-    if (level == GGML_LOG_LEVEL_ERROR) {
-        fputs(text, stderr);
-    }
-}
+#include "example-common.h"
 
 /* Greedy generation of n tokens after prompt; prints the line described above. */
 static int generate(struct llama_context * ctx, const struct llama_vocab * vocab, const char * label,

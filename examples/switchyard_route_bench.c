@@ -14,25 +14,10 @@
 #include "llama.h"
 #include "llama-switchyard.h"
 
+#include "example-common.h"
+
 #define MAX_PROMPTS 4096
 #define MAX_LINE (1 << 16)
-
-static void quiet_log(enum ggml_log_level level, const char * text, void * user) {
-    (void) user;
-    if (level == GGML_LOG_LEVEL_ERROR) {
-        fputs(text, stderr);
-    }
-}
-
-static int cmp_double(const void * a, const void * b) {
-    const double x = *(const double *) a, y = *(const double *) b;
-    return (x > y) - (x < y);
-}
-
-static double median(double * v, int n) {
-    qsort(v, (size_t) n, sizeof(double), cmp_double);
-    return v[n / 2];
-}
 
 /* undo the TSV escapes in place */
 static void unescape(char * s) {

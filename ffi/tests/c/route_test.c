@@ -7,19 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "switchyard.h"
 
 #define MAX_TOKENS 256
-#define CHECK(cond)                                                           \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            char detail[512];                                                 \
-            switchyard_last_error(detail, sizeof detail);                     \
-            fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n",     \
-                    __FILE__, __LINE__, #cond, detail);                       \
-            exit(1);                                                          \
-        }                                                                     \
-    } while (0)
 
 static size_t parse_tokens(const char * s, int32_t * out) {
     size_t n = 0;
