@@ -8,6 +8,7 @@
 //! - [`codec`]: the salient-aware delta codec and its baselines (BitDelta, round-to-nearest).
 //! - [`bundle`]: the bundle format (base GGUF + expert deltas) and its validation.
 //! - [`router`]: choosing the expert for a prompt (embedding, classifier head, training).
+//! - [`moe`]: routing traces of mixture-of-experts models and the expert cache simulator.
 
 pub mod error;
 pub mod ggml_type;
@@ -23,6 +24,7 @@ pub mod eval;
 pub mod extract;
 pub mod hf;
 pub mod imatrix;
+pub mod moe;
 pub mod pack;
 pub mod router;
 pub mod switch;

@@ -165,3 +165,32 @@ fn bench_decompress_reports_a_ratio_against_memcpy() {
     let out = sy_ok(&["bench", "decompress", "--rows", "256", "--cols", "512", "--iters", "3"]);
     assert!(out.contains("ratio reconstruct/memcpy = "), "{out}");
 }
+
+/// `switchyard sim` replays a trace against every policy; Belady's row is the optimum (A B A C B
+/// with room for two: LRU 1 hit, Belady 2).
+#[test]
+fn sim_replays_a_trace_against_every_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let mut text = String::from("{\"switchyard_trace\": 1, \"n_layers\": 1, \"n_experts\": 4}\n");
+    for e in [0, 1, 0, 2, 1] {
+        text += &format!("{{\"seq\": 0, \"layers\": [[[{e}, 1.0]]]}}\n");
+    }
+    std::fs::write(&trace, text).unwrap();
+    let out = sy_ok(&["sim", trace.to_str().unwrap(), "--cache", "2"]);
+    let rate = |policy: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(policy)).unwrap_or_else(|| panic!("no {policy} in {out}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!((rate("lru"), rate("belady")), (0.2, 0.4), "{out}");
+    assert!(rate("hobbit") <= rate("belady") && rate("lfu") <= rate("belady"));
+    let err = sy_err(&["sim", trace.to_str().unwrap(), "--cache", "2", "--hobbit-weights", "0.5,0.5,0.5,0"]);
+    assert!(err.contains("summing to 1"), "{err}");
+    std::fs::write(
+        &trace,
+        "{\"switchyard_trace\": 1, \"n_layers\": 1, \"n_experts\": 4}\n{\"layers\": [[[7, 1.0]]]}\n",
+    )
+    .unwrap();
+    let err = sy_err(&["sim", trace.to_str().unwrap(), "--cache", "2"]);
+    assert!(err.contains("trace.jsonl:2"), "{err}");
+}

@@ -7,6 +7,7 @@ mod inspect;
 mod pack;
 mod progress;
 mod route;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Router(route::RouterCommand),
     /// Route prompts with a bundle's router: the expert and confidence per prompt.
     Route(route::RouteArgs),
+    /// Replay a MoE routing trace against each expert cache policy and Belady's optimum.
+    Sim(sim::SimArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::eval(a),
         Command::Router(c) => route::train(c),
         Command::Route(a) => route::route(a),
+        Command::Sim(a) => sim::sim(a),
         Command::Bench(c) => bench::run(c),
         Command::ToHf(a) => dev::to_hf(a),
         Command::FromHf(a) => dev::from_hf(a),

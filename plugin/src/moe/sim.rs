@@ -1,0 +1,304 @@
+//! Expert cache simulation: replay a routing trace against a cache of expert slots and count
+//! hits, bytes loaded and the precision of what was loaded.
+//!
+//! Each token visits the layers in order, and in each layer its selected experts, highest gate
+//! weight first. With HOBBIT's thresholds (ANCHORS §3), expert i of a token has unimportance
+//! s_i = the sum of the normalised gate weights ranked above it: top-1 and s <= t1 load in high
+//! precision on a miss, t1 < s <= t2 in low precision, s > t2 are skipped. A hit serves whatever
+//! precision is cached. The cache holds `capacity` high-precision experts' worth of bytes; a
+//! low-precision copy costs `low_cost` of one. Experts of the layer being served are never
+//! evicted to make room for each other.
+//!
+//! Policies choose the victim: least recently used; least frequently used; HOBBIT's
+//! multidimensional priority (recency, frequency and high-precision use within the sequence,
+//! and layer distance ahead of the current layer); and Belady's (the entry used again farthest
+//! in the future), the offline yardstick.
+
+use std::collections::HashMap;
+
+use super::trace::Trace;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Policy {
+    Lru,
+    Lfu,
+    Hobbit(HobbitWeights),
+    Belady,
+}
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Lru => "lru",
+            Policy::Lfu => "lfu",
+            Policy::Hobbit(_) => "hobbit",
+            Policy::Belady => "belady",
+        }
+    }
+}
+
+/// w_lru, w_lfu, w_lhu, w_fld of HOBBIT's priority; they sum to 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HobbitWeights {
+    pub lru: f64,
+    pub lfu: f64,
+    pub lhu: f64,
+    pub fld: f64,
+}
+
+impl Default for HobbitWeights {
+    fn default() -> Self {
+        HobbitWeights { lru: 0.25, lfu: 0.25, lhu: 0.25, fld: 0.25 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimConfig {
+    /// Cache size in high-precision experts.
+    pub capacity: f64,
+    /// Unimportance thresholds (t1 <= t2); t1 = t2 = 1 loads everything in high precision.
+    pub t1: f64,
+    pub t2: f64,
+    /// Bytes of a low-precision expert over a high-precision one.
+    pub low_cost: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SimResult {
+    /// Expert uses the trace asks for (skipped ones included).
+    pub accesses: u64,
+    pub hits: u64,
+    pub loads_high: u64,
+    pub loads_low: u64,
+    pub skipped: u64,
+    /// Bytes loaded, in high-precision experts.
+    pub bytes_moved: f64,
+}
+
+impl SimResult {
+    /// Hits over the uses that were served (skipped ones excluded).
+    pub fn hit_rate(&self) -> f64 {
+        let served = self.accesses - self.skipped;
+        if served == 0 {
+            0.0
+        } else {
+            self.hits as f64 / served as f64
+        }
+    }
+}
+
+/// One use of an expert, in replay order.
+struct Access {
+    key: (u32, u32),
+    token: usize,
+    seq: u64,
+    layer: u32,
+    high: bool,
+    skip: bool,
+}
+
+/// The trace flattened into accesses, with HOBBIT's precision decision made per use.
+fn accesses(trace: &Trace, cfg: &SimConfig) -> Vec<Access> {
+    let mut out = Vec::new();
+    for (t, tok) in trace.tokens.iter().enumerate() {
+        for (l, picks) in tok.layers.iter().enumerate() {
+            let total: f64 = picks.iter().map(|p| p.1 as f64).sum();
+            let mut above = 0.0;
+            for (i, &(e, w)) in picks.iter().enumerate() {
+                let s = if total > 0.0 { above / total } else { 0.0 };
+                above += w as f64;
+                let skip = i > 0 && s > cfg.t2;
+                let high = i == 0 || s <= cfg.t1;
+                out.push(Access { key: (l as u32, e), token: t, seq: tok.seq, layer: l as u32, high, skip });
+            }
+        }
+    }
+    out
+}
+
+struct Entry {
+    cost: f64,
+    last_use: usize,
+    /// Uses and high-precision uses in the current sequence.
+    uses: u64,
+    high_uses: u64,
+    seq: u64,
+}
+
+pub fn simulate(trace: &Trace, policy: Policy, cfg: &SimConfig) -> SimResult {
+    let acc = accesses(trace, cfg);
+    // Belady needs each access's next use of the same key
+    let mut next_use = vec![usize::MAX; acc.len()];
+    if policy == Policy::Belady {
+        let mut seen: HashMap<(u32, u32), usize> = HashMap::new();
+        for (i, a) in acc.iter().enumerate().rev() {
+            if a.skip {
+                continue;
+            }
+            next_use[i] = seen.get(&a.key).copied().unwrap_or(usize::MAX);
+            seen.insert(a.key, i);
+        }
+    }
+    let mut cache: HashMap<(u32, u32), Entry> = HashMap::new();
+    let mut next_of: HashMap<(u32, u32), usize> = HashMap::new();
+    let mut used = 0.0;
+    let mut r = SimResult::default();
+    let n_layers = trace.n_layers as f64;
+    for (i, a) in acc.iter().enumerate() {
+        r.accesses += 1;
+        if a.skip {
+            r.skipped += 1;
+            continue;
+        }
+        if policy == Policy::Belady {
+            next_of.insert(a.key, next_use[i]);
+        }
+        if let Some(e) = cache.get_mut(&a.key) {
+            r.hits += 1;
+            if e.seq != a.seq {
+                (e.uses, e.high_uses, e.seq) = (0, 0, a.seq);
+            }
+            e.last_use = i;
+            e.uses += 1;
+            e.high_uses += a.high as u64;
+            continue;
+        }
+        let cost = if a.high { 1.0 } else { cfg.low_cost };
+        if a.high {
+            r.loads_high += 1;
+        } else {
+            r.loads_low += 1;
+        }
+        r.bytes_moved += cost;
+        if cost > cfg.capacity {
+            continue; // streamed through, never cached
+        }
+        while used + cost > cfg.capacity + 1e-9 {
+            let victim = cache
+                .iter()
+                // the layer being served keeps its experts
+                .filter(|(k, e)| !(k.0 == a.layer && acc[e.last_use].token == a.token))
+                .min_by(|x, y| {
+                    let score = |k: &(u32, u32), e: &Entry| -> f64 {
+                        match policy {
+                            Policy::Lru => e.last_use as f64,
+                            Policy::Lfu => e.uses as f64 + e.last_use as f64 / (acc.len() as f64 + 1.0),
+                            Policy::Belady => -(next_of.get(k).copied().unwrap_or(usize::MAX) as f64),
+                            Policy::Hobbit(w) => {
+                                let t = (a.token + 1) as f64;
+                                let same_seq = e.seq == a.seq;
+                                let (f, h) = if same_seq { (e.uses as f64, e.high_uses as f64) } else { (0.0, 0.0) };
+                                let ahead = ((k.0 as f64 - a.layer as f64 + n_layers) % n_layers) / n_layers;
+                                w.lru * (acc[e.last_use].token + 1) as f64 / t
+                                    + w.lfu * f / t
+                                    + w.lhu * h / t
+                                    + w.fld * (1.0 - ahead)
+                            }
+                        }
+                    };
+                    score(x.0, x.1).total_cmp(&score(y.0, y.1))
+                })
+                .map(|(k, _)| *k);
+            let Some(v) = victim else { break };
+            used -= cache.remove(&v).expect("victim is cached").cost;
+        }
+        if used + cost <= cfg.capacity + 1e-9 {
+            used += cost;
+            cache.insert(a.key, Entry { cost, last_use: i, uses: 1, high_uses: a.high as u64, seq: a.seq });
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moe::trace::TokenRoute;
+    use rand::{Rng, SeedableRng};
+
+    const ALL_HIGH: SimConfig = SimConfig { capacity: 2.0, t1: 1.0, t2: 1.0, low_cost: 0.25 };
+
+    /// One layer, top-1 routing: the experts in `order`, one token each.
+    fn single_layer(order: &[u32]) -> Trace {
+        let tokens = order.iter().map(|&e| TokenRoute { seq: 0, layers: vec![vec![(e, 1.0)]] }).collect();
+        Trace { n_layers: 1, n_experts: 8, tokens }
+    }
+
+    #[test]
+    fn lru_and_belady_on_a_textbook_sequence() {
+        // A B A C B with room for two: LRU evicts B for C and misses B again; Belady evicts A
+        let t = single_layer(&[0, 1, 0, 2, 1]);
+        assert_eq!(simulate(&t, Policy::Lru, &ALL_HIGH).hits, 1);
+        assert_eq!(simulate(&t, Policy::Belady, &ALL_HIGH).hits, 2);
+        let lfu = simulate(&t, Policy::Lfu, &ALL_HIGH);
+        assert_eq!((lfu.hits, lfu.loads_high, lfu.bytes_moved), (1, 4, 4.0));
+    }
+
+    #[test]
+    fn a_cache_of_everything_misses_each_expert_once() {
+        let t = single_layer(&[0, 1, 2, 0, 1, 2, 3, 3]);
+        let big = SimConfig { capacity: 8.0, ..ALL_HIGH };
+        for p in [Policy::Lru, Policy::Lfu, Policy::Hobbit(HobbitWeights::default()), Policy::Belady] {
+            let r = simulate(&t, p, &big);
+            assert_eq!((r.hits, r.loads_high), (4, 4), "{}", p.name());
+        }
+    }
+
+    #[test]
+    fn thresholds_pick_low_precision_and_skips() {
+        // second expert: s = 0.7 (low, t1 = 0.6) in the first token, 0.95 (skipped, t2 = 0.9)
+        let tokens = vec![
+            TokenRoute { seq: 0, layers: vec![vec![(0, 0.7), (1, 0.3)]] },
+            TokenRoute { seq: 0, layers: vec![vec![(2, 0.95), (3, 0.05)]] },
+        ];
+        let t = Trace { n_layers: 1, n_experts: 4, tokens };
+        let cfg = SimConfig { capacity: 4.0, t1: 0.6, t2: 0.9, low_cost: 0.25 };
+        let r = simulate(&t, Policy::Lru, &cfg);
+        assert_eq!((r.accesses, r.loads_high, r.loads_low, r.skipped), (4, 2, 1, 1));
+        assert_eq!(r.bytes_moved, 2.25);
+    }
+
+    #[test]
+    fn belady_is_never_beaten_on_random_traces() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for round in 0..20 {
+            // skewed popularity, 4 layers of 8 experts, top-2
+            let tokens = (0..200)
+                .map(|_| TokenRoute {
+                    seq: 0,
+                    layers: (0..4)
+                        .map(|_| {
+                            let a = (rng.gen::<f64>().powi(3) * 8.0) as u32;
+                            let b = (a + 1 + rng.gen_range(0..7)) % 8;
+                            vec![(a, 0.6), (b, 0.4)]
+                        })
+                        .collect(),
+                })
+                .collect();
+            let t = Trace { n_layers: 4, n_experts: 8, tokens };
+            let cfg = SimConfig { capacity: 6.0 + round as f64, ..ALL_HIGH };
+            let best = simulate(&t, Policy::Belady, &cfg).hits;
+            for p in [Policy::Lru, Policy::Lfu, Policy::Hobbit(HobbitWeights::default())] {
+                let h = simulate(&t, p, &cfg).hits;
+                assert!(h <= best, "{} {h} > belady {best} at capacity {}", p.name(), cfg.capacity);
+            }
+        }
+    }
+
+    #[test]
+    fn traces_parse_and_bad_ones_name_the_line() {
+        let good = "{\"switchyard_trace\": 1, \"n_layers\": 2, \"n_experts\": 4}\n\
+                    {\"seq\": 0, \"layers\": [[[1, 0.2], [3, 0.8]], [[0, 1.0]]]}\n";
+        let t = Trace::read(good.as_bytes(), "t.jsonl").unwrap();
+        assert_eq!(t.tokens[0].layers[0], vec![(3, 0.8), (1, 0.2)], "sorted by weight");
+        for (bad, what) in [
+            ("{\"n_layers\": 2}\n", "t.jsonl:1"),
+            ("{\"switchyard_trace\": 1, \"n_layers\": 0, \"n_experts\": 4}\n", "n_layers"),
+            ("{\"switchyard_trace\": 1, \"n_layers\": 1, \"n_experts\": 4}\n{\"layers\": [[[9, 1.0]]]}\n", "t.jsonl:2"),
+            ("{\"switchyard_trace\": 1, \"n_layers\": 2, \"n_experts\": 4}\n{\"layers\": [[[1, 1.0]]]}\n", "1 layers"),
+        ] {
+            let err = Trace::read(bad.as_bytes(), "t.jsonl").unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+    }
+}
