@@ -38,7 +38,7 @@ mod imp {
     use cudarc::driver::{CudaSlice, PinnedHostSlice};
     use switchyard::bundle::TensorDelta;
     use switchyard::GgmlType;
-    use switchyard_kernels::device::{DeviceDelta, Gpu};
+    use switchyard_kernels::device::{reads_weights, DeviceDelta, Gpu};
 
     use super::DeviceJob;
 
@@ -68,10 +68,7 @@ mod imp {
         /// Decode `job` into the f16 tensor at device pointer `ptr` on GPU `device`; false when
         /// the kernels do not cover it (the caller then decodes on the host).
         pub fn decode(&mut self, ptr: u64, device: i32, job: &DeviceJob<'_>) -> switchyard::Result<bool> {
-            let base_ok = matches!(
-                job.info.ty,
-                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1
-            );
+            let base_ok = reads_weights(job.info.ty, job.info.ne[0] as usize);
             let delta_ok = matches!(job.delta, None | Some(TensorDelta::Codec(_)));
             if job.ty != GgmlType::F16 || !base_ok || !delta_ok || device < 0 {
                 return Ok(false);
@@ -106,50 +103,47 @@ mod imp {
 
     impl GpuState {
         fn decode(&mut self, ptr: u64, job: &DeviceJob<'_>) -> Result<(), switchyard_kernels::KernelError> {
-            let state = self;
             let name = &job.info.name;
             let n = job.info.n_elements() as usize;
             let n_in = job.info.ne[0] as usize;
 
-            if !state.bases.contains_key(name) {
-                let copy = if state.pinned {
+            if !self.bases.contains_key(name) {
+                let copy = if self.pinned {
                     // SAFETY: a fresh page-locked buffer, filled right below.
-                    let mut p = unsafe { state.gpu.context().alloc_pinned::<u8>(job.base.len()) }?;
+                    let mut p = unsafe { self.gpu.context().alloc_pinned::<u8>(job.base.len()) }?;
                     p.as_mut_slice()?.copy_from_slice(job.base);
                     BaseCopy::Pinned(p)
                 } else {
-                    BaseCopy::Device(state.gpu.upload(job.base)?)
+                    BaseCopy::Device(self.gpu.upload(job.base)?)
                 };
-                state.bases.insert(name.clone(), copy);
+                self.bases.insert(name.clone(), copy);
             }
             let staged;
-            let base = match &state.bases[name] {
+            let base = match &self.bases[name] {
                 BaseCopy::Device(d) => d,
                 BaseCopy::Pinned(p) => {
-                    staged = state.gpu.stream.clone_htod(p)?;
+                    staged = self.gpu.stream.clone_htod(p)?;
                     &staged
                 }
             };
             match (job.expert, job.delta) {
                 (Some(e), Some(TensorDelta::Codec(c))) => {
-                    if state.deltas_of != Some(e) {
-                        state.deltas.clear();
-                        state.deltas_of = Some(e);
+                    if self.deltas_of != Some(e) {
+                        self.deltas.clear();
+                        self.deltas_of = Some(e);
                     }
-                    if !state.deltas.contains_key(name) {
-                        state.deltas.insert(name.clone(), DeviceDelta::upload(&state.gpu, c)?);
+                    if !self.deltas.contains_key(name) {
+                        self.deltas.insert(name.clone(), DeviceDelta::upload(&self.gpu, c)?);
                     }
                     // SAFETY: ptr is the host's f16 tensor of this shape on this device, idle
                     // while the host waits for the switch (synchronised below).
-                    unsafe {
-                        state.gpu.decompress_add_into(job.info.ty, base, &state.deltas[name], GgmlType::F16, ptr)
-                    }?;
+                    unsafe { self.gpu.decompress_add_into(job.info.ty, base, &self.deltas[name], GgmlType::F16, ptr) }?;
                 }
                 // SAFETY: as above, n f16 values.
-                _ => unsafe { state.gpu.dequantize_f16_into(job.info.ty, base, n_in, n, ptr) }?,
+                _ => unsafe { self.gpu.dequantize_f16_into(job.info.ty, base, n_in, n, ptr) }?,
             }
             // the host reads the tensor with its own stream after the switch returns
-            state.gpu.synchronize()
+            self.gpu.synchronize()
         }
     }
 }

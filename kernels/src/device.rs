@@ -258,11 +258,20 @@ fn grid_for(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32
 }
 
-fn check_base(ty: GgmlType, n_in: usize) -> Result<()> {
+/// Whether the kernels read weights of type `ty` in rows of `n_in` elements.
+pub fn reads_weights(ty: GgmlType, n_in: usize) -> bool {
     match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Ok(()),
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 if n_in.is_multiple_of(32) => Ok(()),
-        other => Err(KernelError::Unsupported(format!("reading {other} weights on the GPU (rows of {n_in})"))),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => true,
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => n_in.is_multiple_of(32),
+        _ => false,
+    }
+}
+
+fn check_base(ty: GgmlType, n_in: usize) -> Result<()> {
+    if reads_weights(ty, n_in) {
+        Ok(())
+    } else {
+        Err(KernelError::Unsupported(format!("reading {ty} weights on the GPU (rows of {n_in})")))
     }
 }
 

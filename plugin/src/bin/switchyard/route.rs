@@ -12,7 +12,6 @@ use clap::{Args, Subcommand};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use switchyard::bundle::Bundle;
-use switchyard::gguf::GgufFile;
 use switchyard::router::metrics::Evaluation;
 use switchyard::router::train::{fit, TrainOptions};
 use switchyard::router::{escape_prompt_line, PromptRouter, TokenEmbedding};
@@ -210,7 +209,8 @@ pub fn train(c: RouterCommand) -> Result<()> {
         );
     }
 
-    let embedding = TokenEmbedding::new(GgufFile::open(&a.bundle)?)?;
+    // the bundle's own mapping serves the embedding rows
+    let embedding = TokenEmbedding::new(bundle.file)?;
     let texts: Vec<&str> = data.iter().chain(&held_out).map(|p| p.text.as_str()).collect();
     let t = Instant::now();
     let tokens = tokenize(&a.llama, &a.bundle, &texts)?;
