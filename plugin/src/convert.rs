@@ -43,6 +43,10 @@ pub fn arch_metadata(arch: Arch, c: &HfConfig, name: &str, ty: GgmlType) -> Meta
     m.insert(format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32));
     m.insert(format!("{a}.rope.dimension_count"), Value::U32(c.head_dim() as u32));
     m.insert(format!("{a}.vocab_size"), Value::U32(c.vocab_size as u32));
+    if let Some(n) = c.num_local_experts {
+        m.insert(format!("{a}.expert_count"), Value::U32(n as u32));
+        m.insert(format!("{a}.expert_used_count"), Value::U32(c.num_experts_per_tok.unwrap_or(2) as u32));
+    }
     m
 }
 
@@ -61,12 +65,15 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<HfConfig> {
     let n_head = md.get_u32(&key("attention.head_count"))? as usize;
     let hidden = md.get_u32(&key("embedding_length"))? as usize;
     let head_dim = md.opt_u32(&key("rope.dimension_count"))?.map(|d| d as usize);
+    let n_expert = md.opt_u32(&key("expert_count"))?.filter(|&n| n > 0).map(|n| n as usize);
+    let (model_type, class) = match (arch, n_expert) {
+        (Arch::Llama, Some(_)) => ("mixtral", "MixtralForCausalLM"),
+        (Arch::Llama, None) => ("llama", "LlamaForCausalLM"),
+        (Arch::Qwen2, _) => ("qwen2", "Qwen2ForCausalLM"),
+    };
     Ok(HfConfig {
-        model_type: arch.gguf_name().into(),
-        architectures: vec![match arch {
-            Arch::Llama => "LlamaForCausalLM".into(),
-            Arch::Qwen2 => "Qwen2ForCausalLM".into(),
-        }],
+        model_type: model_type.into(),
+        architectures: vec![class.into()],
         hidden_size: hidden,
         intermediate_size: md.get_u32(&key("feed_forward_length"))? as usize,
         num_hidden_layers: md.get_u32(&key("block_count"))? as usize,
@@ -79,6 +86,11 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<HfConfig> {
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         head_dim: head_dim.filter(|&d| d != hidden / n_head),
         torch_dtype: Some("float32".into()),
+        num_local_experts: n_expert,
+        num_experts_per_tok: match n_expert {
+            Some(_) => Some(md.get_u32(&key("expert_used_count"))? as usize),
+            None => None,
+        },
     })
 }
 
@@ -106,11 +118,14 @@ pub fn hf_to_gguf(hf: &HfModel, tokenizer_from: Option<&GgufFile>, name: &str, t
         names.push(g);
     }
     names.sort_by_key(|n| gguf_order_key(n));
+    names.dedup(); // a layer's experts share one stacked tensor
     let mut infos = Vec::new();
     let mut data = Vec::new();
     for g in &names {
         let (values, ne) = hf.gguf_tensor(g)?;
-        let t = if ne.len() >= 2 && ne[0] % ty.block_size() as u64 == 0 { ty } else { GgmlType::F32 };
+        // like llama.cpp's converter and quantizer, routers stay F32
+        let quantizable = ne.len() >= 2 && ne[0] % ty.block_size() as u64 == 0 && !g.contains(".ffn_gate_inp.");
+        let t = if quantizable { ty } else { GgmlType::F32 };
         let bytes = quants::quantize_par(t, &values, ne[0] as usize)
             .map_err(|e| Error::Invalid(format!("tensor '{g}': {e}")))?;
         infos.push(TensorInfoOut::new(g.clone(), t, ne));
@@ -142,13 +157,29 @@ pub fn gguf_to_hf(file: &GgufFile, out_dir: &Path, dtype: Dtype) -> Result<()> {
     let arch = Arch::from_model_type(&config.model_type).expect("from config_from_gguf");
     let mut tensors = Vec::new();
     for t in &file.tensors {
-        let hf_name = hf::hf_name(&t.name).ok_or_else(|| {
-            Error::Unsupported(format!("{}: tensor '{}' has no Hugging Face name", file.label(), t.name))
-        })?;
         let mut values =
             quants::dequantize_par(t.ty, file.try_tensor_data(t)?, t.n_elements() as usize, t.ne[0] as usize)
                 .map_err(|e| Error::Invalid(format!("{}: tensor '{}': {e}", file.label(), t.name)))?;
         let shape: Vec<usize> = t.ne.iter().rev().map(|&d| d as usize).collect();
+        if let Some(names) = hf::hf_expert_names(&t.name, config.num_local_experts.unwrap_or(0)) {
+            // one 3-D tensor, expert after expert -> one Hugging Face matrix per expert
+            if shape.len() != 3 || shape[0] != names.len() {
+                crate::bail_invalid!(
+                    "{}: tensor '{}' has shape {shape:?}, not [{}, rows, cols]",
+                    file.label(),
+                    t.name,
+                    names.len()
+                );
+            }
+            let per_expert = values.len() / names.len();
+            for (name, chunk) in names.into_iter().zip(values.chunks_exact(per_expert)) {
+                tensors.push((name, shape[1..].to_vec(), chunk.to_vec()));
+            }
+            continue;
+        }
+        let hf_name = hf::hf_name(&t.name).ok_or_else(|| {
+            Error::Unsupported(format!("{}: tensor '{}' has no Hugging Face name", file.label(), t.name))
+        })?;
         if let Some(n_head) = hf::rope_permute_heads(arch, &config, &t.name) {
             values = hf::permute_rows(&values, shape[0], n_head, Direction::GgufToHf);
         }

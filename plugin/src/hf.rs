@@ -24,7 +24,8 @@ pub enum Arch {
 impl Arch {
     pub fn from_model_type(model_type: &str) -> Option<Arch> {
         match model_type {
-            "llama" | "mistral" => Some(Arch::Llama),
+            // llama.cpp runs Mixtral as llama with expert tensors
+            "llama" | "mistral" | "mixtral" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
             _ => None,
         }
@@ -71,6 +72,11 @@ pub struct HfConfig {
     pub head_dim: Option<usize>,
     #[serde(default)]
     pub torch_dtype: Option<String>,
+    /// Mixture of experts (Mixtral): experts per layer and experts each token uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_local_experts: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts_per_tok: Option<usize>,
 }
 
 fn default_eps() -> f64 {
@@ -87,7 +93,7 @@ impl HfConfig {
     pub fn arch(&self, dir: &Path) -> Result<Arch> {
         Arch::from_model_type(&self.model_type).ok_or_else(|| {
             Error::Unsupported(format!(
-                "{}: model_type '{}' is not supported (supported: llama, mistral, qwen2)",
+                "{}: model_type '{}' is not supported (supported: llama, mistral, mixtral, qwen2)",
                 dir.join("config.json").display(),
                 self.model_type
             ))
@@ -231,6 +237,9 @@ impl HfModel {
     /// The tensor llama.cpp calls `gguf_name`, in GGUF row order, with its GGUF shape
     /// (`ne`, fastest dimension first).
     pub fn gguf_tensor(&self, gguf_name: &str) -> Result<(Vec<f32>, Vec<u64>)> {
+        if let Some(names) = hf_expert_names(gguf_name, self.config.num_local_experts.unwrap_or(0)) {
+            return self.stacked_experts(gguf_name, &names);
+        }
         let hf = hf_name(gguf_name).ok_or_else(|| {
             Error::Invalid(format!("{}: no Hugging Face tensor maps to '{gguf_name}'", self.dir.display()))
         })?;
@@ -243,6 +252,32 @@ impl HfModel {
             data = permute_rows(&data, shape[0], n_head, Direction::HfToGguf);
         }
         Ok((data, ne))
+    }
+
+    /// GGUF keeps a layer's experts as one 3-D tensor (`ne` = [cols, rows, n_expert]), expert
+    /// after expert; Hugging Face keeps one 2-D tensor per expert.
+    fn stacked_experts(&self, gguf_name: &str, names: &[String]) -> Result<(Vec<f32>, Vec<u64>)> {
+        let mut data = Vec::new();
+        let mut first: Option<Vec<usize>> = None;
+        for hf in names {
+            let shape = self.shape(hf).ok_or_else(|| {
+                Error::Invalid(format!("{}: missing tensor '{hf}' (for '{gguf_name}')", self.dir.display()))
+            })?;
+            match &first {
+                None => first = Some(shape.to_vec()),
+                Some(s) if s.as_slice() != shape => crate::bail_invalid!(
+                    "{}: expert tensor '{hf}' has shape {shape:?}, the layer's first expert {s:?}",
+                    self.dir.display()
+                ),
+                Some(_) => {}
+            }
+            data.extend(self.tensor_f32(hf)?);
+        }
+        let shape = first.unwrap_or_default();
+        if shape.len() != 2 {
+            crate::bail_invalid!("{}: expert tensors of '{gguf_name}' are not matrices", self.dir.display());
+        }
+        Ok((data, vec![shape[1] as u64, shape[0] as u64, names.len() as u64]))
     }
 }
 
@@ -313,7 +348,21 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf_part}.{suffix}"))
 }
 
-/// Hugging Face tensor name -> GGUF tensor name; None for tensors GGUF does not keep.
+/// Mixtral's per-expert matrices and the GGUF tensor that stacks each kind.
+const EXPERT_MAP: &[(&str, &str)] = &[("ffn_gate_exps", "w1"), ("ffn_down_exps", "w2"), ("ffn_up_exps", "w3")];
+
+/// The Hugging Face tensors (one per expert, in order) a stacked GGUF expert tensor holds;
+/// None for other tensors.
+pub fn hf_expert_names(gguf: &str, n_experts: usize) -> Option<Vec<String>> {
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let w = EXPERT_MAP.iter().find(|(g, _)| rest == format!("{g}.weight"))?.1;
+    Some((0..n_experts).map(|e| format!("model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight")).collect())
+}
+
+/// Hugging Face tensor name -> GGUF tensor name; None for tensors GGUF does not keep. Every
+/// expert of a layer maps to the one stacked tensor.
 pub fn gguf_name(hf: &str) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
@@ -327,6 +376,12 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     layer.parse::<u32>().ok()?;
+    if let Some(expert) = rest.strip_prefix("block_sparse_moe.experts.") {
+        let (e, w) = expert.split_once('.')?;
+        e.parse::<u32>().ok()?;
+        let g = EXPERT_MAP.iter().find(|(_, h)| w == format!("{h}.weight"))?.0;
+        return Some(format!("blk.{layer}.{g}.weight"));
+    }
     let (part, suffix) = rest.rsplit_once('.')?;
     let g = LAYER_MAP.iter().find(|(_, h)| *h == part)?.0;
     Some(format!("blk.{layer}.{g}.{suffix}"))
@@ -347,6 +402,7 @@ const LAYER_MAP: &[(&str, &str)] = &[
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
+    ("ffn_gate_inp", "block_sparse_moe.gate"),
 ];
 
 /// Write a Hugging Face folder (config.json + one model.safetensors, BF16/F32 as given)

@@ -98,12 +98,25 @@ pub fn make_expert(base: &HfModel, out: &Path, spec: &DeltaSpec, seed: u64) -> R
     hf::write_hf_folder(out, &base.config, &tensors, Dtype::F32)
 }
 
+/// Experts per layer and experts each token uses, for a Mixtral-style model.
+#[derive(Clone, Copy, Debug)]
+pub struct MoeShape {
+    pub n_expert: usize,
+    pub n_used: usize,
+}
+
 /// A tiny llama-architecture model with random weights (Hugging Face layout, F32). `vocab` must
 /// match the tokenizer the GGUF will carry.
 pub fn tiny_llama(out: &Path, vocab: usize, seed: u64) -> Result<()> {
+    tiny_model(out, vocab, None, seed)
+}
+
+/// [`tiny_llama`], or with `moe` a Mixtral-style model: every layer's FFN replaced by a random
+/// router (`block_sparse_moe.gate`) over `n_expert` random experts.
+pub fn tiny_model(out: &Path, vocab: usize, moe: Option<MoeShape>, seed: u64) -> Result<()> {
     let config = HfConfig {
-        model_type: "llama".into(),
-        architectures: vec!["LlamaForCausalLM".into()],
+        model_type: if moe.is_some() { "mixtral" } else { "llama" }.into(),
+        architectures: vec![if moe.is_some() { "MixtralForCausalLM" } else { "LlamaForCausalLM" }.into()],
         hidden_size: 64,
         intermediate_size: 128,
         num_hidden_layers: 2,
@@ -116,24 +129,34 @@ pub fn tiny_llama(out: &Path, vocab: usize, seed: u64) -> Result<()> {
         tie_word_embeddings: true,
         head_dim: None,
         torch_dtype: Some("float32".into()),
+        num_local_experts: moe.map(|m| m.n_expert),
+        num_experts_per_tok: moe.map(|m| m.n_used),
     };
     let mut rng = rng(seed);
     let (h, f, kv) = (config.hidden_size, config.intermediate_size, config.n_head_kv() * config.head_dim());
+    let std_in = |n: usize| 1.0 / (n as f32).sqrt();
     let mut tensors =
         vec![("model.embed_tokens.weight".to_string(), vec![vocab, h], gaussian(&mut rng, vocab * h, 0.5))];
     for l in 0..config.num_hidden_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}.weight");
-        let std_in = |n: usize| 1.0 / (n as f32).sqrt();
-        for (name, rows, cols) in [
-            ("self_attn.q_proj", h, h),
-            ("self_attn.k_proj", kv, h),
-            ("self_attn.v_proj", kv, h),
-            ("self_attn.o_proj", h, h),
-            ("mlp.gate_proj", f, h),
-            ("mlp.up_proj", f, h),
-            ("mlp.down_proj", h, f),
-        ] {
-            tensors.push((p(name), vec![rows, cols], gaussian(&mut rng, rows * cols, std_in(cols))));
+        let mut linear = vec![
+            (p("self_attn.q_proj"), h, h),
+            (p("self_attn.k_proj"), kv, h),
+            (p("self_attn.v_proj"), kv, h),
+            (p("self_attn.o_proj"), h, h),
+        ];
+        match moe {
+            None => linear.extend([(p("mlp.gate_proj"), f, h), (p("mlp.up_proj"), f, h), (p("mlp.down_proj"), h, f)]),
+            Some(m) => {
+                linear.push((p("block_sparse_moe.gate"), m.n_expert, h));
+                for e in 0..m.n_expert {
+                    let x = |w: &str| p(&format!("block_sparse_moe.experts.{e}.{w}"));
+                    linear.extend([(x("w1"), f, h), (x("w3"), f, h), (x("w2"), h, f)]);
+                }
+            }
+        }
+        for (name, rows, cols) in linear {
+            tensors.push((name, vec![rows, cols], gaussian(&mut rng, rows * cols, std_in(cols))));
         }
         for norm in ["input_layernorm", "post_attention_layernorm"] {
             let w: Vec<f32> = (0..h).map(|_| 1.0 + rng.gen_range(-0.1..0.1)).collect();
@@ -141,5 +164,70 @@ pub fn tiny_llama(out: &Path, vocab: usize, seed: u64) -> Result<()> {
         }
     }
     tensors.push(("model.norm.weight".into(), vec![h], vec![1.0; h]));
+    hf::write_hf_folder(out, &config, &tensors, Dtype::F32)
+}
+
+/// A dense llama model as a Mixtral-style one that computes the same function: each FFN's
+/// intermediate channels cut into `n_expert` contiguous experts, a zero router, every expert
+/// used. llama.cpp weighs the experts by their normalised router probabilities, 1/n_expert each
+/// here, so each expert's down projection is scaled by n_expert (exact for powers of two).
+pub fn split_ffn_experts(dense: &HfModel, n_expert: usize, out: &Path) -> Result<()> {
+    let c = &dense.config;
+    if c.num_local_experts.is_some() || n_expert == 0 || c.intermediate_size % n_expert != 0 {
+        crate::bail_invalid!(
+            "{}: cannot split an FFN of {} channels into {n_expert} experts",
+            dense.dir.display(),
+            c.intermediate_size
+        );
+    }
+    let per = c.intermediate_size / n_expert;
+    let mut config = c.clone();
+    config.model_type = "mixtral".into();
+    config.architectures = vec!["MixtralForCausalLM".into()];
+    config.intermediate_size = per;
+    config.num_local_experts = Some(n_expert);
+    config.num_experts_per_tok = Some(n_expert);
+    let mut tensors = Vec::new();
+    for name in dense.tensor_names().map(String::from).collect::<Vec<_>>() {
+        let shape = dense.shape(&name).expect("listed").to_vec();
+        let w = dense.tensor_f32(&name)?;
+        let Some((layer, kind)) = name.strip_suffix(".weight").and_then(|n| n.split_once(".mlp.")) else {
+            tensors.push((name, shape, w));
+            continue;
+        };
+        let (rows, cols) = (shape[0], shape[1]);
+        let expert = |e: usize, tag: &str| format!("{layer}.block_sparse_moe.experts.{e}.{tag}.weight");
+        for e in 0..n_expert {
+            let channels = e * per..(e + 1) * per;
+            match kind {
+                // [channels, hidden]: a block of rows
+                "gate_proj" | "up_proj" => {
+                    let tag = if kind == "gate_proj" { "w1" } else { "w3" };
+                    tensors.push((
+                        expert(e, tag),
+                        vec![per, cols],
+                        w[channels.start * cols..channels.end * cols].to_vec(),
+                    ));
+                }
+                // [hidden, channels]: a block of columns, scaled
+                "down_proj" => {
+                    let block = (0..rows)
+                        .flat_map(|r| {
+                            w[r * cols + channels.start..r * cols + channels.end].iter().map(|v| v * n_expert as f32)
+                        })
+                        .collect();
+                    tensors.push((expert(e, "w2"), vec![rows, per], block));
+                }
+                _ => crate::bail_invalid!("{}: unexpected FFN tensor '{name}'", dense.dir.display()),
+            }
+        }
+        if kind == "gate_proj" {
+            tensors.push((
+                format!("{layer}.block_sparse_moe.gate.weight"),
+                vec![n_expert, cols],
+                vec![0.0; n_expert * cols],
+            ));
+        }
+    }
     hf::write_hf_folder(out, &config, &tensors, Dtype::F32)
 }

@@ -3,35 +3,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{listing, sy_err, sy_ok, Tiny};
+use common::{listing, llama_perplexity, sy_err, sy_ok, Tiny};
 use switchyard::imatrix::Imatrix;
 use switchyard::GgmlType;
-
-/// Perplexity of `model` over a fixed real text with llama.cpp; None if it failed to load.
-fn llama_perplexity(bin: &Path, model: &Path) -> f64 {
-    let out = Command::new(bin.join("llama-perplexity"))
-        .args([
-            "-m",
-            model.to_str().unwrap(),
-            "-f",
-            "/usr/share/common-licenses/Apache-2.0",
-            "-c",
-            "128",
-            "--chunks",
-            "4",
-            "-t",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "llama-perplexity failed on {}:\n{log}", model.display());
-    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("no PPL line");
-    line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-}
 
 #[test]
 fn pack_inspect_eval_extract_and_run_in_stock_llama_cpp() {

@@ -22,6 +22,8 @@ fn config(model_type: &str) -> HfConfig {
         tie_word_embeddings: true,
         head_dim: None,
         torch_dtype: None,
+        num_local_experts: None,
+        num_experts_per_tok: None,
     }
 }
 

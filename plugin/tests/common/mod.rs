@@ -69,13 +69,23 @@ pub fn llama_patched_bin() -> Option<PathBuf> {
 /// The labelled routing sets of scripts/fetch-data.sh: a folder holding route-train.jsonl and
 /// route-eval.jsonl ($SWITCHYARD_ROUTE_DATA, else the one under the cache).
 pub fn route_data() -> Option<PathBuf> {
+    data_set("route-", "SWITCHYARD_ROUTE_DATA", "routing sets (scripts/fetch-data.sh)")
+}
+
+/// The language-model text of scripts/fetch-data.sh --text: text-{math,code,chat}-{train,eval}.txt
+/// ($SWITCHYARD_TEXT_DATA, else the one under the cache).
+pub fn text_data() -> Option<PathBuf> {
+    data_set("text-", "SWITCHYARD_TEXT_DATA", "language-model text (scripts/fetch-data.sh --text)")
+}
+
+fn data_set(prefix: &str, var: &str, what: &str) -> Option<PathBuf> {
     let cached = std::fs::read_dir(cache_dir().join("data"))
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("route-")))
-        .unwrap_or_else(|| cache_dir().join("data/route-(none)"));
-    optional("SWITCHYARD_ROUTE_DATA", cached, "routing sets (scripts/fetch-data.sh)")
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .unwrap_or_else(|| cache_dir().join(format!("data/{prefix}(none)")));
+    optional(var, cached, what)
 }
 
 pub fn switchyard() -> Command {
@@ -193,4 +203,27 @@ pub fn build_example(bin: &Path, name: &str, out_dir: &Path) -> PathBuf {
         .unwrap();
     assert!(out.status.success(), "building {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Perplexity of `model` over a fixed real text (4 chunks of 128 tokens) with llama.cpp.
+pub fn llama_perplexity(bin: &Path, model: &Path) -> f64 {
+    let out = Command::new(bin.join("llama-perplexity"))
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "-f",
+            "/usr/share/common-licenses/Apache-2.0",
+            "-c",
+            "128",
+            "--chunks",
+            "4",
+            "-t",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "llama-perplexity failed on {}:\n{log}", model.display());
+    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("no PPL line");
+    line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
 }

@@ -70,13 +70,20 @@ pub fn from_hf(a: FromHfArgs) -> Result<()> {
 
 #[derive(Subcommand)]
 pub enum SynthCommand {
-    /// A tiny random llama model (Hugging Face folder) with a given vocabulary size.
+    /// A tiny random llama model (Hugging Face folder) with a given vocabulary size; with
+    /// --experts, a Mixtral-style mixture of experts.
     Tiny {
         /// Take the vocabulary size from this GGUF's tokenizer.
         #[arg(long)]
         vocab_from: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Experts per layer (a Mixtral-style model).
+        #[arg(long)]
+        experts: Option<usize>,
+        /// Experts each token uses.
+        #[arg(long, default_value_t = 2, requires = "experts")]
+        used: usize,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -96,10 +103,16 @@ pub enum SynthCommand {
 
 pub fn synth(c: SynthCommand) -> Result<()> {
     match c {
-        SynthCommand::Tiny { vocab_from, seed, output } => {
+        SynthCommand::Tiny { vocab_from, seed, experts, used, output } => {
             let tok = GgufFile::open(&vocab_from)?;
             let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens")?.len();
-            synth::tiny_llama(&output, vocab, seed)?;
+            if let Some(n) = experts {
+                if !(1..=n).contains(&used) {
+                    anyhow::bail!("--used {used} must be 1 to --experts {n}");
+                }
+            }
+            let moe = experts.map(|n_expert| synth::MoeShape { n_expert, n_used: used });
+            synth::tiny_model(&output, vocab, moe, seed)?;
             println!("wrote {} (vocab {vocab})", output.display());
         }
         SynthCommand::Expert { base, seed, strength, output } => {

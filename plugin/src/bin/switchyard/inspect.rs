@@ -58,9 +58,11 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         let mut linear_bytes = 0u64;
         let mut lines = Vec::new();
         let mut other = 0u64;
+        let mut changed_params = 0u64;
         for tname in bundle.changed_tensors(e).map(String::from).collect::<Vec<_>>() {
             let d = bundle.delta(e, &tname)?.expect("listed as changed");
             let t = bundle.file.tensor(&tname).expect("validated");
+            changed_params += t.n_elements() as u64;
             match &d {
                 TensorDelta::Codec(c) => {
                     linear_params += (c.n_in * c.n_out) as u64;
@@ -103,12 +105,16 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             p.salient_bits,
             info.imatrix.as_deref().unwrap_or("none")
         );
-        let bpp = if linear_params > 0 { linear_bytes as f64 * 8.0 / linear_params as f64 } else { 0.0 };
+        let bits_per = |bytes: u64, params: u64| if params > 0 { bytes as f64 * 8.0 / params as f64 } else { 0.0 };
+        // the second figure counts everything the expert stores (embeddings and norms included)
+        // over every parameter it changes: the effective size of the expert
         println!(
-            "    {} tensors changed, {} stored: linear deltas {} at {bpp:.3} bits/param, other {}",
+            "    {} tensors changed, {} stored ({:.3} bits/param): linear deltas {} at {:.3} bits/param, other {}",
             lines.len(),
             crate::mib(bundle.expert_bytes(e)),
+            bits_per(bundle.expert_bytes(e), changed_params),
             crate::mib(linear_bytes),
+            bits_per(linear_bytes, linear_params),
             crate::mib(other)
         );
         if !a.summary {

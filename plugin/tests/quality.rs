@@ -1,0 +1,89 @@
+//! scripts/make-experts.sh and scripts/quality.sh end to end, at a size CI affords: each expert
+//! fine-tuned by llama-finetune on a few thousand characters of its real text, two compressed
+//! settings, one 512-token chunk of perplexity per domain. The full-size run makes the quality
+//! table of docs/BENCHMARKS.md; this test keeps the pipeline that makes it working.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use switchyard::gguf::GgufFile;
+
+const DOMAINS: [&str; 3] = ["math", "code", "chat"];
+
+fn run_script(script: &str, cache: &Path, fixtures: &[(&str, PathBuf)]) -> Output {
+    let mut cmd = Command::new(common::repo_root().join("scripts").join(script));
+    cmd.env("SWITCHYARD_CACHE", cache)
+        .env("SWITCHYARD_BIN", env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_EXPERT_CHARS", "3000")
+        .env("SWITCHYARD_EXPERT_CTX", "256")
+        .env("SWITCHYARD_QUALITY_CHUNKS", "1")
+        .env("SWITCHYARD_QUALITY_CONFIGS", "salient:2 rtn:2");
+    for (var, path) in fixtures {
+        cmd.env(var, path);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn tensor_f32(model: &Path, name: &str) -> Vec<f32> {
+    let f = GgufFile::open(model).unwrap();
+    let t = f.tensor(name).unwrap_or_else(|| panic!("{}: no tensor {name}", model.display()));
+    switchyard::quants::dequantize(t.ty, f.tensor_data(t), t.n_elements() as usize).unwrap()
+}
+
+#[test]
+fn experts_are_fine_tuned_and_the_quality_table_is_complete() {
+    let (Some(smol), Some(stock), Some(patched), Some(text)) =
+        (common::smollm2(), common::llama_bin(), common::llama_patched_bin(), common::text_data())
+    else {
+        return;
+    };
+    // a private cache: the experts of this size are not the benchmark's
+    let cache = tempfile::tempdir().unwrap();
+    let fixtures = [
+        ("SWITCHYARD_SMOLLM2", smol),
+        ("SWITCHYARD_LLAMA_BIN", stock),
+        ("SWITCHYARD_LLAMA_PATCHED_BIN", patched),
+        ("SWITCHYARD_TEXT_DATA", text),
+    ];
+
+    let out = run_script("make-experts.sh", cache.path(), &fixtures);
+    let experts = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let base = experts.join("base-f32.gguf");
+    let probe = "blk.0.ffn_up.weight";
+    let base_w = tensor_f32(&base, probe);
+    for d in DOMAINS {
+        assert!(experts.join(format!("{d}-hf/model.safetensors")).is_file(), "{d}: no Hugging Face folder");
+        let w = tensor_f32(&experts.join(format!("{d}.gguf")), probe);
+        let changed = w.iter().zip(&base_w).filter(|(a, b)| a != b).count();
+        assert!(changed > w.len() / 2, "{d}: training changed only {changed} of {} weights of {probe}", w.len());
+    }
+    // a second run reuses every expert
+    let again = run_script("make-experts.sh", cache.path(), &fixtures);
+    assert_eq!(PathBuf::from(String::from_utf8(again.stdout).unwrap().trim()), experts);
+    assert_eq!(String::from_utf8_lossy(&again.stderr).matches(": cached").count(), 3);
+
+    let out = run_script("quality.sh", cache.path(), &fixtures);
+    let table = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| expert"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 3 * 4, "want base, full, salient-2 and rtn-2 per expert:\n{table}");
+    for row in &rows {
+        let ppl: Vec<f64> = row[5..8].iter().map(|v| v.parse().unwrap()).collect();
+        assert!(ppl.iter().all(|p| p.is_finite() && *p > 1.0), "bad perplexity in {row:?}");
+        if row[1] == "salient-2" || row[1] == "rtn-2" {
+            let linear_bits: f64 = row[4].parse().unwrap();
+            assert!((2.0..2.6).contains(&linear_bits), "{row:?}: {linear_bits} bits per linear delta parameter");
+            let all_bits: f64 = row[3].parse().unwrap();
+            assert!(all_bits >= linear_bits - 0.5 && all_bits < 16.0, "{row:?}: {all_bits} bits per parameter");
+            assert!(row[8].ends_with('%'), "{row:?}: no gap closed");
+        }
+    }
+    assert!(experts.join("quality/quality.md").is_file());
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Is the compression nearly lossless on real fine-tunes? For each expert of scripts/make-experts.sh,
+# perplexity (llama.cpp's llama-perplexity, patched build) on the held-out text of every domain
+# for: the base, the full expert, the expert compressed with the salient-aware codec at 1-4 bits,
+# with BitDelta and with round-to-nearest, plus each bundle's size and bits per parameter.
+# Prints a markdown table (also written to quality.md in the work folder) and the gap each
+# setting closes on the expert's own domain:
+#
+#   gap closed = (ppl_base - ppl_compressed) / (ppl_base - ppl_full)
+#
+# Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
+# SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 bitdelta:1
+# rtn:2 rtn:3"), SWITCHYARD_THREADS. Results are cached per setting in the work folder, so an
+# interrupted run resumes.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-16}"
+CTX=512
+CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 bitdelta:1 rtn:2 rtn:3})
+THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
+DOMAINS=(math code chat)
+
+switchyard="${SWITCHYARD_BIN:-}"
+if [ -z "$switchyard" ]; then
+    (cd "$SWITCHYARD_ROOT" && cargo build --release --quiet -p switchyard) >&2
+    switchyard="$SWITCHYARD_ROOT/target/release/switchyard"
+fi
+base_gguf="${SWITCHYARD_SMOLLM2:-$("$SWITCHYARD_ROOT/scripts/fetch-smollm2.sh")}"
+experts="$("$SWITCHYARD_ROOT/scripts/make-experts.sh")"
+text="${SWITCHYARD_TEXT_DATA:-$("$SWITCHYARD_ROOT/scripts/fetch-data.sh" --text)}"
+llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" | tail -n1)}"
+
+work="$experts/quality"
+mkdir -p "$work"
+results="$work/ppl-c$CTX-n$CHUNKS.tsv" # row, expert, domain, ppl
+touch "$results"
+
+# perplexity ROW EXPERT DOMAIN MODEL [llama args...]: cached in $results
+perplexity() {
+    local row="$1" expert="$2" domain="$3" model="$4"; shift 4
+    if grep -q "^$row	$expert	$domain	" "$results"; then
+        return
+    fi
+    local logf="$work/ppl.log" ppl
+    "$llama/llama-perplexity" -m "$model" "$@" -f "$text/text-$domain-eval.txt" -c "$CTX" \
+        --chunks "$CHUNKS" -t "$THREADS" -tb "$THREADS" >"$logf" 2>&1 \
+        || { tail -n 20 "$logf" >&2; die "llama-perplexity failed: $row $expert $domain (log: $logf)"; }
+    ppl="$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$logf")"
+    [ -n "$ppl" ] || die "no perplexity in $logf"
+    log "$row $expert on $domain: $ppl"
+    printf '%s\t%s\t%s\t%s\n' "$row" "$expert" "$domain" "$ppl" >>"$results"
+}
+
+for domain in "${DOMAINS[@]}"; do
+    perplexity base - "$domain" "$experts/base-f32.gguf"
+done
+for expert in "${DOMAINS[@]}"; do
+    for domain in "${DOMAINS[@]}"; do
+        perplexity full "$expert" "$domain" "$experts/$expert.gguf"
+    done
+done
+
+sizes="$work/sizes.tsv" # row, expert, MiB stored, bits/param over every changed parameter, linear-delta bits/param
+: >"$sizes"
+for config in "${CONFIGS[@]}"; do
+    codec="${config%:*}" bits="${config#*:}"
+    row="$codec-$bits"
+    bundle="$work/$row.gguf"
+    if [ ! -f "$bundle" ]; then
+        log "packing $row"
+        args=()
+        for expert in "${DOMAINS[@]}"; do args+=(--expert "$expert=$experts/$expert.gguf"); done
+        "$switchyard" pack --base-gguf "$base_gguf" --base "$experts/base-hf" "${args[@]}" \
+            --codec "$codec" --bits "$bits" -o "$bundle" >&2
+    fi
+    # "  math : codec ..." then "    N tensors changed, X MiB stored (B bits/param): linear deltas Y MiB at L bits/param, ..."
+    "$switchyard" inspect --summary --no-verify "$bundle" | awk -v row="$row" '
+        /^  [a-z]+ : codec/ { expert = $1 }
+        /tensors changed/ { gsub(/[(]/, "", $7); printf "%s\t%s\t%s\t%s\t%s\n", row, expert, $4, $7, $14 }' >>"$sizes"
+    for expert in "${DOMAINS[@]}"; do
+        for domain in "${DOMAINS[@]}"; do
+            perplexity "$row" "$expert" "$domain" "$bundle" --expert "$expert"
+        done
+    done
+done
+
+# the table: one block per expert, the gap closed on its own domain
+python3 - "$results" "$sizes" "${DOMAINS[@]}" <<'EOF' | tee "$work/quality.md"
+import sys
+results, sizes, domains = sys.argv[1], sys.argv[2], sys.argv[3:]
+ppl = {}
+for line in open(results):
+    row, expert, domain, value = line.rstrip("\n").split("\t")
+    ppl[row, expert, domain] = float(value)
+size = {}
+for line in open(sizes):
+    row, expert, mib, bits_all, bits_linear = line.rstrip("\n").split("\t")
+    size[row, expert] = (mib, bits_all, bits_linear)
+rows = [r for r in dict.fromkeys(r for r, _, _ in ppl) if r not in ("base", "full")]
+print("| expert | weights | MiB stored | bits/param (all) | bits/param (linear) | "
+      + " | ".join(f"ppl {d}" for d in domains) + " | gap closed (own domain) |")
+print("|" + "---|" * (6 + len(domains)))
+for expert in domains:
+    base, full = ppl["base", "-", expert], ppl["full", expert, expert]
+    def line(label, key, mib="", bits_all="", bits_linear="", gap=""):
+        values = " | ".join(f"{ppl[key + (d,)]:.3f}" for d in domains)
+        print(f"| {expert} | {label} | {mib} | {bits_all} | {bits_linear} | {values} | {gap} |")
+    line("base", ("base", "-"), gap="0 %")
+    line("full fine-tune", ("full", expert), "", "32", "32", "100 %")
+    for row in rows:
+        if (row, expert, expert) in ppl:
+            gap = (base - ppl[row, expert, expert]) / (base - full)
+            line(row, (row, expert), *size.get((row, expert), ("?", "?", "?")), f"{100 * gap:.1f} %")
+EOF
