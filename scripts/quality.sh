@@ -10,8 +10,9 @@
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
 # SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 bitdelta:1
-# rtn:2 rtn:3"), SWITCHYARD_THREADS. Results are cached per setting in the work folder, so an
-# interrupted run resumes.
+# rtn:2 rtn:3"), SWITCHYARD_DOMAINS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
+# scripts/make-experts.sh), SWITCHYARD_THREADS. Results are cached per setting in the work folder,
+# so an interrupted run resumes.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -19,7 +20,7 @@ CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-16}"
 CTX=512
 CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 bitdelta:1 rtn:2 rtn:3})
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
-DOMAINS=(math code chat)
+DOMAINS=(${SWITCHYARD_DOMAINS:-math code chat})
 
 switchyard="${SWITCHYARD_BIN:-}"
 if [ -z "$switchyard" ]; then
@@ -27,7 +28,7 @@ if [ -z "$switchyard" ]; then
     switchyard="$SWITCHYARD_ROOT/target/release/switchyard"
 fi
 base_gguf="${SWITCHYARD_SMOLLM2:-$("$SWITCHYARD_ROOT/scripts/fetch-smollm2.sh")}"
-experts="$("$SWITCHYARD_ROOT/scripts/make-experts.sh")"
+experts="${SWITCHYARD_EXPERTS_DIR:-$("$SWITCHYARD_ROOT/scripts/make-experts.sh")}"
 text="${SWITCHYARD_TEXT_DATA:-$("$SWITCHYARD_ROOT/scripts/fetch-data.sh" --text)}"
 llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" | tail -n1)}"
 

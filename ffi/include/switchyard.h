@@ -74,6 +74,11 @@ typedef uint32_t switchyard_result;
 typedef struct switchyard_model switchyard_model;
 
 /*
+ An open trace file.
+ */
+typedef struct switchyard_trace switchyard_trace;
+
+/*
  How `switchyard_model_set_expert` reaches the host's tensors (the handles given to
  `switchyard_model_bind`).
  */
@@ -209,6 +214,32 @@ switchyard_result switchyard_model_route(const switchyard_model *model,
                                          float threshold,
                                          int32_t *out_expert,
                                          float *out_confidence);
+
+/*
+ Create (truncate) the trace at `path` for a model of `n_layers` MoE layers of `n_experts`
+ experts. On success `*out` receives a handle to release with `switchyard_trace_free`.
+ */
+switchyard_result switchyard_trace_init(const char *path,
+                                        uint32_t n_layers,
+                                        uint32_t n_experts,
+                                        switchyard_trace **out);
+
+/*
+ Record layer `layer` of one batch of `n_tokens` tokens: `experts[t * n_used + i]` is token
+ t's i-th expert and `weights[...]` its gate weight. A token's lines are written once every
+ layer of its batch is in.
+ */
+switchyard_result switchyard_trace_layer(const switchyard_trace *trace,
+                                         uint32_t layer,
+                                         uint32_t n_used,
+                                         uint32_t n_tokens,
+                                         const int32_t *experts,
+                                         const float *weights);
+
+/*
+ Flush and close a trace from `switchyard_trace_init`. NULL is ignored.
+ */
+switchyard_result switchyard_trace_free(switchyard_trace *trace);
 
 #ifdef __cplusplus
 }  // extern "C"

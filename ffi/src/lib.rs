@@ -15,6 +15,7 @@
 mod error;
 mod gpu;
 mod model;
+mod trace;
 
 pub use error::{switchyard_last_error, switchyard_result, switchyard_result_str};
 pub use model::{
@@ -23,6 +24,7 @@ pub use model::{
     switchyard_model_n_experts, switchyard_model_n_managed, switchyard_model_route, switchyard_model_set_expert,
     switchyard_model_tensor_type,
 };
+pub use trace::{switchyard_trace, switchyard_trace_free, switchyard_trace_init, switchyard_trace_layer};
 
 use std::ffi::c_char;
 

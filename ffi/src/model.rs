@@ -93,7 +93,7 @@ impl switchyard::switch::TensorHost for CallbackHost<'_> {
 
 /// # Safety
 /// `s` non-NULL and NUL-terminated.
-unsafe fn utf8<'a>(s: *const c_char, what: &str) -> Result<&'a str, switchyard_result> {
+pub(crate) unsafe fn utf8<'a>(s: *const c_char, what: &str) -> Result<&'a str, switchyard_result> {
     // SAFETY: the caller guarantees a NUL-terminated string.
     unsafe { CStr::from_ptr(s) }.to_str().map_err(|_| {
         set_last_error(format!("argument '{what}' is not valid UTF-8"));

@@ -91,3 +91,48 @@ fn malformed_mixtral_folders_are_refused_with_the_tensor_named() {
     let err = synth::split_ffn_experts(&HfModel::open(&p("moe-hf")).unwrap(), 2, &p("y-hf")).unwrap_err();
     assert!(err.to_string().contains("cannot split"), "{err}");
 }
+
+#[test]
+fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    synth::tiny_model(&p("moe-hf"), 49152, Some(MOE), 7).unwrap();
+    let tok = GgufFile::open(&smol).unwrap();
+    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
+
+    // two chunks of 128 tokens in one batch of 256
+    let trace = p("trace.jsonl");
+    let out = std::process::Command::new(bin.join("llama-perplexity"))
+        .args(["-m", p("moe.gguf").to_str().unwrap(), "-f", "/usr/share/common-licenses/Apache-2.0"])
+        .args(["-c", "128", "--chunks", "2", "-t", "2", "--no-warmup"])
+        .env("SWITCHYARD_TRACE", &trace)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = switchyard::moe::trace::Trace::load(&trace).unwrap();
+    assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 256));
+    for tok in &t.tokens {
+        let first = &tok.layers[0];
+        assert_eq!(first.len(), 2, "top-2 in layer 0: {first:?}");
+        assert_ne!(first[0].0, first[1].0, "two different experts");
+        assert!(first[0].1 >= first[1].1 && first[0].1 > 0.0 && first[0].1 + first[1].1 <= 1.0 + 1e-6);
+        // llama.cpp computes the last layer only for the scored tokens: left out of the trace
+        assert!(tok.layers[1].is_empty());
+    }
+    let report = common::sy_ok(&["sim", trace.to_str().unwrap(), "--cache", "2"]);
+    assert!(report.contains("256 tokens") && report.contains("belady"), "{report}");
+
+    // a dense model cannot be traced: the tool fails instead of running untraced
+    synth::tiny_llama(&p("dense-hf"), 49152, 5).unwrap();
+    hf_to_gguf(&HfModel::open(&p("dense-hf")).unwrap(), Some(&tok), "dense", GgmlType::F32, &p("dense.gguf")).unwrap();
+    let out = std::process::Command::new(bin.join("llama-perplexity"))
+        .args(["-m", p("dense.gguf").to_str().unwrap(), "-f", "/usr/share/common-licenses/Apache-2.0", "-c", "128"])
+        .env("SWITCHYARD_TRACE", p("dense.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a mixture of experts"));
+}

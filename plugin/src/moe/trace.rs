@@ -4,8 +4,8 @@
 //! layer (the token's top-k, any order). `seq` numbers the sequences (per-sequence cache
 //! records reset when it changes).
 
-use std::io::BufRead;
-use std::path::Path;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -83,5 +83,135 @@ impl Trace {
             tokens.push(TokenRoute { seq, layers: routes });
         }
         Ok(Trace { n_layers, n_experts, tokens })
+    }
+}
+
+/// Writes a trace while a model runs: the runtime hands over each MoE layer's top-k of a batch
+/// of tokens as the layer is computed; once every layer of the batch is in, one line per token
+/// is written. Batches arrive in order, so the lines follow the order tokens were evaluated.
+pub struct TraceWriter {
+    path: PathBuf,
+    out: BufWriter<std::fs::File>,
+    n_experts: usize,
+    /// The batch being assembled: per layer, per token, its picks.
+    batch: Vec<Option<Vec<Vec<(u32, f32)>>>>,
+    n_tokens: usize,
+}
+
+impl TraceWriter {
+    pub fn create(path: &Path, n_layers: usize, n_experts: usize) -> Result<TraceWriter> {
+        if !(1..=MAX_LAYERS).contains(&n_layers) || !(1..=MAX_EXPERTS).contains(&n_experts) {
+            crate::bail_invalid!("{}: a trace needs 1 to {MAX_LAYERS} layers and 1 to {MAX_EXPERTS} experts (got {n_layers}, {n_experts})", path.display());
+        }
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut out = BufWriter::new(file);
+        let header = serde_json::json!({"switchyard_trace": 1, "n_layers": n_layers, "n_experts": n_experts});
+        writeln!(out, "{header}").map_err(|e| Error::io(path, e))?;
+        Ok(TraceWriter { path: path.to_path_buf(), out, n_experts, batch: vec![None; n_layers], n_tokens: 0 })
+    }
+
+    /// One layer of one batch: `experts` and `weights` hold `n_used` picks per token, token after
+    /// token. The picks are stored highest weight first.
+    pub fn layer(&mut self, layer: usize, n_used: usize, experts: &[i32], weights: &[f32]) -> Result<()> {
+        let n_layers = self.batch.len();
+        if layer >= n_layers || n_used == 0 || experts.len() != weights.len() || experts.len() % n_used != 0 {
+            crate::bail_invalid!(
+                "{}: layer {layer} of {n_layers}: {} picks, {} weights, {n_used} per token",
+                self.path.display(),
+                experts.len(),
+                weights.len()
+            );
+        }
+        let n_tokens = experts.len() / n_used;
+        if self.batch[layer].is_some() {
+            crate::bail_invalid!("{}: layer {layer} recorded twice in one batch", self.path.display());
+        }
+        let started = self.batch.iter().any(Option::is_some);
+        if started && n_tokens < self.n_tokens && layer + 1 == n_layers {
+            // llama.cpp computes its last layer only for the tokens whose logits were asked for
+            // (a prompt's last token, perplexity's scored half); which ones is not known here,
+            // so the batch's tokens get no route there, as most of them had none
+            self.batch[layer] = Some(vec![Vec::new(); self.n_tokens]);
+            return self.write_batch();
+        }
+        if started && n_tokens != self.n_tokens {
+            crate::bail_invalid!(
+                "{}: layer {layer} has {n_tokens} tokens, the batch {}",
+                self.path.display(),
+                self.n_tokens
+            );
+        }
+        let mut tokens = Vec::with_capacity(n_tokens);
+        for (ids, ws) in experts.chunks_exact(n_used).zip(weights.chunks_exact(n_used)) {
+            let mut picks = Vec::with_capacity(n_used);
+            for (&e, &w) in ids.iter().zip(ws) {
+                if e < 0 || e as usize >= self.n_experts || !w.is_finite() || w < 0.0 {
+                    crate::bail_invalid!(
+                        "{}: layer {layer}: pick ({e}, {w}) is not [expert < {}, weight >= 0]",
+                        self.path.display(),
+                        self.n_experts
+                    );
+                }
+                picks.push((e as u32, w));
+            }
+            picks.sort_by(|a, b| b.1.total_cmp(&a.1));
+            tokens.push(picks);
+        }
+        self.n_tokens = n_tokens;
+        self.batch[layer] = Some(tokens);
+        if self.batch.iter().all(Option::is_some) {
+            self.write_batch()?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self) -> Result<()> {
+        if !self.batch.iter().all(Option::is_some) {
+            crate::bail_invalid!("{}: a batch ended with layers missing", self.path.display());
+        }
+        let layers: Vec<Vec<Vec<(u32, f32)>>> = self.batch.iter_mut().map(|l| l.take().expect("complete")).collect();
+        for t in 0..self.n_tokens {
+            let per_layer: Vec<&Vec<(u32, f32)>> = layers.iter().map(|l| &l[t]).collect();
+            let line = serde_json::json!({"seq": 0, "layers": per_layer});
+            writeln!(self.out, "{line}").map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Flush what is written. A batch missing layers (a run cut short) is dropped.
+    pub fn finish(mut self) -> Result<()> {
+        self.out.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_trace_reads_back_token_by_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let mut w = TraceWriter::create(&path, 2, 4).unwrap();
+        // two batches of two tokens, top-2; layers may arrive in any order
+        w.layer(1, 2, &[3, 0, 1, 2], &[0.25, 0.75, 0.5, 0.5]).unwrap();
+        assert!(w.layer(1, 2, &[3, 0, 1, 2], &[0.25, 0.75, 0.5, 0.5]).is_err(), "a layer twice");
+        w.layer(0, 2, &[0, 1, 2, 3], &[0.6, 0.4, 0.1, 0.9]).unwrap();
+        w.layer(0, 1, &[2], &[1.0]).unwrap();
+        assert!(w.layer(1, 1, &[3, 0], &[1.0, 1.0]).is_err(), "two tokens in a batch of one");
+        w.layer(1, 1, &[3], &[1.0]).unwrap();
+        assert!(w.layer(0, 1, &[4], &[1.0]).is_err(), "expert 4 of 4");
+        // a last layer computed for fewer tokens (llama.cpp's output pruning): no route there
+        w.layer(0, 1, &[1, 2], &[1.0, 1.0]).unwrap();
+        w.layer(1, 1, &[0], &[1.0]).unwrap();
+        w.finish().unwrap();
+
+        let t = Trace::load(&path).unwrap();
+        assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 5));
+        assert_eq!(t.tokens[3].layers, vec![vec![(1, 1.0)], vec![]]);
+        assert_eq!(t.tokens[4].layers, vec![vec![(2, 1.0)], vec![]]);
+        assert_eq!(t.tokens[0].layers, vec![vec![(0, 0.6), (1, 0.4)], vec![(0, 0.75), (3, 0.25)]]);
+        assert_eq!(t.tokens[1].layers[0], vec![(3, 0.9), (2, 0.1)]);
+        assert_eq!(t.tokens[2].layers, vec![vec![(2, 1.0)], vec![(3, 1.0)]]);
     }
 }
