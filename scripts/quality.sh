@@ -67,7 +67,7 @@ sizes="$work/sizes.tsv" # row, expert, MiB stored, bits/param over every changed
 for config in "${CONFIGS[@]}"; do
     codec="${config%:*}" bits="${config#*:}"
     row="$codec-$bits"
-    bundle="$work/$row.gguf"
+    bundle="$work/$row-$(IFS=-; echo "${DOMAINS[*]}").gguf" # one expert per domain measured
     if [ ! -f "$bundle" ]; then
         log "packing $row"
         args=()
