@@ -225,16 +225,18 @@ switchyard_result switchyard_trace_init(const char *path,
                                         switchyard_trace **out);
 
 /*
- Record layer `layer` of one batch of `n_tokens` tokens: `experts[t * n_used + i]` is token
- t's i-th expert and `weights[...]` its gate weight. A token's lines are written once every
- layer of its batch is in.
+ Record layer `layer` of one batch: `n_tokens` tokens, `experts[t * n_used + i]` token t's i-th
+ expert and `weights[...]` its gate weight. `rows` is NULL when the layer ran for every token
+ of the batch, else `rows[t]` is token t's index in the batch (llama.cpp's last layer runs only
+ for output tokens). A token's lines are written once every layer of its batch is in.
  */
 switchyard_result switchyard_trace_layer(const switchyard_trace *trace,
                                          uint32_t layer,
                                          uint32_t n_used,
                                          uint32_t n_tokens,
                                          const int32_t *experts,
-                                         const float *weights);
+                                         const float *weights,
+                                         const int32_t *rows);
 
 /*
  Flush and close a trace from `switchyard_trace_init`. NULL is ignored.

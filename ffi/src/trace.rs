@@ -44,9 +44,10 @@ pub unsafe extern "C" fn switchyard_trace_init(
     })
 }
 
-/// Record layer `layer` of one batch of `n_tokens` tokens: `experts[t * n_used + i]` is token
-/// t's i-th expert and `weights[...]` its gate weight. A token's lines are written once every
-/// layer of its batch is in.
+/// Record layer `layer` of one batch: `n_tokens` tokens, `experts[t * n_used + i]` token t's i-th
+/// expert and `weights[...]` its gate weight. `rows` is NULL when the layer ran for every token
+/// of the batch, else `rows[t]` is token t's index in the batch (llama.cpp's last layer runs only
+/// for output tokens). A token's lines are written once every layer of its batch is in.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_trace_layer(
     trace: *const switchyard_trace,
@@ -55,6 +56,7 @@ pub unsafe extern "C" fn switchyard_trace_layer(
     n_tokens: u32,
     experts: *const i32,
     weights: *const f32,
+    rows: *const i32,
 ) -> switchyard_result {
     boundary(|| {
         check_null!(trace, experts, weights);
@@ -62,12 +64,14 @@ pub unsafe extern "C" fn switchyard_trace_layer(
         // SAFETY: the caller passes arrays of n_used * n_tokens elements and a live handle.
         let (trace, experts, weights) =
             unsafe { (&*trace, std::slice::from_raw_parts(experts, n), std::slice::from_raw_parts(weights, n)) };
+        // SAFETY: when not NULL, the caller passes n_tokens rows.
+        let rows = (!rows.is_null()).then(|| unsafe { std::slice::from_raw_parts(rows, n_tokens as usize) });
         let mut guard = trace.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Some(w) = guard.as_mut() else {
             set_last_error("the trace failed earlier and was closed");
             return SWITCHYARD_RESULT_INVALID;
         };
-        match w.layer(layer as usize, n_used as usize, experts, weights) {
+        match w.layer(layer as usize, n_used as usize, experts, weights, rows) {
             Ok(()) => SWITCHYARD_RESULT_OK,
             Err(e) => {
                 // a trace with a hole would mislead the simulator: stop writing it

@@ -114,13 +114,15 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let t = switchyard::moe::trace::Trace::load(&trace).unwrap();
     assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 256));
-    for tok in &t.tokens {
+    for (i, tok) in t.tokens.iter().enumerate() {
         let first = &tok.layers[0];
         assert_eq!(first.len(), 2, "top-2 in layer 0: {first:?}");
         assert_ne!(first[0].0, first[1].0, "two different experts");
         assert!(first[0].1 >= first[1].1 && first[0].1 > 0.0 && first[0].1 + first[1].1 <= 1.0 + 1e-6);
-        // llama.cpp computes the last layer only for the scored tokens: left out of the trace
-        assert!(tok.layers[1].is_empty());
+        // llama.cpp computes the last layer only for the tokens perplexity scores, the second
+        // half of each chunk; the trace puts their routes on the right tokens
+        let scored = i % 128 >= 64;
+        assert_eq!(tok.layers[1].len(), if scored { 2 } else { 0 }, "token {i}: {:?}", tok.layers[1]);
     }
     let report = common::sy_ok(&["sim", trace.to_str().unwrap(), "--cache", "2"]);
     assert!(report.contains("256 tokens") && report.contains("belady"), "{report}");

@@ -111,8 +111,18 @@ impl TraceWriter {
     }
 
     /// One layer of one batch: `experts` and `weights` hold `n_used` picks per token, token after
-    /// token. The picks are stored highest weight first.
-    pub fn layer(&mut self, layer: usize, n_used: usize, experts: &[i32], weights: &[f32]) -> Result<()> {
+    /// token. `rows`, when given, says which of the batch's tokens those are: llama.cpp computes
+    /// its last layer only for the tokens whose logits were asked for (a prompt's last token,
+    /// perplexity's scored half); the others get no route in that layer. The picks are stored
+    /// highest weight first.
+    pub fn layer(
+        &mut self,
+        layer: usize,
+        n_used: usize,
+        experts: &[i32],
+        weights: &[f32],
+        rows: Option<&[i32]>,
+    ) -> Result<()> {
         let n_layers = self.batch.len();
         if layer >= n_layers || n_used == 0 || experts.len() != weights.len() || experts.len() % n_used != 0 {
             crate::bail_invalid!(
@@ -126,23 +136,34 @@ impl TraceWriter {
         if self.batch[layer].is_some() {
             crate::bail_invalid!("{}: layer {layer} recorded twice in one batch", self.path.display());
         }
+        if let Some(rows) = rows {
+            if rows.len() != n_tokens {
+                crate::bail_invalid!(
+                    "{}: layer {layer}: {} rows for {n_tokens} tokens",
+                    self.path.display(),
+                    rows.len()
+                );
+            }
+        }
         let started = self.batch.iter().any(Option::is_some);
-        if started && n_tokens < self.n_tokens && layer + 1 == n_layers {
-            // llama.cpp computes its last layer only for the tokens whose logits were asked for
-            // (a prompt's last token, perplexity's scored half); which ones is not known here,
-            // so the batch's tokens get no route there, as most of them had none
-            self.batch[layer] = Some(vec![Vec::new(); self.n_tokens]);
-            return self.write_batch();
-        }
-        if started && n_tokens != self.n_tokens {
-            crate::bail_invalid!(
-                "{}: layer {layer} has {n_tokens} tokens, the batch {}",
-                self.path.display(),
-                self.n_tokens
-            );
-        }
-        let mut tokens = Vec::with_capacity(n_tokens);
-        for (ids, ws) in experts.chunks_exact(n_used).zip(weights.chunks_exact(n_used)) {
+        let batch_tokens = match (started, rows) {
+            (true, _) => self.n_tokens,
+            // the first layer of a batch names its size, unless it is a subset
+            (false, None) => n_tokens,
+            (false, Some(rows)) => rows.iter().map(|&r| r.max(0) as usize + 1).max().unwrap_or(0),
+        };
+        let mut tokens = vec![Vec::new(); batch_tokens];
+        for (t, (ids, ws)) in experts.chunks_exact(n_used).zip(weights.chunks_exact(n_used)).enumerate() {
+            let row = match rows {
+                Some(rows) => rows[t],
+                None => t as i32,
+            };
+            if row < 0 || row as usize >= batch_tokens || (rows.is_none() && n_tokens != batch_tokens) {
+                crate::bail_invalid!(
+                    "{}: layer {layer}: {n_tokens} tokens (row {row}) in a batch of {batch_tokens}",
+                    self.path.display()
+                );
+            }
             let mut picks = Vec::with_capacity(n_used);
             for (&e, &w) in ids.iter().zip(ws) {
                 if e < 0 || e as usize >= self.n_experts || !w.is_finite() || w < 0.0 {
@@ -155,9 +176,9 @@ impl TraceWriter {
                 picks.push((e as u32, w));
             }
             picks.sort_by(|a, b| b.1.total_cmp(&a.1));
-            tokens.push(picks);
+            tokens[row as usize] = picks;
         }
-        self.n_tokens = n_tokens;
+        self.n_tokens = batch_tokens;
         self.batch[layer] = Some(tokens);
         if self.batch.iter().all(Option::is_some) {
             self.write_batch()?;
@@ -194,22 +215,23 @@ mod tests {
         let path = dir.path().join("t.jsonl");
         let mut w = TraceWriter::create(&path, 2, 4).unwrap();
         // two batches of two tokens, top-2; layers may arrive in any order
-        w.layer(1, 2, &[3, 0, 1, 2], &[0.25, 0.75, 0.5, 0.5]).unwrap();
-        assert!(w.layer(1, 2, &[3, 0, 1, 2], &[0.25, 0.75, 0.5, 0.5]).is_err(), "a layer twice");
-        w.layer(0, 2, &[0, 1, 2, 3], &[0.6, 0.4, 0.1, 0.9]).unwrap();
-        w.layer(0, 1, &[2], &[1.0]).unwrap();
-        assert!(w.layer(1, 1, &[3, 0], &[1.0, 1.0]).is_err(), "two tokens in a batch of one");
-        w.layer(1, 1, &[3], &[1.0]).unwrap();
-        assert!(w.layer(0, 1, &[4], &[1.0]).is_err(), "expert 4 of 4");
-        // a last layer computed for fewer tokens (llama.cpp's output pruning): no route there
-        w.layer(0, 1, &[1, 2], &[1.0, 1.0]).unwrap();
-        w.layer(1, 1, &[0], &[1.0]).unwrap();
+        w.layer(1, 2, &[3, 0, 1, 2], &[0.25, 0.75, 0.5, 0.5], None).unwrap();
+        assert!(w.layer(1, 2, &[3, 0, 1, 2], &[0.25, 0.75, 0.5, 0.5], None).is_err(), "a layer twice");
+        w.layer(0, 2, &[0, 1, 2, 3], &[0.6, 0.4, 0.1, 0.9], None).unwrap();
+        w.layer(0, 1, &[2], &[1.0], None).unwrap();
+        assert!(w.layer(1, 1, &[3, 0], &[1.0, 1.0], None).is_err(), "two tokens in a batch of one");
+        w.layer(1, 1, &[3], &[1.0], None).unwrap();
+        assert!(w.layer(0, 1, &[4], &[1.0], None).is_err(), "expert 4 of 4");
+        // a last layer computed for some tokens only (llama.cpp's output rows): the others get none
+        w.layer(0, 1, &[1, 2, 3], &[1.0, 1.0, 1.0], None).unwrap();
+        assert!(w.layer(1, 1, &[0], &[1.0], Some(&[3])).is_err(), "row 3 of 3");
+        w.layer(1, 1, &[0], &[1.0], Some(&[2])).unwrap();
         w.finish().unwrap();
 
         let t = Trace::load(&path).unwrap();
-        assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 5));
+        assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 6));
         assert_eq!(t.tokens[3].layers, vec![vec![(1, 1.0)], vec![]]);
-        assert_eq!(t.tokens[4].layers, vec![vec![(2, 1.0)], vec![]]);
+        assert_eq!(t.tokens[5].layers, vec![vec![(3, 1.0)], vec![(0, 1.0)]]);
         assert_eq!(t.tokens[0].layers, vec![vec![(0, 0.6), (1, 0.4)], vec![(0, 0.75), (3, 0.25)]]);
         assert_eq!(t.tokens[1].layers[0], vec![(3, 0.9), (2, 0.1)]);
         assert_eq!(t.tokens[2].layers, vec![vec![(2, 1.0)], vec![(3, 1.0)]]);
