@@ -105,13 +105,13 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
 
     // two chunks of 128 tokens in one batch of 256
     let trace = p("trace.jsonl");
-    let out = std::process::Command::new(bin.join("llama-perplexity"))
-        .args(["-m", p("moe.gguf").to_str().unwrap(), "-f", "/usr/share/common-licenses/Apache-2.0"])
-        .args(["-c", "128", "--chunks", "2", "-t", "2", "--no-warmup"])
-        .env("SWITCHYARD_TRACE", &trace)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (model, text, bin_s) = (p("moe.gguf"), "/usr/share/common-licenses/Apache-2.0", bin.to_str().unwrap());
+    let trace_args = |model: &std::path::Path, out: &std::path::Path| {
+        let (m, o) = (model.to_str().unwrap().to_string(), out.to_str().unwrap().to_string());
+        ["trace", &m, "--text", text, "--ctx", "128", "--chunks", "2", "-o", &o, "--llama-bin", bin_s].map(String::from)
+    };
+    let report = common::sy_ok(&trace_args(&model, &trace));
+    assert!(report.contains("256 tokens, 2 MoE layers, 4 experts"), "{report}");
     let t = switchyard::moe::trace::Trace::load(&trace).unwrap();
     assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 256));
     for (i, tok) in t.tokens.iter().enumerate() {
@@ -127,14 +127,11 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
     let report = common::sy_ok(&["sim", trace.to_str().unwrap(), "--cache", "2"]);
     assert!(report.contains("256 tokens") && report.contains("belady"), "{report}");
 
-    // a dense model cannot be traced: the tool fails instead of running untraced
+    // a dense model cannot be traced: refused, and no trace file is left behind
     synth::tiny_llama(&p("dense-hf"), 49152, 5).unwrap();
     hf_to_gguf(&HfModel::open(&p("dense-hf")).unwrap(), Some(&tok), "dense", GgmlType::F32, &p("dense.gguf")).unwrap();
-    let out = std::process::Command::new(bin.join("llama-perplexity"))
-        .args(["-m", p("dense.gguf").to_str().unwrap(), "-f", "/usr/share/common-licenses/Apache-2.0", "-c", "128"])
-        .env("SWITCHYARD_TRACE", p("dense.jsonl"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a mixture of experts"));
+    let before = common::listing(tmp.path());
+    let err = common::sy_err(&trace_args(&p("dense.gguf"), &p("dense.jsonl")));
+    assert!(err.contains("not a mixture of experts"), "{err}");
+    assert_eq!(common::listing(tmp.path()), before);
 }

@@ -8,6 +8,7 @@ mod pack;
 mod progress;
 mod route;
 mod sim;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Router(route::RouterCommand),
     /// Route prompts with a bundle's router: the expert and confidence per prompt.
     Route(route::RouteArgs),
+    /// Record a MoE model's routing on real text (runs the patched llama.cpp).
+    Trace(trace::TraceArgs),
     /// Replay a MoE routing trace against each expert cache policy and Belady's optimum.
     Sim(sim::SimArgs),
     /// Benchmarks.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::eval(a),
         Command::Router(c) => route::train(c),
         Command::Route(a) => route::route(a),
+        Command::Trace(a) => trace::trace(a, cli.threads),
         Command::Sim(a) => sim::sim(a),
         Command::Bench(c) => bench::run(c),
         Command::ToHf(a) => dev::to_hf(a),

@@ -21,7 +21,7 @@ use switchyard::switch::BASE;
 #[derive(Args)]
 pub struct LlamaBin {
     #[arg(long, env = "SWITCHYARD_LLAMA_PATCHED_BIN", value_name = "DIR")]
-    llama_bin: PathBuf,
+    pub llama_bin: PathBuf,
 }
 
 #[derive(Subcommand)]
