@@ -173,7 +173,7 @@ pub fn tiny_model(out: &Path, vocab: usize, moe: Option<MoeShape>, seed: u64) ->
 /// here, so each expert's down projection is scaled by n_expert (exact for powers of two).
 pub fn split_ffn_experts(dense: &HfModel, n_expert: usize, out: &Path) -> Result<()> {
     let c = &dense.config;
-    if c.num_local_experts.is_some() || n_expert == 0 || c.intermediate_size % n_expert != 0 {
+    if c.num_local_experts.is_some() || n_expert == 0 || !c.intermediate_size.is_multiple_of(n_expert) {
         crate::bail_invalid!(
             "{}: cannot split an FFN of {} channels into {n_expert} experts",
             dense.dir.display(),

@@ -86,6 +86,9 @@ impl Trace {
     }
 }
 
+/// One token's experts in one layer with their gate weights.
+type Picks = Vec<(u32, f32)>;
+
 /// Writes a trace while a model runs: the runtime hands over each MoE layer's top-k of a batch
 /// of tokens as the layer is computed; once every layer of the batch is in, one line per token
 /// is written. Batches arrive in order, so the lines follow the order tokens were evaluated.
@@ -94,7 +97,7 @@ pub struct TraceWriter {
     out: BufWriter<std::fs::File>,
     n_experts: usize,
     /// The batch being assembled: per layer, per token, its picks.
-    batch: Vec<Option<Vec<Vec<(u32, f32)>>>>,
+    batch: Vec<Option<Vec<Picks>>>,
     n_tokens: usize,
 }
 
@@ -124,7 +127,7 @@ impl TraceWriter {
         rows: Option<&[i32]>,
     ) -> Result<()> {
         let n_layers = self.batch.len();
-        if layer >= n_layers || n_used == 0 || experts.len() != weights.len() || experts.len() % n_used != 0 {
+        if layer >= n_layers || n_used == 0 || experts.len() != weights.len() || !experts.len().is_multiple_of(n_used) {
             crate::bail_invalid!(
                 "{}: layer {layer} of {n_layers}: {} picks, {} weights, {n_used} per token",
                 self.path.display(),
@@ -190,9 +193,9 @@ impl TraceWriter {
         if !self.batch.iter().all(Option::is_some) {
             crate::bail_invalid!("{}: a batch ended with layers missing", self.path.display());
         }
-        let layers: Vec<Vec<Vec<(u32, f32)>>> = self.batch.iter_mut().map(|l| l.take().expect("complete")).collect();
+        let layers: Vec<Vec<Picks>> = self.batch.iter_mut().map(|l| l.take().expect("complete")).collect();
         for t in 0..self.n_tokens {
-            let per_layer: Vec<&Vec<(u32, f32)>> = layers.iter().map(|l| &l[t]).collect();
+            let per_layer: Vec<&Picks> = layers.iter().map(|l| &l[t]).collect();
             let line = serde_json::json!({"seq": 0, "layers": per_layer});
             writeln!(self.out, "{line}").map_err(|e| Error::io(&self.path, e))?;
         }

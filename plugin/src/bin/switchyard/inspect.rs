@@ -62,7 +62,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         for tname in bundle.changed_tensors(e).map(String::from).collect::<Vec<_>>() {
             let d = bundle.delta(e, &tname)?.expect("listed as changed");
             let t = bundle.file.tensor(&tname).expect("validated");
-            changed_params += t.n_elements() as u64;
+            changed_params += t.n_elements();
             match &d {
                 TensorDelta::Codec(c) => {
                     linear_params += (c.n_in * c.n_out) as u64;
