@@ -3,10 +3,14 @@
 # perplexity (llama.cpp's llama-perplexity, patched build) on the held-out text of every domain
 # for: the base, the full expert, the expert compressed with the salient-aware codec at 1-4 bits,
 # with BitDelta and with round-to-nearest, plus each bundle's size and bits per parameter.
-# Prints a markdown table (also written to quality.md in the work folder) and the gap each
-# setting closes on the expert's own domain:
+# Prints a markdown table (also written to quality.md in the work folder) with the gap each
+# setting closes on the expert's own domain,
 #
 #   gap closed = (ppl_base - ppl_compressed) / (ppl_base - ppl_full)
+#
+# and how far each setting's next-token distributions are from the full expert's on that text
+# (mean KL divergence, llama-perplexity --kl-divergence): perplexity can improve when
+# compression drops noise the fine-tune learned, KL only measures fidelity.
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
 # SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 bitdelta:1
@@ -35,7 +39,8 @@ llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.s
 work="$experts/quality"
 mkdir -p "$work"
 results="$work/ppl-c$CTX-n$CHUNKS.tsv" # row, expert, domain, ppl
-touch "$results"
+klds="$work/kld-c$CTX-n$CHUNKS.tsv"      # row, expert, mean KL divergence from the full expert
+touch "$results" "$klds"
 
 # perplexity ROW EXPERT DOMAIN MODEL [llama args...]: cached in $results
 perplexity() {
@@ -53,8 +58,32 @@ perplexity() {
     printf '%s\t%s\t%s\t%s\n' "$row" "$expert" "$domain" "$ppl" >>"$results"
 }
 
+# kld ROW EXPERT MODEL [llama args...]: mean KL divergence from the full expert's distributions
+# on the expert's own held-out text (saved once per expert), cached in $klds
+kld() {
+    local row="$1" expert="$2" model="$3"; shift 3
+    if grep -q "^$row	$expert	" "$klds"; then
+        return
+    fi
+    local ref="$work/logits-$expert-c$CTX-n$CHUNKS.kld" logf="$work/kld.log" value
+    if [ ! -f "$ref" ]; then
+        "$llama/llama-perplexity" -m "$experts/$expert.gguf" -f "$text/text-$expert-eval.txt" -c "$CTX" \
+            --chunks "$CHUNKS" -t "$THREADS" -tb "$THREADS" --kl-divergence-base "$ref.tmp" >"$logf" 2>&1 \
+            || { tail -n 20 "$logf" >&2; die "saving $expert's logits failed (log: $logf)"; }
+        mv "$ref.tmp" "$ref"
+    fi
+    "$llama/llama-perplexity" -m "$model" "$@" --kl-divergence-base "$ref" --kl-divergence -c "$CTX" \
+        --chunks "$CHUNKS" -t "$THREADS" -tb "$THREADS" >"$logf" 2>&1 \
+        || { tail -n 20 "$logf" >&2; die "llama-perplexity --kl-divergence failed: $row $expert (log: $logf)"; }
+    value="$(sed -n 's/.*Mean    KLD: *\([0-9.]*\).*/\1/p' "$logf")"
+    [ -n "$value" ] || die "no KL divergence in $logf"
+    log "$row $expert: KL from the full expert $value"
+    printf '%s\t%s\t%s\n' "$row" "$expert" "$value" >>"$klds"
+}
+
 for domain in "${DOMAINS[@]}"; do
     perplexity base - "$domain" "$experts/base-f32.gguf"
+    kld base "$domain" "$experts/base-f32.gguf"
 done
 for expert in "${DOMAINS[@]}"; do
     for domain in "${DOMAINS[@]}"; do
@@ -83,13 +112,18 @@ for config in "${CONFIGS[@]}"; do
         for domain in "${DOMAINS[@]}"; do
             perplexity "$row" "$expert" "$domain" "$bundle" --expert "$expert"
         done
+        kld "$row" "$expert" "$bundle" --expert "$expert"
     done
 done
 
 # the table: one block per expert, the gap closed on its own domain
-python3 - "$results" "$sizes" "${DOMAINS[@]}" <<'EOF' | tee "$work/quality.md"
+python3 - "$results" "$sizes" "$klds" "${DOMAINS[@]}" <<'EOF' | tee "$work/quality.md"
 import sys
-results, sizes, domains = sys.argv[1], sys.argv[2], sys.argv[3:]
+results, sizes, klds, domains = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+kl = {}
+for line in open(klds):
+    row, expert, value = line.rstrip("\n").split("\t")
+    kl[row, expert] = float(value)
 ppl = {}
 for line in open(results):
     row, expert, domain, value = line.rstrip("\n").split("\t")
@@ -100,17 +134,19 @@ for line in open(sizes):
     size[row, expert] = (mib, bits_all, bits_linear)
 rows = [r for r in dict.fromkeys(r for r, _, _ in ppl) if r not in ("base", "full")]
 print("| expert | weights | MiB stored | bits/param (all) | bits/param (linear) | "
-      + " | ".join(f"ppl {d}" for d in domains) + " | gap closed (own domain) |")
-print("|" + "---|" * (6 + len(domains)))
+      + " | ".join(f"ppl {d}" for d in domains) + " | gap closed (own domain) | KL from full (own domain) |")
+print("|" + "---|" * (7 + len(domains)))
 for expert in domains:
     base, full = ppl["base", "-", expert], ppl["full", expert, expert]
-    def line(label, key, mib="", bits_all="", bits_linear="", gap=""):
+    def line(label, key, mib="", bits_all="", bits_linear="", gap="", kld=""):
         values = " | ".join(f"{ppl[key + (d,)]:.3f}" for d in domains)
-        print(f"| {expert} | {label} | {mib} | {bits_all} | {bits_linear} | {values} | {gap} |")
-    line("base", ("base", "-"), gap="0 %")
-    line("full fine-tune", ("full", expert), "", "32", "32", "100 %")
+        print(f"| {expert} | {label} | {mib} | {bits_all} | {bits_linear} | {values} | {gap} | {kld} |")
+    def kl_of(row):
+        return f"{kl[row, expert]:.5f}" if (row, expert) in kl else ""
+    line("base", ("base", "-"), gap="0 %", kld=kl_of("base"))
+    line("full fine-tune", ("full", expert), "", "32", "32", "100 %", "0")
     for row in rows:
         if (row, expert, expert) in ppl:
             gap = (base - ppl[row, expert, expert]) / (base - full)
-            line(row, (row, expert), *size.get((row, expert), ("?", "?", "?")), f"{100 * gap:.1f} %")
+            line(row, (row, expert), *size.get((row, expert), ("?", "?", "?")), f"{100 * gap:.1f} %", kl_of(row))
 EOF

@@ -83,6 +83,8 @@ fn experts_are_fine_tuned_and_the_quality_table_is_complete() {
             let all_bits: f64 = row[3].parse().unwrap();
             assert!(all_bits >= linear_bits - 0.5 && all_bits < 16.0, "{row:?}: {all_bits} bits per parameter");
             assert!(row[8].ends_with('%'), "{row:?}: no gap closed");
+            let kl: f64 = row[9].parse().unwrap_or_else(|_| panic!("{row:?}: no KL divergence"));
+            assert!(kl.is_finite() && kl >= 0.0, "{row:?}: KL {kl}");
         }
     }
     assert!(experts.join("quality/quality.md").is_file());
