@@ -14,7 +14,7 @@
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
 # SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 bitdelta:1
-# rtn:2 rtn:3"), SWITCHYARD_DOMAINS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
+# rtn:2 rtn:3"), SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
 # scripts/make-experts.sh), SWITCHYARD_THREADS. Results are cached per setting in the work folder,
 # so an interrupted run resumes.
 set -euo pipefail
@@ -24,7 +24,8 @@ CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-16}"
 CTX=512
 CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 bitdelta:1 rtn:2 rtn:3})
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
-DOMAINS=(${SWITCHYARD_DOMAINS:-math code chat})
+DOMAINS=(math code chat)                           # held-out texts
+EXPERTS=(${SWITCHYARD_EXPERTS:-${DOMAINS[*]}})      # experts measured (and packed together)
 
 switchyard="${SWITCHYARD_BIN:-}"
 if [ -z "$switchyard" ]; then
@@ -83,24 +84,26 @@ kld() {
 
 for domain in "${DOMAINS[@]}"; do
     perplexity base - "$domain" "$experts/base-f32.gguf"
-    kld base "$domain" "$experts/base-f32.gguf"
 done
-for expert in "${DOMAINS[@]}"; do
+for expert in "${EXPERTS[@]}"; do
+    kld base "$expert" "$experts/base-f32.gguf"
+done
+for expert in "${EXPERTS[@]}"; do
     for domain in "${DOMAINS[@]}"; do
         perplexity full "$expert" "$domain" "$experts/$expert.gguf"
     done
 done
 
 sizes="$work/sizes.tsv" # row, expert, MiB stored, bits/param over every changed parameter, linear-delta bits/param
-: >"$sizes"
+touch "$sizes"
 for config in "${CONFIGS[@]}"; do
     codec="${config%:*}" bits="${config#*:}"
     row="$codec-$bits"
-    bundle="$work/$row-$(IFS=-; echo "${DOMAINS[*]}").gguf" # one expert per domain measured
+    bundle="$work/$row-$(IFS=-; echo "${EXPERTS[*]}").gguf"
     if [ ! -f "$bundle" ]; then
         log "packing $row"
         args=()
-        for expert in "${DOMAINS[@]}"; do args+=(--expert "$expert=$experts/$expert.gguf"); done
+        for expert in "${EXPERTS[@]}"; do args+=(--expert "$expert=$experts/$expert.gguf"); done
         "$switchyard" pack --base-gguf "$base_gguf" --base "$experts/base-hf" "${args[@]}" \
             --codec "$codec" --bits "$bits" -o "$bundle" >&2
     fi
@@ -108,7 +111,7 @@ for config in "${CONFIGS[@]}"; do
     "$switchyard" inspect --summary --no-verify "$bundle" | awk -v row="$row" '
         /^  [a-z]+ : codec/ { expert = $1 }
         /tensors changed/ { gsub(/[(]/, "", $7); printf "%s\t%s\t%s\t%s\t%s\n", row, expert, $4, $7, $14 }' >>"$sizes"
-    for expert in "${DOMAINS[@]}"; do
+    for expert in "${EXPERTS[@]}"; do
         for domain in "${DOMAINS[@]}"; do
             perplexity "$row" "$expert" "$domain" "$bundle" --expert "$expert"
         done
@@ -116,7 +119,7 @@ for config in "${CONFIGS[@]}"; do
     done
 done
 
-# the table: one block per expert, the gap closed on its own domain
+# the table: one block per expert measured so far, the gap closed on its own domain
 python3 - "$results" "$sizes" "$klds" "${DOMAINS[@]}" <<'EOF' | tee "$work/quality.md"
 import sys
 results, sizes, klds, domains = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
@@ -136,7 +139,7 @@ rows = [r for r in dict.fromkeys(r for r, _, _ in ppl) if r not in ("base", "ful
 print("| expert | weights | MiB stored | bits/param (all) | bits/param (linear) | "
       + " | ".join(f"ppl {d}" for d in domains) + " | gap closed (own domain) | KL from full (own domain) |")
 print("|" + "---|" * (7 + len(domains)))
-for expert in domains:
+for expert in [d for d in domains if ("full", d, d) in ppl]:
     base, full = ppl["base", "-", expert], ppl["full", expert, expert]
     def line(label, key, mib="", bits_all="", bits_linear="", gap="", kld=""):
         values = " | ".join(f"{ppl[key + (d,)]:.3f}" for d in domains)
