@@ -57,7 +57,11 @@ compile() {
     cmake --build "$build/cmake" -j "$jobs" --target "${TARGETS[@]}" >"$build/build.log" 2>&1 \
         || { tail -n 40 "$build/build.log" >&2; die "build failed (log: $build/build.log)"; }
     mkdir -p "$build/bin"
-    for t in "${TARGETS[@]}"; do cp "$build/cmake/bin/$t" "$build/bin/"; done
+    # replaced by rename, so a tool still running from the old build (a test, a benchmark) keeps
+    # its file and the copy does not fail with "text file busy"
+    for t in "${TARGETS[@]}"; do
+        cp "$build/cmake/bin/$t" "$build/bin/.$t.tmp" && mv -f "$build/bin/.$t.tmp" "$build/bin/$t"
+    done
 }
 
 if [ -f "$build/.complete" ]; then

@@ -3,7 +3,9 @@
 # every Rust test with them required, so a missing fixture fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/setup.sh)"
+# a failed setup stops here (inside eval "$(...)" its status would be lost)
+fixtures="$(scripts/setup.sh)" || { echo "scripts/setup.sh failed" >&2; exit 1; }
+eval "$fixtures"
 export SWITCHYARD_REQUIRE_FIXTURES=1
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
