@@ -42,3 +42,40 @@ unpack_wheel() {
     fi
     echo "$dir"
 }
+
+# switchyard_cli: print the path of the switchyard command line tool, $SWITCHYARD_BIN or a
+# release build of this checkout (built here if needed).
+switchyard_cli() {
+    if [ -n "${SWITCHYARD_BIN:-}" ]; then
+        echo "$SWITCHYARD_BIN"
+        return
+    fi
+    (cd "$SWITCHYARD_ROOT" && cargo build --release --quiet -p switchyard) >&2 || die "building switchyard failed"
+    echo "$SWITCHYARD_ROOT/target/release/switchyard"
+}
+
+# smollm2_gguf, text_sets: the real model and the held-out/training texts, from the environment
+# (scripts/setup.sh exports them) or fetched into the cache.
+smollm2_gguf() { echo "${SWITCHYARD_SMOLLM2:-$("$SWITCHYARD_ROOT/scripts/fetch-smollm2.sh")}"; }
+text_sets() { echo "${SWITCHYARD_TEXT_DATA:-$("$SWITCHYARD_ROOT/scripts/fetch-data.sh" --text)}"; }
+
+# smollm2_f32: the real model dequantised to F32 (exact: every Q4_1 value is an f32), cached.
+# The base the experts are fine-tuned from, and the dense reference moefy must reproduce.
+smollm2_f32() {
+    local src out tmp sy
+    src="$(smollm2_gguf)"
+    out="$SWITCHYARD_CACHE/models/$(basename "$src" .gguf).f32.gguf"
+    if [ ! -f "$out" ]; then
+        sy="$(switchyard_cli)"
+        tmp="$(mktemp -d "$SWITCHYARD_CACHE/models/.f32.XXXXXX")"
+        log "dequantising $(basename "$src") to F32"
+        if ! { "$sy" to-hf "$src" -o "$tmp/hf" >&2 &&
+               "$sy" from-hf "$tmp/hf" --type f32 --tokenizer-from "$src" -o "$tmp/model.gguf" >&2; }; then
+            rm -rf "$tmp"
+            die "dequantising $src failed"
+        fi
+        mv "$tmp/model.gguf" "$out"
+        rm -rf "$tmp"
+    fi
+    echo "$out"
+}

@@ -31,25 +31,29 @@ CHARS="${SWITCHYARD_EXPERT_CHARS:-0}"
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
 DOMAINS=(math code chat)
 
-switchyard="${SWITCHYARD_BIN:-}"
-if [ -z "$switchyard" ]; then
-    (cd "$SWITCHYARD_ROOT" && cargo build --release --quiet -p switchyard) >&2
-    switchyard="$SWITCHYARD_ROOT/target/release/switchyard"
-fi
-base_gguf="${SWITCHYARD_SMOLLM2:-$("$SWITCHYARD_ROOT/scripts/fetch-smollm2.sh")}"
-text="${SWITCHYARD_TEXT_DATA:-$("$SWITCHYARD_ROOT/scripts/fetch-data.sh" --text)}"
+switchyard="$(switchyard_cli)"
+base_gguf="$(smollm2_gguf)"
+text="$(text_sets)"
 llama="${SWITCHYARD_LLAMA_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" --stock | tail -n1)}"
 [ -x "$llama/llama-finetune" ] || die "$llama/llama-finetune is missing (rebuild: scripts/build-llama.sh --stock)"
 
-key="$( (sha256sum "$base_gguf" | cut -d' ' -f1; echo "$text $LR $CTX $CHARS"; cat "$0") | sha256sum | cut -c1-16)"
+# The key hashes what the weights depend on and nothing else, so editing this script's comments
+# or plumbing keeps an hour of training: the base, the training texts, the llama.cpp build (the
+# name of its folder, a hash of its inputs), the hyperparameters and RECIPE, bumped by hand whenever
+# the llama-finetune command below changes.
+RECIPE=1
+trains=()
+for domain in "${DOMAINS[@]}"; do trains+=("$text/text-$domain-train.txt"); done
+key="$( (sha256sum "$base_gguf" "${trains[@]}" | cut -d' ' -f1
+         echo "$(basename "$(dirname "$llama")") $LR $CTX $CHARS recipe-$RECIPE") | sha256sum | cut -c1-16)"
 out="$SWITCHYARD_CACHE/experts/$key"
 mkdir -p "$out"
 
 if [ ! -f "$out/base-f32.gguf" ]; then
-    log "base: dequantising $(basename "$base_gguf") to F32"
     rm -rf "$out/base-hf" "$out/.base-hf.tmp"
-    "$switchyard" to-hf "$base_gguf" -o "$out/.base-hf.tmp" >&2
-    "$switchyard" from-hf "$out/.base-hf.tmp" --type f32 --tokenizer-from "$base_gguf" -o "$out/.base-f32.gguf.tmp" >&2
+    base_f32="$(smollm2_f32)"
+    "$switchyard" to-hf "$base_f32" -o "$out/.base-hf.tmp" >&2
+    cp "$base_f32" "$out/.base-f32.gguf.tmp"
     mv "$out/.base-hf.tmp" "$out/base-hf"
     mv "$out/.base-f32.gguf.tmp" "$out/base-f32.gguf"
 fi

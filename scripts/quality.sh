@@ -27,14 +27,10 @@ THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
 DOMAINS=(math code chat)                           # held-out texts
 EXPERTS=(${SWITCHYARD_EXPERTS:-${DOMAINS[*]}})      # experts measured (and packed together)
 
-switchyard="${SWITCHYARD_BIN:-}"
-if [ -z "$switchyard" ]; then
-    (cd "$SWITCHYARD_ROOT" && cargo build --release --quiet -p switchyard) >&2
-    switchyard="$SWITCHYARD_ROOT/target/release/switchyard"
-fi
-base_gguf="${SWITCHYARD_SMOLLM2:-$("$SWITCHYARD_ROOT/scripts/fetch-smollm2.sh")}"
+switchyard="$(switchyard_cli)"
+base_gguf="$(smollm2_gguf)"
 experts="${SWITCHYARD_EXPERTS_DIR:-$("$SWITCHYARD_ROOT/scripts/make-experts.sh")}"
-text="${SWITCHYARD_TEXT_DATA:-$("$SWITCHYARD_ROOT/scripts/fetch-data.sh" --text)}"
+text="$(text_sets)"
 llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" | tail -n1)}"
 
 work="$experts/quality"

@@ -69,6 +69,11 @@ typedef uint32_t switchyard_result;
 #endif // __cplusplus
 
 /*
+ A capture being recorded.
+ */
+typedef struct switchyard_capture switchyard_capture;
+
+/*
  A bundle opened for switching. Thread-safe: calls on one model are serialised.
  */
 typedef struct switchyard_model switchyard_model;
@@ -120,6 +125,30 @@ uint32_t switchyard_abi_version(void);
  Version of the library as a NUL-terminated string, e.g. "0.1.0". Never NULL; static storage.
  */
 const char *switchyard_version(void);
+
+/*
+ Start a capture of `n_layers` layers of `n_embd` values per token, written to `path` by
+ `switchyard_capture_free`. On success `*out` receives the handle.
+ */
+switchyard_result switchyard_capture_init(const char *path,
+                                          uint32_t n_layers,
+                                          uint32_t n_embd,
+                                          switchyard_capture **out);
+
+/*
+ Append `n_rows` rows of `n_embd` floats (`data`, row after row) to layer `layer`.
+ */
+switchyard_result switchyard_capture_layer(const switchyard_capture *capture,
+                                           uint32_t layer,
+                                           uint32_t n_rows,
+                                           uint32_t n_embd,
+                                           const float *data);
+
+/*
+ Write the capture to its file (nothing is written if a layer call failed) and release the
+ handle. NULL is ignored.
+ */
+switchyard_result switchyard_capture_free(switchyard_capture *capture);
 
 /*
  A static, NUL-terminated description of `result`. Never NULL.

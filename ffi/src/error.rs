@@ -146,3 +146,16 @@ pub unsafe extern "C" fn switchyard_last_error(buf: *mut c_char, len: usize) -> 
         })
     })
 }
+
+/// `n` elements at `ptr`, or an empty slice when `n` is 0 (where C callers may pass NULL).
+///
+/// # Safety
+/// When `n > 0`, `ptr` must point to `n` initialised elements that outlive the slice.
+pub(crate) unsafe fn slice_or_empty<'a, T>(ptr: *const T, n: usize) -> &'a [T] {
+    if n == 0 {
+        &[]
+    } else {
+        // SAFETY: upheld by the caller.
+        unsafe { std::slice::from_raw_parts(ptr, n) }
+    }
+}

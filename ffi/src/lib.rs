@@ -12,11 +12,14 @@
 // Every export checks its pointers itself; the attribute would only repeat that.
 #![allow(clippy::missing_safety_doc)]
 
+mod capture;
 mod error;
 mod gpu;
 mod model;
+mod recording;
 mod trace;
 
+pub use capture::{switchyard_capture, switchyard_capture_free, switchyard_capture_init, switchyard_capture_layer};
 pub use error::{switchyard_last_error, switchyard_result, switchyard_result_str};
 pub use model::{
     switchyard_host, switchyard_model, switchyard_model_bind, switchyard_model_current_expert,

@@ -3,17 +3,17 @@
 
 use std::ffi::c_char;
 use std::path::Path;
-use std::sync::Mutex;
 
 use switchyard::moe::trace::TraceWriter;
 
-use crate::error::{boundary, check_null, fail, set_last_error, switchyard_result};
+use crate::error::{boundary, check_null, fail, slice_or_empty, switchyard_result};
 use crate::model::utf8;
+use crate::recording::Recording;
 use switchyard_result::*;
 
 /// An open trace file.
 pub struct switchyard_trace {
-    writer: Mutex<Option<TraceWriter>>,
+    recording: Recording<TraceWriter>,
 }
 
 /// Create (truncate) the trace at `path` for a model of `n_layers` MoE layers of `n_experts`
@@ -34,7 +34,7 @@ pub unsafe extern "C" fn switchyard_trace_init(
         };
         match TraceWriter::create(Path::new(path), n_layers as usize, n_experts as usize) {
             Ok(w) => {
-                let t = Box::new(switchyard_trace { writer: Mutex::new(Some(w)) });
+                let t = Box::new(switchyard_trace { recording: Recording::new(w) });
                 // SAFETY: out checked non-NULL.
                 unsafe { *out = Box::into_raw(t) };
                 SWITCHYARD_RESULT_OK
@@ -59,28 +59,18 @@ pub unsafe extern "C" fn switchyard_trace_layer(
     rows: *const i32,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(trace, experts, weights);
+        check_null!(trace);
+        // a layer may run for no token of a batch (llama.cpp's last layer when the batch asks
+        // for no logits): then its arrays may be NULL
         let n = n_used as usize * n_tokens as usize;
-        // SAFETY: the caller passes arrays of n_used * n_tokens elements and a live handle.
-        let (trace, experts, weights) =
-            unsafe { (&*trace, std::slice::from_raw_parts(experts, n), std::slice::from_raw_parts(weights, n)) };
-        // SAFETY: when not NULL, the caller passes n_tokens rows.
-        let rows = (!rows.is_null()).then(|| unsafe { std::slice::from_raw_parts(rows, n_tokens as usize) });
-        let mut guard = trace.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(w) = guard.as_mut() else {
-            set_last_error("the trace failed earlier and was closed");
-            return SWITCHYARD_RESULT_INVALID;
-        };
-        match w.layer(layer as usize, n_used as usize, experts, weights, rows) {
-            Ok(()) => SWITCHYARD_RESULT_OK,
-            Err(e) => {
-                // a trace with a hole would mislead the simulator: stop writing it
-                if let Some(w) = guard.take() {
-                    let _ = w.finish();
-                }
-                fail(&e)
-            }
+        if n > 0 {
+            check_null!(experts, weights);
         }
+        // SAFETY: the caller passes arrays of n_used * n_tokens elements and a live handle.
+        let (trace, experts, weights) = unsafe { (&*trace, slice_or_empty(experts, n), slice_or_empty(weights, n)) };
+        // SAFETY: when not NULL, the caller passes n_tokens rows.
+        let rows = (!rows.is_null()).then(|| unsafe { slice_or_empty(rows, n_tokens as usize) });
+        trace.recording.update(|w| w.layer(layer as usize, n_used as usize, experts, weights, rows))
     })
 }
 
@@ -92,11 +82,36 @@ pub unsafe extern "C" fn switchyard_trace_free(trace: *mut switchyard_trace) -> 
             return SWITCHYARD_RESULT_OK;
         }
         // SAFETY: from Box::into_raw in switchyard_trace_init; the caller gives up its handle.
-        let t = unsafe { Box::from_raw(trace) };
-        let w = t.writer.into_inner().unwrap_or_else(|p| p.into_inner());
-        match w.map(TraceWriter::finish) {
-            Some(Err(e)) => fail(&e),
-            _ => SWITCHYARD_RESULT_OK,
-        }
+        unsafe { Box::from_raw(trace) }.recording.close()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use switchyard::moe::trace::Trace;
+
+    #[test]
+    fn a_layer_that_ran_for_no_token_completes_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let c_path = CString::new(path.to_str().unwrap()).unwrap();
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: valid strings and out-pointer; the handle is used while live and freed once.
+        unsafe {
+            assert_eq!(switchyard_trace_init(c_path.as_ptr(), 2, 4, &mut handle), SWITCHYARD_RESULT_OK);
+            let (ids, ws) = ([1i32, 3], [0.5f32, 0.5]);
+            assert_eq!(
+                switchyard_trace_layer(handle, 0, 1, 2, ids.as_ptr(), ws.as_ptr(), std::ptr::null()),
+                SWITCHYARD_RESULT_OK
+            );
+            let (no_ids, no_weights) = (std::ptr::null(), std::ptr::null());
+            assert_eq!(switchyard_trace_layer(handle, 1, 1, 0, no_ids, no_weights, no_ids), SWITCHYARD_RESULT_OK);
+            assert_eq!(switchyard_trace_free(handle), SWITCHYARD_RESULT_OK);
+        }
+        let t = Trace::load(&path).unwrap();
+        assert_eq!(t.tokens.len(), 2);
+        assert_eq!(t.tokens[1].layers, vec![vec![(3, 0.5)], vec![]]);
+    }
 }

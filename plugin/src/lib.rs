@@ -8,7 +8,9 @@
 //! - [`codec`]: the salient-aware delta codec and its baselines (BitDelta, round-to-nearest).
 //! - [`bundle`]: the bundle format (base GGUF + expert deltas) and its validation.
 //! - [`router`]: choosing the expert for a prompt (embedding, classifier head, training).
-//! - [`moe`]: routing traces of mixture-of-experts models and the expert cache simulator.
+//! - [`moe`]: captured FFN inputs, routing traces of mixture-of-experts models and the expert
+//!   cache simulator.
+//! - `moefy` (feature `train`): a dense model refactored into a mixture of experts.
 
 pub mod error;
 pub mod ggml_type;
@@ -25,6 +27,8 @@ pub mod extract;
 pub mod hf;
 pub mod imatrix;
 pub mod moe;
+#[cfg(feature = "train")]
+pub mod moefy;
 pub mod pack;
 pub mod router;
 pub mod switch;

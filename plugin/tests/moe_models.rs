@@ -1,6 +1,6 @@
 //! Mixtral-style models, the MoE test models: Hugging Face <-> GGUF with llama.cpp's stacked
-//! expert tensors, and the pinned stock llama.cpp running them, a dense FFN split into experts
-//! computing what the dense model computes.
+//! expert tensors, the pinned stock llama.cpp running them, and `switchyard moefy` refactoring a
+//! dense model into experts that compute what the dense model computes when all run.
 
 mod common;
 
@@ -9,6 +9,8 @@ use safetensors::Dtype;
 use switchyard::convert::{gguf_to_hf, hf_to_gguf};
 use switchyard::gguf::GgufFile;
 use switchyard::hf::HfModel;
+use switchyard::moe::capture::Capture;
+use switchyard::moefy::{moefy, MoefyOptions};
 use switchyard::synth::{self, MoeShape};
 use switchyard::GgmlType;
 
@@ -49,7 +51,7 @@ fn mixtral_round_trips_through_gguf_with_stacked_experts() {
 }
 
 #[test]
-fn llama_cpp_runs_mixtral_models_and_a_split_ffn_equals_the_dense_one() {
+fn llama_cpp_runs_mixtral_models() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_bin()) else {
         return;
     };
@@ -57,21 +59,81 @@ fn llama_cpp_runs_mixtral_models_and_a_split_ffn_equals_the_dense_one() {
     let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len();
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
-    let gguf = |hf: &str, out: &str| {
-        hf_to_gguf(&HfModel::open(&p(hf)).unwrap(), Some(&tok), out, GgmlType::F32, &p(out)).unwrap();
-        p(out)
+    synth::tiny_model(&p("moe-hf"), vocab, Some(MOE), 7).unwrap();
+    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
+    let moe = llama_perplexity(&bin, &p("moe.gguf"));
+    assert!(moe.is_finite() && moe > 1.0, "random MoE perplexity {moe}");
+}
+
+#[test]
+fn moefy_makes_a_mixture_that_stock_llama_cpp_runs_equal_to_the_dense_model_at_k_equal_e() {
+    let (Some(smol), Some(stock), Some(patched), Some(text)) =
+        (common::smollm2(), common::llama_bin(), common::llama_patched_bin(), common::text_data())
+    else {
+        return;
+    };
+    let tok = GgufFile::open(&smol).unwrap();
+    let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    synth::tiny_llama(tmp.path().join("dense-hf").as_path(), vocab, 5).unwrap();
+    let hf = HfModel::open(&tmp.path().join("dense-hf")).unwrap();
+    hf_to_gguf(&hf, Some(&tok), "dense", GgmlType::F32, &tmp.path().join("dense.gguf")).unwrap();
+    let (calib, held_out) = (text.join("text-chat-train.txt"), text.join("text-chat-eval.txt"));
+    let (calib, held_out, patched_s) = (calib.to_str().unwrap(), held_out.to_str().unwrap(), patched.to_str().unwrap());
+    // four chunks of 512 tokens: llama-perplexity runs them as one batch of four sequences
+    let moefy = |k: &str, out: &str| {
+        [
+            "moefy",
+            &p("dense.gguf"),
+            "--experts",
+            "4",
+            "--top-k",
+            k,
+            "--text",
+            calib,
+            "--ctx",
+            "512",
+            "--chunks",
+            "4",
+            "--capture",
+            &p("capture"),
+            "--llama-bin",
+            patched_s,
+            "-o",
+            &p(out),
+        ]
+        .map(String::from)
     };
 
-    synth::tiny_llama(&p("dense-hf"), vocab, 5).unwrap();
-    synth::split_ffn_experts(&HfModel::open(&p("dense-hf")).unwrap(), 4, &p("split-hf")).unwrap();
-    let dense = llama_perplexity(&bin, &gguf("dense-hf", "dense.gguf"));
-    let split = llama_perplexity(&bin, &gguf("split-hf", "split.gguf"));
+    let report = common::sy_ok(&moefy("4", "moe4.gguf"));
+    assert!(report.contains("2 layers of 4 experts, top-4, 80 channels each (64 shared)"), "{report}");
+    // every token in the first layer; in the last, only the scored second half of each chunk
+    let capture = Capture::load(std::path::Path::new(&p("capture"))).unwrap();
+    assert_eq!((capture.n_embd, capture.rows(0), capture.rows(1)), (64, 2048, 1024));
+    let dense = llama_perplexity(&stock, p("dense.gguf").as_ref());
+    let all = llama_perplexity(&stock, p("moe4.gguf").as_ref());
     // the same function; only the order of float additions differs
-    assert!((dense - split).abs() <= 1e-4 * dense, "dense {dense} vs split into experts {split}");
+    assert!((dense - all).abs() <= 1e-4 * dense, "dense {dense} vs all 4 experts {all}");
 
-    synth::tiny_model(&p("moe-hf"), vocab, Some(MOE), 7).unwrap();
-    let moe = llama_perplexity(&bin, &gguf("moe-hf", "moe.gguf"));
-    assert!(moe.is_finite() && moe > 1.0, "random MoE perplexity {moe}");
+    // top-2 of 4, from the same capture: routed, and no longer the dense model
+    let report = common::sy_ok(&moefy("2", "moe2.gguf"));
+    assert!(report.contains("top-1 accuracy") && report.contains("recall of the top-2"), "{report}");
+    let routed = llama_perplexity(&stock, p("moe2.gguf").as_ref());
+    assert!(routed.is_finite() && routed > 1.0 && routed != all, "top-2 perplexity {routed}");
+
+    // its routing, traced over batches of several sequences, covers every token
+    let report = common::sy_ok(
+        &["trace", &p("moe2.gguf"), "--text", held_out, "--chunks", "4", "-o", &p("t.jsonl"), "--llama-bin", patched_s]
+            .map(String::from),
+    );
+    assert!(report.contains("2048 tokens, 2 MoE layers, 4 experts"), "{report}");
+
+    // an impossible request fails before writing anything
+    let before = common::listing(tmp.path());
+    let err = common::sy_err(&moefy("5", "bad.gguf"));
+    assert!(err.contains("dense.gguf") && err.contains("top-5"), "{err}");
+    assert_eq!(common::listing(tmp.path()), before);
 }
 
 #[test]
@@ -88,8 +150,18 @@ fn malformed_mixtral_folders_are_refused_with_the_tensor_named() {
     assert!(msg.contains("missing tensor") && msg.contains("experts.4."), "{msg}");
     assert!(!p("x.gguf").exists(), "a failed conversion left a file");
 
-    let err = synth::split_ffn_experts(&HfModel::open(&p("moe-hf")).unwrap(), 2, &p("y-hf")).unwrap_err();
-    assert!(err.to_string().contains("cannot split"), "{err}");
+    // moefy takes dense models only
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace("\"num_local_experts\": 5", "\"num_local_experts\": 4"),
+    )
+    .unwrap();
+    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), None, "x", GgmlType::F32, &p("moe.gguf")).unwrap();
+    let capture = Capture { n_embd: 64, layers: vec![vec![0.0; 64 * 100]; 2] };
+    let opts = MoefyOptions { n_expert: 2, n_used: 1, shared: 0.0, seed: 1 };
+    let err = moefy(&GgufFile::open(p("moe.gguf")).unwrap(), &capture, &opts, &p("y.gguf")).unwrap_err();
+    assert!(err.to_string().contains("moe.gguf: moefy needs a dense"), "{err}");
+    assert!(!p("y.gguf").exists());
 }
 
 #[test]

@@ -14,7 +14,6 @@ generalisation:
 Everything is deterministic for a seed.
 """
 
-import argparse
 import json
 import random
 import sys
@@ -22,12 +21,14 @@ from pathlib import Path
 
 from sources import (
     PAGE_CHROME,
+    builder_args,
     classify_turn,
     conversation_split,
     gsm_problems,
     humaneval_problems,
     mostly_english,
     sharegpt_conversations,
+    write_atomic,
 )
 
 N_TRAIN = 1000  # per domain
@@ -76,13 +77,7 @@ def take(rng: random.Random, items: list, n: int) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("gsm")
-    parser.add_argument("humaneval")
-    parser.add_argument("sharegpt")
-    parser.add_argument("out")
-    parser.add_argument("--seed", type=int, default=1234)
-    args = parser.parse_args()
+    args = builder_args(__doc__, "gsm", "humaneval", "sharegpt")
     rng = random.Random(args.seed)
 
     math = gsm_questions(Path(args.gsm), args.seed)
@@ -103,11 +98,7 @@ def main() -> None:
         counts = {d: sum(r["expert"] == d for r in rows) for d in ("math", "code", "chat")}
         if min(counts.values()) < n:
             sys.exit(f"build_sets.py: {split} split is short of data: {counts} (want {n} each)")
-        tmp = out / f".route-{split}.jsonl.tmp"
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.rename(out / f"route-{split}.jsonl")
+        write_atomic(out / f"route-{split}.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         print(f"route-{split}.jsonl: {len(rows)} lines {counts}", file=sys.stderr)
 
 

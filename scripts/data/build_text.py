@@ -12,7 +12,6 @@ only (sources.py: the same templates, problems and conversations the routing set
 Each train file is cut at TRAIN_CHARS and each eval file at EVAL_CHARS, on document boundaries.
 """
 
-import argparse
 import random
 import re
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from sources import (
     PAGE_CHROME,
+    builder_args,
     classify_turn,
     conversation_split,
     gsm_problems,
@@ -27,6 +27,7 @@ from sources import (
     mostly_english,
     sharegpt_conversations,
     split_of,
+    write_atomic,
 )
 
 # About 50k-65k tokens each, so the three fine-tunes take under an hour on 2 cores; GSM answers
@@ -105,14 +106,7 @@ def cut(rng: random.Random, docs: list, limit: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("gsm")
-    parser.add_argument("humaneval")
-    parser.add_argument("sharegpt")
-    parser.add_argument("stdlib")
-    parser.add_argument("out")
-    parser.add_argument("--seed", type=int, default=1234)
-    args = parser.parse_args()
+    args = builder_args(__doc__, "gsm", "humaneval", "sharegpt", "stdlib")
     rng = random.Random(args.seed)
 
     domains = {
@@ -128,8 +122,7 @@ def main() -> None:
             if len(text) < 0.9 * limit:
                 sys.exit(f"build_text.py: {domain} {split} text is short: {len(text)} characters, want {limit}")
             name = f"text-{domain}-{split}.txt"
-            (out / f".{name}.tmp").write_text(text, encoding="utf-8")
-            (out / f".{name}.tmp").rename(out / name)
+            write_atomic(out / name, text)
             print(f"{name}: {len(text)} characters from {len(splits[split])} documents", file=sys.stderr)
 
 

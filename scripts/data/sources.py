@@ -8,6 +8,7 @@ Splits are by source unit, never by sample:
   ShareGPT      about a quarter of conversations, by a hash of their id
 """
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -138,3 +139,20 @@ def conversation_split(conv_id: str) -> str:
     """The split of a ShareGPT conversation: the id's suffix numbers the parts of one long
     conversation, so all parts fall on one side."""
     return split_of(conv_id.split("_")[0])
+
+
+def builder_args(description: str, *sources: str) -> argparse.Namespace:
+    """The command line every builder takes: its source paths, the output folder, --seed."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    for name in (*sources, "out"):
+        parser.add_argument(name)
+    parser.add_argument("--seed", type=int, default=1234)
+    return parser.parse_args()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a hidden temporary beside it, so a killed build never
+    leaves a partial file under the final name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.rename(path)

@@ -1,5 +1,7 @@
-//! Mixture-of-experts runtime pieces that do not need a model: routing traces and the expert
-//! cache simulator (HOBBIT's policies against LRU, LFU and Belady's optimum).
+//! Mixture-of-experts pieces that do not need a model: captured FFN inputs (for moefy), routing
+//! traces, and the expert cache simulator (HOBBIT's policies against LRU, LFU and Belady's
+//! optimum).
 
+pub mod capture;
 pub mod sim;
 pub mod trace;

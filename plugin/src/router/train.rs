@@ -16,11 +16,14 @@ pub struct TrainOptions {
     pub max_iterations: u64,
     /// Stored with the head: below this confidence the base model serves.
     pub threshold: f32,
+    /// Fit a bias per class. Without one (a MoE router in llama.cpp has none) the features are
+    /// only scaled, not centred, so the head stays a plain matrix.
+    pub intercept: bool,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { alpha: 10.0, max_iterations: 200, threshold: 0.5 }
+        TrainOptions { alpha: 10.0, max_iterations: 200, threshold: 0.5, intercept: true }
     }
 }
 
@@ -48,6 +51,9 @@ pub fn fit(x: &[Vec<f32>], labels: &[usize], classes: Vec<String>, opts: &TrainO
     for row in x {
         row.iter().zip(&mean).zip(&mut var).for_each(|((&v, m), s)| *s += (v as f64 - m).powi(2) / n as f64);
     }
+    if !opts.intercept {
+        mean.fill(0.0);
+    }
     // a constant feature carries nothing; dividing by 1 keeps it harmless
     let std: Vec<f64> = var.iter().map(|v| if *v > 1e-12 { v.sqrt() } else { 1.0 }).collect();
     let records = Array2::from_shape_fn((n, dim), |(i, j)| (x[i][j] as f64 - mean[j]) / std[j]);
@@ -56,6 +62,7 @@ pub fn fit(x: &[Vec<f32>], labels: &[usize], classes: Vec<String>, opts: &TrainO
     let model = MultiLogisticRegression::default()
         .alpha(opts.alpha)
         .max_iterations(opts.max_iterations)
+        .with_intercept(opts.intercept)
         .fit(&dataset)
         .map_err(|e| Error::Invalid(format!("router training: {e}")))?;
 

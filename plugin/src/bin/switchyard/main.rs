@@ -4,6 +4,7 @@ mod bench;
 mod dev;
 mod eval;
 mod inspect;
+mod moefy;
 mod pack;
 mod progress;
 mod route;
@@ -43,6 +44,9 @@ enum Command {
     Route(route::RouteArgs),
     /// Record a MoE model's routing on real text (runs the patched llama.cpp).
     Trace(trace::TraceArgs),
+    /// Refactor a dense model into a mixture of experts by activation statistics on
+    /// calibration text (runs the patched llama.cpp to capture FFN inputs).
+    Moefy(moefy::MoefyArgs),
     /// Replay a MoE routing trace against each expert cache policy and Belady's optimum.
     Sim(sim::SimArgs),
     /// Benchmarks.
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Router(c) => route::train(c),
         Command::Route(a) => route::route(a),
         Command::Trace(a) => trace::trace(a, cli.threads),
+        Command::Moefy(a) => moefy::moefy(a, cli.threads),
         Command::Sim(a) => sim::sim(a),
         Command::Bench(c) => bench::run(c),
         Command::ToHf(a) => dev::to_hf(a),

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `switchyard moefy` on the real model (issue #6): SmolLM2-135M-Instruct, dequantised to F32,
+# refactored into E experts per layer by activation statistics on calibration text (the first
+# CALIB characters of each domain's training text). Prints markdown:
+#   1. perplexity (llama-perplexity) on each domain's held-out text, dense against K = 1, 2,
+#      E/2 and E experts per token, with the routers' held-out accuracy;
+#   2. the K = 2 model's routing on held-out text of all domains (`switchyard trace`) replayed
+#      against each cache policy and Belady's optimum (`switchyard sim`) with room for 25% and
+#      50% of the experts.
+#
+# Environment: SWITCHYARD_MOEFY_EXPERTS (default 8), SWITCHYARD_MOEFY_SHARED (fraction of channels
+# in every expert, default 0.5), SWITCHYARD_MOEFY_CALIB_CHARS (per domain, default 30000),
+# SWITCHYARD_QUALITY_CHUNKS (512-token chunks of held-out text, default 8), SWITCHYARD_THREADS.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+E="${SWITCHYARD_MOEFY_EXPERTS:-8}"
+SHARED="${SWITCHYARD_MOEFY_SHARED:-0.5}"
+CALIB="${SWITCHYARD_MOEFY_CALIB_CHARS:-30000}"
+CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-8}"
+THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
+DOMAINS=(math code chat)
+
+switchyard="$(switchyard_cli)"
+dense="$(smollm2_f32)"
+text="$(text_sets)"
+llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" | tail -n1)}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+for domain in "${DOMAINS[@]}"; do head -c "$CALIB" "$text/text-$domain-train.txt"; echo; done >"$work/calib.txt"
+for domain in "${DOMAINS[@]}"; do head -c 20000 "$text/text-$domain-eval.txt"; echo; done >"$work/held-out-mix.txt"
+
+# perplexity MODEL DOMAIN
+perplexity() {
+    "$llama/llama-perplexity" -m "$1" -f "$text/text-$2-eval.txt" -c 512 --chunks "$CHUNKS" \
+        -t "$THREADS" -tb "$THREADS" 2>"$work/ppl.log" >/dev/null \
+        || { tail -n 20 "$work/ppl.log" >&2; die "llama-perplexity failed on $1 ($2)"; }
+    sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$work/ppl.log"
+}
+
+echo "SmolLM2-135M-Instruct (F32) into $E experts per layer, $SHARED of the channels shared; calibration: $CALIB characters of each domain's training text; perplexity on $CHUNKS x 512 held-out tokens per domain."
+echo
+echo "| model | experts per token | FFN channels per token | router top-1 (held out) | contribution recall | ppl math | ppl code | ppl chat |"
+echo "|---|---|---|---|---|---|---|---|"
+ppls=()
+for domain in "${DOMAINS[@]}"; do ppls+=("$(perplexity "$dense" "$domain")"); done
+echo "| dense | - | 1536 | - | - | ${ppls[0]} | ${ppls[1]} | ${ppls[2]} |"
+for k in $(printf '%s\n' 1 2 $((E / 2)) "$E" | sort -nu); do
+    moe="$work/moe-$k.gguf"
+    "$switchyard" moefy "$dense" --experts "$E" --top-k "$k" --shared "$SHARED" --text "$work/calib.txt" \
+        --chunks 12 --llama-bin "$llama" --capture "$work/capture.safetensors" -o "$moe" >"$work/moefy.log" \
+        || { cat "$work/moefy.log" >&2; die "moefy failed at top-$k"; }
+    channels="$(sed -n 's/.*top-[0-9]*, \([0-9]*\) channels each.*/\1/p' "$work/moefy.log")"
+    accuracy="$(sed -n 's/.*top-1 accuracy \([0-9.]*%\).*/\1/p' "$work/moefy.log")"
+    recall="$(sed -n 's/.*recall of the top-[0-9]* \([0-9.]*%\).*/\1/p' "$work/moefy.log")"
+    ppls=()
+    for domain in "${DOMAINS[@]}"; do ppls+=("$(perplexity "$moe" "$domain")"); done
+    echo "| moefy | $k of $E | $((k * channels)) | ${accuracy:--} | ${recall:--} | ${ppls[0]} | ${ppls[1]} | ${ppls[2]} |"
+    [ "$k" = 2 ] && cp "$moe" "$work/moe-trace.gguf"
+done
+
+echo
+trace="$work/trace.jsonl"
+"$switchyard" trace "$work/moe-trace.gguf" --text "$work/held-out-mix.txt" --chunks 6 --llama-bin "$llama" -o "$trace" >"$work/trace.log"
+layers="$(sed -n 's/.*tokens, \([0-9]*\) MoE layers.*/\1/p' "$work/trace.log")"
+echo "Routing of the top-2 model on held-out text of all three domains ($(cut -d: -f2 "$work/trace.log" | cut -d, -f1 | xargs)), replayed by switchyard sim:"
+for share in 25 50; do
+    echo
+    echo '```'
+    "$switchyard" sim "$trace" --cache $((E * layers * share / 100))
+    echo '```'
+done
