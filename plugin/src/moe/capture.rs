@@ -34,8 +34,13 @@ impl Capture {
 
     pub fn load(path: &Path) -> Result<Capture> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |m: String| Error::Invalid(format!("{}: {m}", path.display()));
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a capture: {e}")))?;
+        Self::parse(&bytes, &path.display().to_string())
+    }
+
+    /// Parses a capture's bytes; `label` names the source in errors.
+    pub fn parse(bytes: &[u8], label: &str) -> Result<Capture> {
+        let bad = |m: String| Error::Invalid(format!("{label}: {m}"));
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a capture: {e}")))?;
         let n_layers = st.len();
         if !(1..=MAX_LAYERS).contains(&n_layers) {
             return Err(bad(format!("{n_layers} tensors; a capture has 1 to {MAX_LAYERS} layers")));
