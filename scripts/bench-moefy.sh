@@ -41,22 +41,28 @@ perplexity() {
 
 echo "SmolLM2-135M-Instruct (F32) into $E experts per layer, $SHARED of the channels shared; calibration: $CALIB characters of each domain's training text; perplexity on $CHUNKS x 512 held-out tokens per domain."
 echo
-echo "| model | experts per token | FFN channels per token | router top-1 (held out) | contribution recall | ppl math | ppl code | ppl chat |"
-echo "|---|---|---|---|---|---|---|---|"
+# channels: the dense channels a token's FFN keeps (shared + its experts' own), and the channel
+# evaluations llama.cpp runs for it (each expert computes its copy of the shared ones)
+echo "| model | experts per token | dense channels kept | channel evaluations | router top-1 (held out) | contribution recall | ppl math | ppl code | ppl chat |"
+echo "|---|---|---|---|---|---|---|---|---|"
 ppls=()
 for domain in "${DOMAINS[@]}"; do ppls+=("$(perplexity "$dense" "$domain")"); done
-echo "| dense | - | 1536 | - | - | ${ppls[0]} | ${ppls[1]} | ${ppls[2]} |"
+n_ff="$("$switchyard" inspect "$dense" | sed -n 's/.*llama.feed_forward_length = [A-Z0-9]*(\([0-9]*\)).*/\1/p' | head -n1)"
+echo "| dense | - | $n_ff | $n_ff | - | - | ${ppls[0]} | ${ppls[1]} | ${ppls[2]} |"
 for k in $(printf '%s\n' 1 2 $((E / 2)) "$E" | sort -nu); do
     moe="$work/moe-$k.gguf"
     "$switchyard" moefy "$dense" --experts "$E" --top-k "$k" --shared "$SHARED" --text "$work/calib.txt" \
         --chunks 12 --llama-bin "$llama" --capture "$work/capture.safetensors" -o "$moe" >"$work/moefy.log" \
         || { cat "$work/moefy.log" >&2; die "moefy failed at top-$k"; }
     channels="$(sed -n 's/.*top-[0-9]*, \([0-9]*\) channels each.*/\1/p' "$work/moefy.log")"
+    shared="$(sed -n 's/.*channels each (\([0-9]*\) shared).*/\1/p' "$work/moefy.log")"
     accuracy="$(sed -n 's/.*top-1 accuracy \([0-9.]*%\).*/\1/p' "$work/moefy.log")"
     recall="$(sed -n 's/.*recall of the top-[0-9]* \([0-9.]*%\).*/\1/p' "$work/moefy.log")"
     ppls=()
     for domain in "${DOMAINS[@]}"; do ppls+=("$(perplexity "$moe" "$domain")"); done
-    echo "| moefy | $k of $E | $((k * channels)) | ${accuracy:--} | ${recall:--} | ${ppls[0]} | ${ppls[1]} | ${ppls[2]} |"
+    kept=$((shared + k * (channels - shared)))
+    [ "$kept" -gt "$n_ff" ] && kept="$n_ff" # at K = E the padding is not a channel
+    echo "| moefy | $k of $E | $kept | $((k * channels)) | ${accuracy:--} | ${recall:--} | ${ppls[0]} | ${ppls[1]} | ${ppls[2]} |"
     [ "$k" = 2 ] && cp "$moe" "$work/moe-trace.gguf"
 done
 

@@ -67,7 +67,8 @@ smollm2_f32() {
     out="$SWITCHYARD_CACHE/models/$(basename "$src" .gguf).f32.gguf"
     if [ ! -f "$out" ]; then
         sy="$(switchyard_cli)"
-        tmp="$(mktemp -d "$SWITCHYARD_CACHE/models/.f32.XXXXXX")"
+        mkdir -p "$(dirname "$out")"
+        tmp="$(mktemp -d "$(dirname "$out")/.f32.XXXXXX")" || die "cannot create a folder beside $out"
         log "dequantising $(basename "$src") to F32"
         if ! { "$sy" to-hf "$src" -o "$tmp/hf" >&2 &&
                "$sy" from-hf "$tmp/hf" --type f32 --tokenizer-from "$src" -o "$tmp/model.gguf" >&2; }; then

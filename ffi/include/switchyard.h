@@ -79,6 +79,11 @@ typedef struct switchyard_capture switchyard_capture;
 typedef struct switchyard_model switchyard_model;
 
 /*
+ An open expert store.
+ */
+typedef struct switchyard_moe_cache switchyard_moe_cache;
+
+/*
  An open trace file.
  */
 typedef struct switchyard_trace switchyard_trace;
@@ -111,6 +116,25 @@ typedef struct {
    */
   int32_t (*device)(void *user, void *tensor, uint64_t *ptr, int32_t *device);
 } switchyard_host;
+
+/*
+ What the cache did so far.
+ */
+typedef struct {
+  /*
+   Picks served from memory, read from the file, and skipped (HOBBIT's t2).
+   */
+  uint64_t hits;
+  uint64_t loads;
+  uint64_t skipped;
+  uint64_t bytes_read;
+  uint64_t evictions;
+  /*
+   The budget in bytes, and the most expert bytes resident at once.
+   */
+  uint64_t budget;
+  uint64_t peak_resident;
+} switchyard_moe_cache_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -243,6 +267,57 @@ switchyard_result switchyard_model_route(const switchyard_model *model,
                                          float threshold,
                                          int32_t *out_expert,
                                          float *out_confidence);
+
+/*
+ Open the mixture-of-experts GGUF at `path` for offloading. `budget` is bytes ("512M", "2G",
+ "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu" or "hobbit";
+ a pick whose unimportance (normalised gate weight ranked above it) exceeds `t2` is not read
+ on a miss (1 reads everything).
+ */
+switchyard_result switchyard_moe_cache_init(const char *path,
+                                            const char *budget,
+                                            const char *policy,
+                                            float t2,
+                                            switchyard_moe_cache **out);
+
+/*
+ 1 when tensor `name` is an expert tensor the cache fills (the host allocates it in plain,
+ writable host memory and does not read it), 0 if not or NULL.
+ */
+uint32_t switchyard_moe_cache_manages(const switchyard_moe_cache *cache, const char *name);
+
+/*
+ Hand over the host memory of expert tensor `name` (`len` bytes): from now on the cache fills
+ and empties it. It must stay valid until `switchyard_moe_cache_free`.
+ */
+switchyard_result switchyard_moe_cache_bind(const switchyard_moe_cache *cache,
+                                            const char *name,
+                                            uint8_t *data,
+                                            size_t len);
+
+/*
+ Before layer `layer`'s experts run: `experts[t * n_used + i]` is token t's i-th pick
+ (`n_tokens` tokens), `probs[t * n_expert + e]` (NULL: equal weights) the router probability
+ of expert e for token t. Every pick not skipped is in memory when this returns.
+ */
+switchyard_result switchyard_moe_cache_prepare(const switchyard_moe_cache *cache,
+                                               uint32_t layer,
+                                               uint32_t n_used,
+                                               uint32_t n_tokens,
+                                               const int32_t *experts,
+                                               const float *probs,
+                                               uint32_t n_expert);
+
+/*
+ Copy the cache's counters into `*out`.
+ */
+switchyard_result switchyard_moe_cache_get_stats(const switchyard_moe_cache *cache,
+                                                 switchyard_moe_cache_stats *out);
+
+/*
+ Release a cache from `switchyard_moe_cache_init`. NULL is ignored.
+ */
+switchyard_result switchyard_moe_cache_free(switchyard_moe_cache *cache);
 
 /*
  Create (truncate) the trace at `path` for a model of `n_layers` MoE layers of `n_experts`

@@ -16,6 +16,7 @@ mod capture;
 mod error;
 mod gpu;
 mod model;
+mod offload;
 mod recording;
 mod trace;
 
@@ -26,6 +27,10 @@ pub use model::{
     switchyard_model_expert_name, switchyard_model_free, switchyard_model_has_router, switchyard_model_init,
     switchyard_model_n_experts, switchyard_model_n_managed, switchyard_model_route, switchyard_model_set_expert,
     switchyard_model_tensor_type,
+};
+pub use offload::{
+    switchyard_moe_cache, switchyard_moe_cache_bind, switchyard_moe_cache_free, switchyard_moe_cache_get_stats,
+    switchyard_moe_cache_init, switchyard_moe_cache_manages, switchyard_moe_cache_prepare, switchyard_moe_cache_stats,
 };
 pub use trace::{switchyard_trace, switchyard_trace_free, switchyard_trace_init, switchyard_trace_layer};
 

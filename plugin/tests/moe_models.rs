@@ -207,3 +207,56 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
     assert!(err.contains("not a mixture of experts"), "{err}");
     assert_eq!(common::listing(tmp.path()), before);
 }
+
+#[test]
+fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget() {
+    let (Some(smol), Some(stock), Some(patched)) =
+        (common::smollm2(), common::llama_bin(), common::llama_patched_bin())
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let tok = GgufFile::open(&smol).unwrap();
+    synth::tiny_model(&p("moe-hf"), 49152, Some(MOE), 7).unwrap();
+    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
+    let model = p("moe.gguf");
+    let want = llama_perplexity(&stock, &model);
+    // the cache reports what it did when the model is freed (library info: -lv 4)
+    let counter = |log: &str, what: &str| -> u64 {
+        let line =
+            log.lines().find(|l| l.contains("moe cache: budget")).unwrap_or_else(|| panic!("no cache report:\n{log}"));
+        let at = line.find(what).unwrap_or_else(|| panic!("no '{what}' in {line}"));
+        line[..at].split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap()
+    };
+
+    // every budget and policy computes the same: each layer's picks are read in before it runs
+    for (budget, policy) in [("100%", "lru"), ("25%", "lru"), ("25%", "lfu"), ("25%", "hobbit"), ("0", "lru")] {
+        let (got, log) = common::llama_perplexity_with(
+            &patched,
+            &model,
+            &["--moe-cache", budget, "--moe-policy", policy, "-lv", "4"],
+        );
+        assert_eq!(got, want, "--moe-cache {budget} --moe-policy {policy}");
+        assert!(counter(&log, "loads") > 0 && counter(&log, "skipped") == 0, "{budget} {policy}");
+        if budget == "100%" {
+            // 2 layers x 4 experts, each read once
+            assert_eq!(counter(&log, "loads"), 8, "{log}");
+        }
+    }
+    // HOBBIT's skipping: picks below the top-1 that are not in memory are not read (one token
+    // per micro-batch, as in decoding: a big batch has most experts in memory for some token)
+    let (skipping, log) =
+        common::llama_perplexity_with(&patched, &model, &["--moe-cache", "0", "--moe-t2", "0", "-ub", "1", "-lv", "4"]);
+    assert!(skipping.is_finite() && skipping != want && counter(&log, "skipped") > 0, "{skipping} vs {want}");
+
+    // settings that cannot work are refused by name
+    let (ok, log) = common::llama_perplexity_run(&patched, &model, &["--moe-cache", "lots"]);
+    assert!(!ok && log.contains("'lots'"), "{log}");
+    let (ok, log) = common::llama_perplexity_run(&patched, &model, &["--moe-cache", "50%", "--moe-policy", "fifo"]);
+    assert!(!ok && log.contains("'fifo'"), "{log}");
+    synth::tiny_llama(&p("dense-hf"), 49152, 5).unwrap();
+    hf_to_gguf(&HfModel::open(&p("dense-hf")).unwrap(), Some(&tok), "dense", GgmlType::F32, &p("dense.gguf")).unwrap();
+    let (ok, log) = common::llama_perplexity_run(&patched, &p("dense.gguf"), &["--moe-cache", "50%"]);
+    assert!(!ok && log.contains("not a mixture of experts"), "{log}");
+}

@@ -2,6 +2,8 @@
 //! traces, and the expert cache simulator (HOBBIT's policies against LRU, LFU and Belady's
 //! optimum).
 
+pub mod cache;
 pub mod capture;
+pub mod offload;
 pub mod sim;
 pub mod trace;

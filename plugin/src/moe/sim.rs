@@ -9,48 +9,14 @@
 //! low-precision copy costs `low_cost` of one. Experts of the layer being served are never
 //! evicted to make room for each other.
 //!
-//! Policies choose the victim: least recently used; least frequently used; HOBBIT's
-//! multidimensional priority (recency, frequency and high-precision use within the sequence,
-//! and layer distance ahead of the current layer); and Belady's (the entry used again farthest
-//! in the future), the offline yardstick.
+//! Eviction is [`ExpertCache`]'s, the same bookkeeping the runtime uses; Belady's optimum is
+//! only possible here, where the whole trace is known.
 
 use std::collections::HashMap;
 
+use super::cache::{ExpertCache, Lookup, Use};
+pub use super::cache::{HobbitWeights, Policy};
 use super::trace::Trace;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Policy {
-    Lru,
-    Lfu,
-    Hobbit(HobbitWeights),
-    Belady,
-}
-
-impl Policy {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Policy::Lru => "lru",
-            Policy::Lfu => "lfu",
-            Policy::Hobbit(_) => "hobbit",
-            Policy::Belady => "belady",
-        }
-    }
-}
-
-/// w_lru, w_lfu, w_lhu, w_fld of HOBBIT's priority; they sum to 1.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HobbitWeights {
-    pub lru: f64,
-    pub lfu: f64,
-    pub lhu: f64,
-    pub fld: f64,
-}
-
-impl Default for HobbitWeights {
-    fn default() -> Self {
-        HobbitWeights { lru: 0.25, lfu: 0.25, lhu: 0.25, fld: 0.25 }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SimConfig {
@@ -116,95 +82,41 @@ fn accesses(trace: &Trace, cfg: &SimConfig) -> Vec<Access> {
     out
 }
 
-struct Entry {
-    cost: f64,
-    last_use: usize,
-    /// Uses and high-precision uses in the current sequence.
-    uses: u64,
-    high_uses: u64,
-    seq: u64,
-}
-
 pub fn simulate(trace: &Trace, policy: Policy, cfg: &SimConfig) -> SimResult {
     let acc = accesses(trace, cfg);
     // Belady needs each access's next use of the same key
-    let mut next_use = vec![usize::MAX; acc.len()];
+    let mut next_use = vec![None; acc.len()];
     if policy == Policy::Belady {
-        let mut seen: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut seen: HashMap<(u32, u32), u64> = HashMap::new();
         for (i, a) in acc.iter().enumerate().rev() {
             if a.skip {
                 continue;
             }
-            next_use[i] = seen.get(&a.key).copied().unwrap_or(usize::MAX);
-            seen.insert(a.key, i);
+            next_use[i] = seen.get(&a.key).copied();
+            seen.insert(a.key, i as u64);
         }
     }
-    let mut cache: HashMap<(u32, u32), Entry> = HashMap::new();
-    let mut next_of: HashMap<(u32, u32), usize> = HashMap::new();
-    let mut used = 0.0;
+    let mut cache = ExpertCache::new(policy, cfg.capacity, trace.n_layers as u32);
     let mut r = SimResult::default();
-    let n_layers = trace.n_layers as f64;
     for (i, a) in acc.iter().enumerate() {
         r.accesses += 1;
         if a.skip {
             r.skipped += 1;
             continue;
         }
-        if policy == Policy::Belady {
-            next_of.insert(a.key, next_use[i]);
-        }
-        if let Some(e) = cache.get_mut(&a.key) {
-            r.hits += 1;
-            if e.seq != a.seq {
-                (e.uses, e.high_uses, e.seq) = (0, 0, a.seq);
-            }
-            e.last_use = i;
-            e.uses += 1;
-            e.high_uses += a.high as u64;
-            continue;
-        }
         let cost = if a.high { 1.0 } else { cfg.low_cost };
-        if a.high {
-            r.loads_high += 1;
-        } else {
-            r.loads_low += 1;
-        }
-        r.bytes_moved += cost;
-        if cost > cfg.capacity {
-            continue; // streamed through, never cached
-        }
-        while used + cost > cfg.capacity + 1e-9 {
-            let victim = cache
-                .iter()
-                // the layer being served keeps its experts
-                .filter(|(k, e)| !(k.0 == a.layer && acc[e.last_use].token == a.token))
-                .min_by(|x, y| {
-                    let score = |k: &(u32, u32), e: &Entry| -> f64 {
-                        match policy {
-                            Policy::Lru => e.last_use as f64,
-                            Policy::Lfu => e.uses as f64 + e.last_use as f64 / (acc.len() as f64 + 1.0),
-                            Policy::Belady => -(next_of.get(k).copied().unwrap_or(usize::MAX) as f64),
-                            Policy::Hobbit(w) => {
-                                let t = (a.token + 1) as f64;
-                                let same_seq = e.seq == a.seq;
-                                let (f, h) = if same_seq { (e.uses as f64, e.high_uses as f64) } else { (0.0, 0.0) };
-                                let ahead = ((k.0 as f64 - a.layer as f64 + n_layers) % n_layers) / n_layers;
-                                w.lru * (acc[e.last_use].token + 1) as f64 / t
-                                    + w.lfu * f / t
-                                    + w.lhu * h / t
-                                    + w.fld * (1.0 - ahead)
-                            }
-                        }
-                    };
-                    score(x.0, x.1).total_cmp(&score(y.0, y.1))
-                })
-                .map(|(k, _)| *k);
-            let Some(v) = victim else { break };
-            used -= cache.remove(&v).expect("victim is cached").cost;
-        }
-        if used + cost <= cfg.capacity + 1e-9 {
-            used += cost;
-            cache.insert(a.key, Entry { cost, last_use: i, uses: 1, high_uses: a.high as u64, seq: a.seq });
+        let u = Use { key: a.key, token: a.token as u64, seq: a.seq, high: a.high, cost, next_use: next_use[i] };
+        // the layer being served keeps its experts
+        match cache.access(u, a.layer, |k, last_token| k.0 == a.layer && last_token == a.token as u64) {
+            Lookup::Hit => r.hits += 1,
+            Lookup::Miss { .. } => {
+                if a.high {
+                    r.loads_high += 1;
+                } else {
+                    r.loads_low += 1;
+                }
+                r.bytes_moved += cost;
+            }
         }
     }
     r

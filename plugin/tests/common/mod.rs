@@ -207,23 +207,26 @@ pub fn build_example(bin: &Path, name: &str, out_dir: &Path) -> PathBuf {
 
 /// Perplexity of `model` over a fixed real text (4 chunks of 128 tokens) with llama.cpp.
 pub fn llama_perplexity(bin: &Path, model: &Path) -> f64 {
+    llama_perplexity_with(bin, model, &[]).0
+}
+
+/// llama-perplexity over 4 chunks of 128 tokens of a license text, with extra arguments: the
+/// perplexity and the log.
+pub fn llama_perplexity_with(bin: &Path, model: &Path, extra: &[&str]) -> (f64, String) {
+    let (ok, log) = llama_perplexity_run(bin, model, extra);
+    assert!(ok, "llama-perplexity failed on {}:\n{log}", model.display());
+    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("no PPL line");
+    (line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap(), log)
+}
+
+/// The run of [`llama_perplexity_with`], failed or not: whether it succeeded, and its log.
+pub fn llama_perplexity_run(bin: &Path, model: &Path, extra: &[&str]) -> (bool, String) {
     let out = Command::new(bin.join("llama-perplexity"))
-        .args([
-            "-m",
-            model.to_str().unwrap(),
-            "-f",
-            "/usr/share/common-licenses/Apache-2.0",
-            "-c",
-            "128",
-            "--chunks",
-            "4",
-            "-t",
-            "2",
-        ])
+        .args(["-m", model.to_str().unwrap(), "-f", "/usr/share/common-licenses/Apache-2.0", "-c", "128"])
+        .args(["--chunks", "4", "-t", "2"])
+        .args(extra)
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "llama-perplexity failed on {}:\n{log}", model.display());
-    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("no PPL line");
-    line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    (out.status.success(), log)
 }

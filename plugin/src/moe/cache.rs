@@ -1,0 +1,189 @@
+//! The expert cache's bookkeeping, one use at a time: which (layer, expert) entries are cached,
+//! what each costs, and which to evict when room is needed. The simulator replays traces
+//! through it and the runtime (`--moe-cache` in the patched llama.cpp) drives it while a model
+//! runs, so both evict alike.
+//!
+//! Policies choose the victim: least recently used; least frequently used; HOBBIT's
+//! multidimensional priority (recency, frequency and high-precision use within the sequence,
+//! and layer distance ahead of the current layer; ANCHORS §3); and Belady's (the entry used
+//! again farthest in the future), the offline yardstick, which needs each use's next use.
+
+use std::collections::HashMap;
+
+/// (layer, expert).
+pub type Key = (u32, u32);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Policy {
+    Lru,
+    Lfu,
+    Hobbit(HobbitWeights),
+    Belady,
+}
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Lru => "lru",
+            Policy::Lfu => "lfu",
+            Policy::Hobbit(_) => "hobbit",
+            Policy::Belady => "belady",
+        }
+    }
+
+    /// The policies a running model can use (Belady needs the future).
+    pub fn from_name(name: &str) -> Option<Policy> {
+        match name {
+            "lru" => Some(Policy::Lru),
+            "lfu" => Some(Policy::Lfu),
+            "hobbit" => Some(Policy::Hobbit(HobbitWeights::default())),
+            _ => None,
+        }
+    }
+}
+
+/// w_lru, w_lfu, w_lhu, w_fld of HOBBIT's priority; they sum to 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HobbitWeights {
+    pub lru: f64,
+    pub lfu: f64,
+    pub lhu: f64,
+    pub fld: f64,
+}
+
+impl Default for HobbitWeights {
+    fn default() -> Self {
+        HobbitWeights { lru: 0.25, lfu: 0.25, lhu: 0.25, fld: 0.25 }
+    }
+}
+
+/// One use of an expert.
+#[derive(Clone, Copy, Debug)]
+pub struct Use {
+    pub key: Key,
+    /// Token number (in the run) and sequence of the use.
+    pub token: u64,
+    pub seq: u64,
+    /// Served in high precision (a miss then loads the high-precision copy).
+    pub high: bool,
+    /// Bytes of what a miss loads, in high-precision experts.
+    pub cost: f64,
+    /// Belady only: when this key is used next (any monotonic clock; None: never).
+    pub next_use: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lookup {
+    Hit,
+    /// Load the expert. `evicted` were dropped to make room; `cached` is false when it could
+    /// not be kept (larger than the cache, or everything else is protected): it is used once.
+    Miss {
+        evicted: Vec<Key>,
+        cached: bool,
+    },
+}
+
+struct Entry {
+    cost: f64,
+    /// Clock of the last use, and its token.
+    last_use: u64,
+    last_token: u64,
+    /// Uses and high-precision uses in the current sequence.
+    uses: u64,
+    high_uses: u64,
+    seq: u64,
+    next_use: Option<u64>,
+}
+
+pub struct ExpertCache {
+    policy: Policy,
+    capacity: f64,
+    n_layers: u32,
+    used: f64,
+    clock: u64,
+    entries: HashMap<Key, Entry>,
+}
+
+impl ExpertCache {
+    /// A cache of `capacity` high-precision experts' worth of bytes over `n_layers` layers.
+    pub fn new(policy: Policy, capacity: f64, n_layers: u32) -> ExpertCache {
+        ExpertCache { policy, capacity, n_layers: n_layers.max(1), used: 0.0, clock: 0, entries: HashMap::new() }
+    }
+
+    pub fn contains(&self, key: Key) -> bool {
+        self.entries.contains_key(&key)
+    }
+
+    /// Bytes cached, in high-precision experts.
+    pub fn used(&self) -> f64 {
+        self.used
+    }
+
+    /// Records one use. `protected` says which cached entries must not be evicted to make room
+    /// (given the key and the token of its last use): the experts the current layer is serving.
+    pub fn access(&mut self, u: Use, layer: u32, protected: impl Fn(Key, u64) -> bool) -> Lookup {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(e) = self.entries.get_mut(&u.key) {
+            if e.seq != u.seq {
+                (e.uses, e.high_uses, e.seq) = (0, 0, u.seq);
+            }
+            e.last_use = clock;
+            e.last_token = u.token;
+            e.uses += 1;
+            e.high_uses += u.high as u64;
+            e.next_use = u.next_use;
+            return Lookup::Hit;
+        }
+        let mut evicted = Vec::new();
+        if u.cost > self.capacity {
+            return Lookup::Miss { evicted, cached: false };
+        }
+        while self.used + u.cost > self.capacity + 1e-9 {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(k, e)| !protected(**k, e.last_token))
+                .min_by(|x, y| {
+                    let (a, b) = (self.keep_score(*x.0, x.1, &u, layer), self.keep_score(*y.0, y.1, &u, layer));
+                    // ties by key: the map's iteration order changes from run to run
+                    a.total_cmp(&b).then(x.0.cmp(y.0))
+                })
+                .map(|(k, _)| *k);
+            let Some(v) = victim else { break };
+            self.used -= self.entries.remove(&v).expect("victim is cached").cost;
+            evicted.push(v);
+        }
+        let cached = self.used + u.cost <= self.capacity + 1e-9;
+        if cached {
+            self.used += u.cost;
+            let entry = Entry {
+                cost: u.cost,
+                last_use: clock,
+                last_token: u.token,
+                uses: 1,
+                high_uses: u.high as u64,
+                seq: u.seq,
+                next_use: u.next_use,
+            };
+            self.entries.insert(u.key, entry);
+        }
+        Lookup::Miss { evicted, cached }
+    }
+
+    /// How much the policy wants to keep `e`; the lowest is evicted.
+    fn keep_score(&self, k: Key, e: &Entry, u: &Use, layer: u32) -> f64 {
+        match self.policy {
+            Policy::Lru => e.last_use as f64,
+            Policy::Lfu => e.uses as f64 + e.last_use as f64 / (self.clock as f64 + 1.0),
+            Policy::Belady => -(e.next_use.unwrap_or(u64::MAX) as f64),
+            Policy::Hobbit(w) => {
+                let t = (u.token + 1) as f64;
+                let (f, h) = if e.seq == u.seq { (e.uses as f64, e.high_uses as f64) } else { (0.0, 0.0) };
+                let n = self.n_layers as f64;
+                let ahead = ((k.0 as f64 - layer as f64 + n) % n) / n;
+                w.lru * (e.last_token + 1) as f64 / t + w.lfu * f / t + w.lhu * h / t + w.fld * (1.0 - ahead)
+            }
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! Experts left on disk, a byte-budgeted cache of them in memory: the CPU side of `--moe-cache`
+//! in the patched llama.cpp (HOBBIT, ANCHORS §3).
+//!
+//! llama.cpp allocates each layer's stacked expert tensors (ffn_{gate,up,down}_exps) in plain
+//! host memory and hands their addresses over ([`ExpertStore::bind`]); nothing is read at load
+//! time. Before a layer's experts run, the runtime passes the router's picks for the batch
+//! ([`ExpertStore::prepare`]): each picked expert not in memory is read from the GGUF file with
+//! pread into its place in the stacked tensor, and experts the cache evicts get their memory
+//! zeroed and returned to the kernel (madvise). The budget therefore bounds resident memory,
+//! and the tensors keep llama.cpp's layout, so the graph is unchanged.
+//!
+//! Correctness does not depend on the budget: every picked expert is in memory when its layer
+//! runs (a batch that needs more than the budget holds them for that batch only). The one
+//! exception is HOBBIT's skipping: a pick whose unimportance (the normalised gate weight ranked
+//! above it) exceeds t2 is not loaded on a miss; its memory is zero, so it adds nothing, as
+//! if its gate weight were zero. A skipped pick already in memory is used. Low-precision copies
+//! (t1) need `moe-pack`, not built yet, so t1 is not used here.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::cache::{ExpertCache, Key, Lookup, Policy, Use};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+const KINDS: [&str; 3] = ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"];
+
+/// How big the cache is: bytes, or a share of all expert bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl Budget {
+    /// "25%", "512M", "2G", "1073741824".
+    pub fn parse(s: &str) -> Option<Budget> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            return p.trim().parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p)).map(Budget::Percent);
+        }
+        let (num, mult) = match s.chars().last()? {
+            'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
+            'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+            'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+            _ => (s, 1),
+        };
+        num.trim().parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| Budget::Bytes((v * mult as f64) as u64))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OffloadStats {
+    /// Picks served from memory, picks read from disk, picks skipped (not loaded).
+    pub hits: u64,
+    pub loads: u64,
+    pub skipped: u64,
+    pub bytes_read: u64,
+    pub evictions: u64,
+    /// The budget and the most expert bytes ever in memory at once.
+    pub budget: u64,
+    pub peak_resident: u64,
+}
+
+/// One stacked expert tensor of a layer: where expert 0 starts in the file, and where the
+/// runtime's copy lives.
+struct Stacked {
+    name: String,
+    file_offset: u64,
+    expert_bytes: usize,
+    total_bytes: usize,
+    dest: Option<*mut u8>,
+}
+
+pub struct ExpertStore {
+    label: String,
+    file: File,
+    n_expert: usize,
+    /// Per layer, its stacked tensors (empty for a dense layer).
+    layers: Vec<Vec<Stacked>>,
+    cache: ExpertCache,
+    t2: f64,
+    resident: HashSet<Key>,
+    /// Loaded for the current batch only (did not fit the budget).
+    streamed: Vec<Key>,
+    resident_bytes: u64,
+    token_base: u64,
+    last_layer: Option<usize>,
+    stats: OffloadStats,
+}
+
+// SAFETY: the destination pointers are only written through `&mut self`, and the caller of
+// `bind` guarantees the memory outlives the store (llama.cpp frees the model after it).
+unsafe impl Send for ExpertStore {}
+
+impl ExpertStore {
+    /// Opens a mixture-of-experts GGUF: every layer's ffn_{gate,up,down}_exps are found and will
+    /// be read from it. `t2` is HOBBIT's skipping threshold (1 skips nothing).
+    pub fn open(path: &Path, budget: Budget, policy: Policy, t2: f64) -> Result<ExpertStore> {
+        let gguf = GgufFile::open(path)?;
+        let label = gguf.label().to_string();
+        let arch = gguf.metadata.get_str("general.architecture")?.to_string();
+        let n_layer = gguf.metadata.get_u32(&format!("{arch}.block_count"))? as usize;
+        let n_expert = gguf.metadata.opt_u32(&format!("{arch}.expert_count"))?.unwrap_or(0) as usize;
+        if n_expert == 0 {
+            crate::bail_invalid!("{label}: not a mixture of experts ({arch}.expert_count): nothing to offload");
+        }
+        if !(0.0..=1.0).contains(&t2) {
+            crate::bail_invalid!("{label}: the skipping threshold t2 must be in [0, 1] (got {t2})");
+        }
+        let mut layers = Vec::with_capacity(n_layer);
+        let mut total = 0u64;
+        for il in 0..n_layer {
+            let mut stacked = Vec::new();
+            for kind in KINDS {
+                let name = format!("blk.{il}.{kind}.weight");
+                let Some(t) = gguf.tensor(&name) else { continue };
+                let bytes = t.n_bytes();
+                if t.ne.len() != 3 || t.ne[2] != n_expert as u64 || !bytes.is_multiple_of(n_expert as u64) {
+                    crate::bail_invalid!("{label}: tensor '{name}' is {:?}, not [.., .., {n_expert}] experts", t.ne);
+                }
+                total += bytes;
+                stacked.push(Stacked {
+                    name,
+                    file_offset: gguf.data_offset + t.offset,
+                    expert_bytes: (bytes / n_expert as u64) as usize,
+                    total_bytes: bytes as usize,
+                    dest: None,
+                });
+            }
+            layers.push(stacked);
+        }
+        if total == 0 {
+            crate::bail_invalid!("{label}: no ffn_*_exps tensors to offload");
+        }
+        let budget = match budget {
+            Budget::Bytes(b) => b,
+            Budget::Percent(p) => (total as f64 * p / 100.0) as u64,
+        };
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(ExpertStore {
+            label,
+            file,
+            n_expert,
+            layers,
+            cache: ExpertCache::new(policy, budget as f64, n_layer as u32),
+            t2,
+            resident: HashSet::new(),
+            streamed: Vec::new(),
+            resident_bytes: 0,
+            token_base: 0,
+            last_layer: None,
+            stats: OffloadStats { budget, ..Default::default() },
+        })
+    }
+
+    /// Whether `name` is a tensor this store fills (llama.cpp then allocates it, unread).
+    pub fn manages(&self, name: &str) -> bool {
+        self.layers.iter().flatten().any(|s| s.name == name)
+    }
+
+    pub fn stats(&self) -> OffloadStats {
+        self.stats
+    }
+
+    /// Hands over the memory of tensor `name` (`len` bytes), which the store fills and empties
+    /// from now on; it is emptied (zero) now.
+    ///
+    /// # Safety
+    /// `dest` must point to `len` writable bytes that no one else writes and that outlive the
+    /// store.
+    pub unsafe fn bind(&mut self, name: &str, dest: *mut u8, len: usize) -> Result<()> {
+        let label = &self.label;
+        let s = self
+            .layers
+            .iter_mut()
+            .flatten()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::Invalid(format!("{label}: '{name}' is not an expert tensor of this model")))?;
+        if dest.is_null() || len != s.total_bytes {
+            crate::bail_invalid!("{label}: tensor '{name}': {len} bytes bound, the file holds {}", s.total_bytes);
+        }
+        s.dest = Some(dest);
+        // SAFETY: dest holds len bytes, by the caller's contract.
+        unsafe { release(dest, len) };
+        Ok(())
+    }
+
+    /// Makes layer `layer`'s picks for a batch resident. `experts` holds `n_used` picks per
+    /// token; `probs`, when given, the router probabilities of all experts per token (`n_expert`
+    /// per token), from which the picks' normalised gate weights decide skipping.
+    pub fn prepare(&mut self, layer: usize, n_used: usize, experts: &[i32], probs: Option<&[f32]>) -> Result<()> {
+        let label = self.label.clone();
+        let n_expert = self.n_expert;
+        if layer >= self.layers.len()
+            || self.layers[layer].is_empty()
+            || n_used == 0
+            || !experts.len().is_multiple_of(n_used)
+        {
+            crate::bail_invalid!("{label}: layer {layer}: {} picks of {n_used} per token for a layer without experts, or not whole tokens", experts.len());
+        }
+        if let Some(s) = self.layers[layer].iter().find(|s| s.dest.is_none()) {
+            crate::bail_invalid!("{label}: tensor '{}' was never bound", s.name);
+        }
+        let n_tokens = experts.len() / n_used;
+        if probs.is_some_and(|p| p.len() != n_tokens * n_expert) {
+            crate::bail_invalid!(
+                "{label}: layer {layer}: router probabilities for {} values, want {n_tokens} x {n_expert}",
+                probs.map_or(0, <[f32]>::len)
+            );
+        }
+        if experts.iter().any(|&e| e < 0 || e as usize >= n_expert) {
+            crate::bail_invalid!("{label}: layer {layer}: a pick outside 0..{n_expert}");
+        }
+        // a new batch starts when the layers start over
+        if self.last_layer.is_some_and(|l| layer <= l) {
+            self.token_base += n_tokens as u64;
+        }
+        self.last_layer = Some(layer);
+
+        // the picks each token needs, and which it may skip
+        let mut needed: Vec<(u32, u64, bool)> = Vec::new(); // expert, token, skippable
+        for (t, picks) in experts.chunks_exact(n_used).enumerate() {
+            let weight = |e: i32| probs.map_or(1.0, |p| p[t * n_expert + e as usize] as f64);
+            let mut ranked: Vec<(i32, f64)> = picks.iter().map(|&e| (e, weight(e))).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let total: f64 = ranked.iter().map(|r| r.1).sum();
+            let mut above = 0.0;
+            for (i, &(e, w)) in ranked.iter().enumerate() {
+                let unimportance = if total > 0.0 { above / total } else { 0.0 };
+                above += w;
+                needed.push((e as u32, self.token_base + t as u64, i > 0 && unimportance > self.t2));
+            }
+        }
+        let batch: HashSet<Key> = needed.iter().filter(|n| !n.2).map(|&(e, ..)| (layer as u32, e)).collect();
+        // what the previous batch streamed through is dropped, unless this one needs it
+        for key in std::mem::take(&mut self.streamed) {
+            if !batch.contains(&key) && !self.cache.contains(key) {
+                self.evict(key)?;
+            }
+        }
+        let expert_bytes: u64 = self.layers[layer].iter().map(|s| s.expert_bytes as u64).sum();
+        for (e, token, skippable) in needed {
+            let key = (layer as u32, e);
+            if skippable && !self.resident.contains(&key) {
+                self.stats.skipped += 1;
+                continue;
+            }
+            let u = Use { key, token, seq: 0, high: true, cost: expert_bytes as f64, next_use: None };
+            match self.cache.access(u, layer as u32, |k, _| batch.contains(&k)) {
+                Lookup::Hit => self.stats.hits += 1,
+                Lookup::Miss { evicted, cached } => {
+                    for v in evicted {
+                        self.evict(v)?;
+                    }
+                    if self.resident.contains(&key) {
+                        self.stats.hits += 1; // streamed in earlier in this batch
+                    } else {
+                        self.load(key)?;
+                        self.stats.loads += 1;
+                    }
+                    if !cached && !self.streamed.contains(&key) {
+                        self.streamed.push(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, key: Key) -> Result<()> {
+        let (layer, e) = (key.0 as usize, key.1 as usize);
+        for s in &self.layers[layer] {
+            let dest = s.dest.expect("bound: checked in prepare");
+            // SAFETY: expert e's slice lies inside the bound tensor of total_bytes bytes.
+            let slice = unsafe { std::slice::from_raw_parts_mut(dest.add(e * s.expert_bytes), s.expert_bytes) };
+            self.file
+                .read_exact_at(slice, s.file_offset + (e * s.expert_bytes) as u64)
+                .map_err(|err| Error::Invalid(format!("{}: reading expert {e} of '{}': {err}", self.label, s.name)))?;
+            self.stats.bytes_read += s.expert_bytes as u64;
+            self.resident_bytes += s.expert_bytes as u64;
+        }
+        self.resident.insert(key);
+        self.stats.peak_resident = self.stats.peak_resident.max(self.resident_bytes);
+        Ok(())
+    }
+
+    fn evict(&mut self, key: Key) -> Result<()> {
+        if !self.resident.remove(&key) {
+            return Ok(());
+        }
+        let (layer, e) = (key.0 as usize, key.1 as usize);
+        for s in &self.layers[layer] {
+            let dest = s.dest.expect("resident experts are bound");
+            // SAFETY: expert e's slice lies inside the bound tensor.
+            unsafe { release(dest.add(e * s.expert_bytes), s.expert_bytes) };
+            self.resident_bytes -= s.expert_bytes as u64;
+        }
+        self.stats.evictions += 1;
+        Ok(())
+    }
+}
+
+/// Zeroes `len` bytes at `ptr` and gives their whole pages back to the kernel (they read as
+/// zero until written again), so an evicted expert stops counting as resident memory.
+///
+/// # Safety
+/// `ptr` must point to `len` writable bytes of anonymous private memory (malloc'd).
+unsafe fn release(ptr: *mut u8, len: usize) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let start = ptr as usize;
+    let first_page = start.div_ceil(page) * page;
+    let last_page = (start + len) / page * page;
+    if first_page >= last_page {
+        // SAFETY: within the caller's range.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        return;
+    }
+    // SAFETY: the partial pages at both ends lie within the caller's range; the whole pages
+    // between are private anonymous memory (MADV_DONTNEED makes them read as zero).
+    unsafe {
+        std::ptr::write_bytes(ptr, 0, first_page - start);
+        std::ptr::write_bytes(last_page as *mut u8, 0, start + len - last_page);
+        if libc::madvise(first_page as *mut libc::c_void, last_page - first_page, libc::MADV_DONTNEED) != 0 {
+            std::ptr::write_bytes(first_page as *mut u8, 0, last_page - first_page);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{write_gguf, Metadata, TensorInfoOut, Value};
+    use crate::GgmlType;
+
+    /// A 2-layer MoE GGUF of 4 experts whose expert e of layer l holds bytes all equal to
+    /// 16 * l + 4 * kind + e + 1 (each expert 8192 bytes per tensor, two pages).
+    fn moe_file(dir: &Path) -> std::path::PathBuf {
+        let mut md = Metadata::new();
+        md.insert("general.architecture", Value::String("llama".into()));
+        md.insert("llama.block_count", Value::U32(2));
+        md.insert("llama.expert_count", Value::U32(4));
+        let mut infos = Vec::new();
+        let mut data = Vec::new();
+        for l in 0..2u8 {
+            for (k, kind) in KINDS.iter().enumerate() {
+                infos.push(TensorInfoOut::new(format!("blk.{l}.{kind}.weight"), GgmlType::I8, [64u64, 128, 4]));
+                data.push((0..4u8).flat_map(|e| vec![16 * l + 4 * k as u8 + e + 1; 8192]).collect::<Vec<u8>>());
+            }
+        }
+        let path = dir.join("moe.gguf");
+        let tensors: Vec<(TensorInfoOut, &[u8])> = infos.into_iter().zip(data.iter().map(Vec::as_slice)).collect();
+        write_gguf(&path, &md, &tensors).unwrap();
+        path
+    }
+
+    /// Page-aligned memory for the 6 tensors.
+    struct Memory(Vec<Vec<u8>>);
+
+    fn bound(path: &Path, budget: Budget, t2: f64) -> (ExpertStore, Memory) {
+        let mut store = ExpertStore::open(path, budget, Policy::Lru, t2).unwrap();
+        let mut mem = Memory((0..6).map(|_| vec![0xAAu8; 4 * 8192]).collect());
+        for (i, buf) in mem.0.iter_mut().enumerate() {
+            let name = format!("blk.{}.{}.weight", i / 3, KINDS[i % 3]);
+            // SAFETY: the buffer outlives the store in each test.
+            unsafe { store.bind(&name, buf.as_mut_ptr(), buf.len()).unwrap() };
+        }
+        (store, mem)
+    }
+
+    /// Which experts of (layer, kind) hold their bytes, and that the others are zero.
+    fn loaded(mem: &Memory, layer: usize, kind: usize) -> Vec<usize> {
+        let buf = &mem.0[layer * 3 + kind];
+        (0..4)
+            .filter(|&e| {
+                let s = &buf[e * 8192..(e + 1) * 8192];
+                let want = (16 * layer + 4 * kind + e + 1) as u8;
+                assert!(s.iter().all(|&b| b == want) || s.iter().all(|&b| b == 0), "expert {e} torn");
+                s[0] == want
+            })
+            .collect()
+    }
+
+    #[test]
+    fn picks_are_read_in_and_evicted_experts_read_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = moe_file(dir.path());
+        // room for two experts (3 tensors x 8 KiB each)
+        let (mut store, mem) = bound(&path, Budget::Bytes(2 * 3 * 8192), 1.0);
+        assert_eq!(loaded(&mem, 0, 0), Vec::<usize>::new(), "bound memory starts empty");
+        store.prepare(0, 2, &[1, 3], None).unwrap();
+        assert_eq!((loaded(&mem, 0, 0), loaded(&mem, 0, 2)), (vec![1, 3], vec![1, 3]));
+        // layer 1 needs two more: layer 0's are evicted (least recently used)
+        store.prepare(1, 2, &[0, 2], None).unwrap();
+        assert_eq!((loaded(&mem, 0, 1), loaded(&mem, 1, 1)), (vec![], vec![0, 2]));
+        // the next token: layer 0's experts were evicted, two misses
+        store.prepare(0, 2, &[1, 0], None).unwrap();
+        let s = store.stats();
+        assert_eq!((s.hits, s.loads, s.skipped), (0, 6, 0));
+        assert_eq!(s.bytes_read, 6 * 3 * 8192);
+        assert!(s.peak_resident <= s.budget);
+        // a batch needing more than the budget holds all its picks for that batch
+        store.prepare(1, 2, &[0, 1, 2, 3], None).unwrap();
+        assert_eq!(loaded(&mem, 1, 2), vec![0, 1, 2, 3]);
+        store.prepare(0, 1, &[1], None).unwrap();
+        assert!(loaded(&mem, 1, 2).len() <= 2, "streamed experts are dropped after their batch");
+    }
+
+    #[test]
+    fn unimportant_misses_are_skipped_above_t2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = moe_file(dir.path());
+        let (mut store, mem) = bound(&path, Budget::Percent(100.0), 0.5);
+        // token 0: expert 1 is skipped (0.9 of the picks' weight ranked above it); token 1's two
+        // picks weigh the same (0.5 above the second: kept)
+        let probs = [0.05, 0.09, 0.81, 0.05, 0.45, 0.0, 0.1, 0.45];
+        store.prepare(0, 2, &[2, 1, 3, 0], Some(&probs)).unwrap();
+        assert_eq!(loaded(&mem, 0, 0), vec![0, 2, 3]);
+        assert_eq!(store.stats().skipped, 1);
+        assert!(store.prepare(0, 2, &[2, 1], Some(&probs)).is_err(), "probabilities for two tokens, picks for one");
+        assert!(store.prepare(0, 2, &[2, 4], None).is_err(), "expert 4 of 4");
+    }
+
+    #[test]
+    fn budgets_parse_and_bad_files_are_named() {
+        assert_eq!(Budget::parse("25%"), Some(Budget::Percent(25.0)));
+        assert_eq!(Budget::parse("512M"), Some(Budget::Bytes(512 << 20)));
+        assert_eq!(Budget::parse("1.5G"), Some(Budget::Bytes(3 << 29)));
+        assert_eq!(Budget::parse("4096"), Some(Budget::Bytes(4096)));
+        assert_eq!(Budget::parse("150%"), None);
+        assert_eq!(Budget::parse("lots"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dense.gguf");
+        let mut md = Metadata::new();
+        md.insert("general.architecture", Value::String("llama".into()));
+        md.insert("llama.block_count", Value::U32(1));
+        write_gguf(&path, &md, &[]).unwrap();
+        let err = ExpertStore::open(&path, Budget::Percent(50.0), Policy::Lru, 1.0).err().unwrap().to_string();
+        assert!(err.contains("dense.gguf") && err.contains("not a mixture of experts"), "{err}");
+        let moe = moe_file(dir.path());
+        let mut store = ExpertStore::open(&moe, Budget::Percent(50.0), Policy::Lru, 1.0).unwrap();
+        let mut small = vec![0u8; 10];
+        // SAFETY: a live buffer of the stated length.
+        let err = unsafe { store.bind("blk.0.ffn_up_exps.weight", small.as_mut_ptr(), 10) }.unwrap_err().to_string();
+        assert!(err.contains("'blk.0.ffn_up_exps.weight': 10 bytes"), "{err}");
+        assert!(store.prepare(0, 1, &[0], None).unwrap_err().to_string().contains("never bound"));
+    }
+}

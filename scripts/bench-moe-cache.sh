@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# --moe-cache against stock llama.cpp under the same memory limit (issue #6), on CPU.
+#
+# The model is SmolLM2-135M-Instruct refactored into 8 experts per layer, top-2
+# (`switchyard moefy`, F32), or the MoE GGUF given as the first argument. Each run decodes
+# TOKENS tokens greedily from the same prompt inside a cgroup v1 memory limit of
+#
+#   limit = non-expert bytes + SHARE of the expert bytes + SLACK (KV cache, buffers, code)
+#
+# for SHARE 25% and 50%: stock llama-completion maps the whole file and pages experts in and
+# out as the limit forces it; the patched one with `--moe-cache SHARE%` reads picked experts
+# into a cache of that size. The model file is dropped from the page cache before every run.
+# Prints, per run: decode tokens/s and its ratio to stock under the same limit, bytes read from
+# disk (the process's block reads), whether the generated text equals stock's, and the
+# held-out perplexity of the same setting (4 chunks of 512 tokens of the chat text).
+#
+# Needs root for the cgroup (/sys/fs/cgroup/memory). Environment: SWITCHYARD_MOE_BENCH_TOKENS
+# (default 32), SWITCHYARD_MOE_BENCH_SLACK_MIB (default 200), SWITCHYARD_THREADS.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+TOKENS="${SWITCHYARD_MOE_BENCH_TOKENS:-32}"
+SLACK=$(( ${SWITCHYARD_MOE_BENCH_SLACK_MIB:-200} << 20 ))
+THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
+CGROUPS=/sys/fs/cgroup/memory
+[ -w "$CGROUPS" ] || die "needs a writable cgroup v1 memory controller at $CGROUPS (run as root)"
+
+switchyard="$(switchyard_cli)"
+text="$(text_sets)"
+stock="${SWITCHYARD_LLAMA_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" --stock | tail -n1)}"
+patched="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" | tail -n1)}"
+work="$(mktemp -d)"
+cgroup="$CGROUPS/switchyard-bench-$$"
+trap 'rmdir "$cgroup" 2>/dev/null; rm -rf "$work"' EXIT
+mkdir "$cgroup"
+
+model="${1:-}"
+if [ -z "$model" ]; then
+    for domain in math code chat; do head -c 30000 "$text/text-$domain-train.txt"; echo; done >"$work/calib.txt"
+    model="$work/moe.gguf"
+    "$switchyard" moefy "$(smollm2_f32)" --experts 8 --top-k 2 --text "$work/calib.txt" --chunks 12 \
+        --llama-bin "$patched" -o "$model" >&2
+fi
+expert_bytes="$("$switchyard" inspect "$model" | awk '/_exps\.weight/ {
+    if ($2 != "f32") { print "not f32: " $1 > "/dev/stderr"; exit 1 }
+    gsub(/[\[\],]/, " "); n = 4; for (i = 3; i <= NF; i++) n *= $i; s += n } END { printf "%d", s }')"
+file_bytes="$(stat -c %s "$model")"
+prompt="$(head -c 600 "$text/text-chat-eval.txt")"
+
+# run LIMIT BIN [args...]: llama-completion inside the memory limit; sets tps, read_mib, status
+run() {
+    local limit="$1" bin="$2"; shift 2
+    echo "$limit" >"$cgroup/memory.limit_in_bytes"
+    [ -f "$cgroup/memory.memsw.limit_in_bytes" ] && echo "$limit" >"$cgroup/memory.memsw.limit_in_bytes" 2>/dev/null || true
+    python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$model"
+    status=ok
+    /usr/bin/time -f '%I' -o "$work/time.txt" sh -c 'echo $$ >"$0/cgroup.procs"; shift; exec "$@"' "$cgroup" _ \
+        "$bin/llama-completion" -m "$model" -p "$prompt" -n "$TOKENS" --temp 0 -no-cnv --no-display-prompt \
+        -t "$THREADS" -tb "$THREADS" -lv 4 "$@" >"$work/out.txt" 2>"$work/log.txt" || status="failed ($(grep -c . "$work/log.txt") log lines; out of memory?)"
+    tps="$(sed -n 's/.*eval time =.*runs.*, *\([0-9.]*\) tokens per second.*/\1/p' "$work/log.txt" | tail -n1)"
+    read_mib="$(awk '{ printf "%.0f", $1 * 512 / 1048576 }' "$work/time.txt" 2>/dev/null || echo -)"
+}
+
+perplexity() {
+    "$1/llama-perplexity" -m "$model" -f "$text/text-chat-eval.txt" -c 512 --chunks 4 -t "$THREADS" -tb "$THREADS" "${@:2}" \
+        2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
+}
+
+echo "$(basename "$model"): $((file_bytes >> 20)) MiB, experts $((expert_bytes >> 20)) MiB; decode of $TOKENS tokens, $THREADS threads"
+echo
+echo "| memory limit | run | decode tok/s | vs stock | MiB read from disk | same text as stock | ppl (chat, 4 x 512) |"
+echo "|---|---|---|---|---|---|---|"
+ppl_stock="$(perplexity "$stock")"
+for share in 25 50; do
+    limit=$(( file_bytes - expert_bytes + expert_bytes * share / 100 + SLACK ))
+    run "$limit" "$stock"
+    base_tps="$tps"
+    cp "$work/out.txt" "$work/stock.txt"
+    echo "| $((limit >> 20)) MiB ($share% of experts) | stock, mmap | ${tps:-$status} | 1.00 | $read_mib | - | $ppl_stock |"
+    for policy in lru hobbit; do
+        run "$limit" "$patched" --moe-cache "$share%" --moe-policy "$policy"
+        same=no; cmp -s "$work/out.txt" "$work/stock.txt" && same=yes
+        ratio=-; [ -n "$tps" ] && [ -n "$base_tps" ] && ratio="$(awk -v a="$tps" -v b="$base_tps" 'BEGIN { printf "%.2f", a / b }')"
+        cache_mib="$(sed -n 's/.*(\([0-9.]*\) MiB read).*/\1/p' "$work/log.txt")"
+        echo "| $((limit >> 20)) MiB | --moe-cache $share% --moe-policy $policy | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | $same | $(perplexity "$patched" --moe-cache "$share%" --moe-policy "$policy") |"
+    done
+done
