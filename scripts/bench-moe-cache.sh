@@ -5,7 +5,8 @@
 # (`switchyard moefy`, F32), or the MoE GGUF given as the first argument. Each run decodes
 # TOKENS tokens greedily from the same prompt inside a cgroup v1 memory limit of
 #
-#   limit = non-expert bytes + SHARE of the expert bytes + SLACK (KV cache, buffers, code)
+#   limit = non-expert bytes + SHARE of the expert bytes + SLACK (a 1024-token KV cache,
+#           compute buffers, code)
 #
 # for SHARE 25% and 50%: stock llama-completion maps the whole file and pages experts in and
 # out as the limit forces it; the patched one with `--moe-cache SHARE%` reads picked experts
@@ -50,12 +51,19 @@ prompt="$(head -c 600 "$text/text-chat-eval.txt")"
 # run LIMIT BIN [args...]: llama-completion inside the memory limit; sets tps, read_mib, status
 run() {
     local limit="$1" bin="$2"; shift 2
-    echo "$limit" >"$cgroup/memory.limit_in_bytes"
-    [ -f "$cgroup/memory.memsw.limit_in_bytes" ] && echo "$limit" >"$cgroup/memory.memsw.limit_in_bytes" 2>/dev/null || true
+    # with swap, memory.memsw.limit_in_bytes would bound memory + swap; it may not be lowered
+    # below the memory limit nor the memory limit raised above it, hence the order
+    if [ -f "$cgroup/memory.memsw.limit_in_bytes" ]; then
+        echo -1 >"$cgroup/memory.memsw.limit_in_bytes" 2>/dev/null || true
+        echo "$limit" >"$cgroup/memory.limit_in_bytes"
+        echo "$limit" >"$cgroup/memory.memsw.limit_in_bytes" 2>/dev/null || true
+    else
+        echo "$limit" >"$cgroup/memory.limit_in_bytes"
+    fi
     python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$model"
     status=ok
     /usr/bin/time -f '%I' -o "$work/time.txt" sh -c 'echo $$ >"$0/cgroup.procs"; shift; exec "$@"' "$cgroup" _ \
-        "$bin/llama-completion" -m "$model" -p "$prompt" -n "$TOKENS" --temp 0 -no-cnv --no-display-prompt \
+        "$bin/llama-completion" -m "$model" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -no-cnv --no-display-prompt \
         -t "$THREADS" -tb "$THREADS" -lv 4 "$@" >"$work/out.txt" 2>"$work/log.txt" || status="failed ($(grep -c . "$work/log.txt") log lines; out of memory?)"
     tps="$(sed -n 's/.*eval time =.*runs.*, *\([0-9.]*\) tokens per second.*/\1/p' "$work/log.txt" | tail -n1)"
     read_mib="$(awk '{ printf "%.0f", $1 * 512 / 1048576 }' "$work/time.txt" 2>/dev/null || echo -)"

@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::cache::{ExpertCache, Key, Lookup, Policy, Use};
@@ -276,9 +277,21 @@ impl ExpertStore {
             let dest = s.dest.expect("bound: checked in prepare");
             // SAFETY: expert e's slice lies inside the bound tensor of total_bytes bytes.
             let slice = unsafe { std::slice::from_raw_parts_mut(dest.add(e * s.expert_bytes), s.expert_bytes) };
+            let offset = s.file_offset + (e * s.expert_bytes) as u64;
             self.file
-                .read_exact_at(slice, s.file_offset + (e * s.expert_bytes) as u64)
+                .read_exact_at(slice, offset)
                 .map_err(|err| Error::Invalid(format!("{}: reading expert {e} of '{}': {err}", self.label, s.name)))?;
+            // the copy in the cache is the one kept: drop the file's pages from the page cache,
+            // which would otherwise hold the expert twice and push out the mapped dense weights
+            // SAFETY: a valid descriptor; the advice only concerns the kernel's cache.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    offset as libc::off_t,
+                    s.expert_bytes as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
             self.stats.bytes_read += s.expert_bytes as u64;
             self.resident_bytes += s.expert_bytes as u64;
         }
