@@ -6,7 +6,7 @@
 #      E/2 and E experts per token, with the routers' held-out accuracy;
 #   2. the K = 2 model's routing on held-out text of all domains (`switchyard trace`) replayed
 #      against each cache policy and Belady's optimum (`switchyard sim`) with room for 25% and
-#      50% of the experts.
+#      50% of the experts; "hobbit*" uses HOBBIT's weights tuned on the calibration text's routing.
 #
 # Environment: SWITCHYARD_MOEFY_EXPERTS (default 8), SWITCHYARD_MOEFY_SHARED (fraction of channels
 # in every expert, default 0.5), SWITCHYARD_MOEFY_CALIB_CHARS (per domain, default 30000),
@@ -69,11 +69,13 @@ done
 echo
 trace="$work/trace.jsonl"
 "$switchyard" trace "$work/moe-trace.gguf" --text "$work/held-out-mix.txt" --chunks 6 --llama-bin "$llama" -o "$trace" >"$work/trace.log"
+# HOBBIT's weights are tuned on the routing of the calibration text, then judged on held-out text
+"$switchyard" trace "$work/moe-trace.gguf" --text "$work/calib.txt" --chunks 6 --llama-bin "$llama" -o "$work/calib-trace.jsonl" >/dev/null
 layers="$(sed -n 's/.*tokens, \([0-9]*\) MoE layers.*/\1/p' "$work/trace.log")"
 echo "Routing of the top-2 model on held-out text of all three domains ($(cut -d: -f2 "$work/trace.log" | cut -d, -f1 | xargs)), replayed by switchyard sim:"
 for share in 25 50; do
     echo
     echo '```'
-    "$switchyard" sim "$trace" --cache $((E * layers * share / 100))
+    "$switchyard" sim "$trace" --cache $((E * layers * share / 100)) --tune-on "$work/calib-trace.jsonl"
     echo '```'
 done

@@ -34,7 +34,8 @@ pub struct switchyard_moe_cache_stats {
 }
 
 /// Open the mixture-of-experts GGUF at `path` for offloading. `budget` is bytes ("512M", "2G",
-/// "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu" or "hobbit";
+/// "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu", "hobbit" or
+/// "hobbit:w_lru,w_lfu,w_lhu,w_fld";
 /// a pick whose unimportance (normalised gate weight ranked above it) exceeds `t2` is not read
 /// on a miss (1 reads everything).
 #[no_mangle]
@@ -58,7 +59,9 @@ pub unsafe extern "C" fn switchyard_moe_cache_init(
             return SWITCHYARD_RESULT_INVALID;
         };
         let Some(policy) = Policy::from_name(policy_s) else {
-            set_last_error(format!("moe cache policy '{policy_s}' is not lru, lfu or hobbit"));
+            set_last_error(format!(
+                "moe cache policy '{policy_s}' is not lru, lfu, hobbit or hobbit:W (4 weights summing to 1)"
+            ));
             return SWITCHYARD_RESULT_INVALID;
         };
         match ExpertStore::open(Path::new(path), budget, policy, t2 as f64) {

@@ -162,6 +162,13 @@ fn sim_replays_a_trace_against_every_policy() {
     assert!(rate("hobbit") <= rate("belady") && rate("lfu") <= rate("belady"));
     let err = sy_err(&["sim", trace.to_str().unwrap(), "--cache", "2", "--hobbit-weights", "0.5,0.5,0.5,0"]);
     assert!(err.contains("summing to 1"), "{err}");
+    // weights tuned on a trace (here the same one) can only match or beat the default ones there
+    let tuned = sy_ok(&["sim", trace.to_str().unwrap(), "--cache", "2", "--tune-on", trace.to_str().unwrap()]);
+    let tuned_rate = |row: &str| -> f64 {
+        let cell = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok());
+        tuned.lines().filter(|l| l.split_whitespace().next() == Some(row)).find_map(cell).expect(row)
+    };
+    assert!(tuned.contains("hobbit weights tuned on") && tuned_rate("hobbit*") >= tuned_rate("hobbit"), "{tuned}");
     std::fs::write(
         &trace,
         "{\"switchyard_trace\": 1, \"n_layers\": 1, \"n_experts\": 4}\n{\"layers\": [[[7, 1.0]]]}\n",

@@ -231,7 +231,15 @@ fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget() {
     };
 
     // every budget and policy computes the same: each layer's picks are read in before it runs
-    for (budget, policy) in [("100%", "lru"), ("25%", "lru"), ("25%", "lfu"), ("25%", "hobbit"), ("0", "lru")] {
+    let policies = [
+        ("100%", "lru"),
+        ("25%", "lru"),
+        ("25%", "lfu"),
+        ("25%", "hobbit"),
+        ("25%", "hobbit:0.75,0,0,0.25"),
+        ("0", "lru"),
+    ];
+    for (budget, policy) in policies {
         let (got, log) = common::llama_perplexity_with(
             &patched,
             &model,

@@ -31,13 +31,18 @@ impl Policy {
         }
     }
 
-    /// The policies a running model can use (Belady needs the future).
+    /// The policies a running model can use (Belady needs the future): "lru", "lfu", "hobbit"
+    /// or "hobbit:w_lru,w_lfu,w_lhu,w_fld" (e.g. weights tuned by `switchyard sim --tune-on`).
     pub fn from_name(name: &str) -> Option<Policy> {
-        match name {
-            "lru" => Some(Policy::Lru),
-            "lfu" => Some(Policy::Lfu),
-            "hobbit" => Some(Policy::Hobbit(HobbitWeights::default())),
-            _ => None,
+        match name.split_once(':') {
+            Some(("hobbit", w)) => HobbitWeights::parse(w).map(Policy::Hobbit),
+            Some(_) => None,
+            None => match name {
+                "lru" => Some(Policy::Lru),
+                "lfu" => Some(Policy::Lfu),
+                "hobbit" => Some(Policy::Hobbit(HobbitWeights::default())),
+                _ => None,
+            },
         }
     }
 }
@@ -49,6 +54,21 @@ pub struct HobbitWeights {
     pub lfu: f64,
     pub lhu: f64,
     pub fld: f64,
+}
+
+impl HobbitWeights {
+    /// "w_lru,w_lfu,w_lhu,w_fld": four non-negative numbers summing to 1.
+    pub fn parse(s: &str) -> Option<HobbitWeights> {
+        let w: Vec<f64> = s.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+        let ok = w.len() == 4 && w.iter().all(|x| *x >= 0.0) && (w.iter().sum::<f64>() - 1.0).abs() <= 1e-6;
+        ok.then(|| HobbitWeights { lru: w[0], lfu: w[1], lhu: w[2], fld: w[3] })
+    }
+}
+
+impl std::fmt::Display for HobbitWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{},{}", self.lru, self.lfu, self.lhu, self.fld)
+    }
 }
 
 impl Default for HobbitWeights {

@@ -122,6 +122,32 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: &SimConfig) -> SimResult {
     r
 }
 
+/// HOBBIT's weights tuned on a trace: every point of the grid of weights in steps of
+/// 1/`steps` summing to 1 is replayed, and the one with the most hits wins (ties: fewer bytes,
+/// then grid order). Returns it with its result.
+pub fn tune_hobbit(trace: &Trace, cfg: &SimConfig, steps: u32) -> (HobbitWeights, SimResult) {
+    use rayon::prelude::*;
+    let n = steps.max(1);
+    let mut grid = Vec::new();
+    for a in 0..=n {
+        for b in 0..=n - a {
+            for c in 0..=n - a - b {
+                let d = n - a - b - c;
+                let f = |x: u32| x as f64 / n as f64;
+                grid.push(HobbitWeights { lru: f(a), lfu: f(b), lhu: f(c), fld: f(d) });
+            }
+        }
+    }
+    let results: Vec<SimResult> = grid.par_iter().map(|w| simulate(trace, Policy::Hobbit(*w), cfg)).collect();
+    let best = (0..grid.len())
+        .min_by(|&i, &j| {
+            let (x, y) = (&results[i], &results[j]);
+            y.hits.cmp(&x.hits).then(x.bytes_moved.total_cmp(&y.bytes_moved)).then(i.cmp(&j))
+        })
+        .expect("a non-empty grid");
+    (grid[best], results[best])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +221,29 @@ mod tests {
                 assert!(h <= best, "{} {h} > belady {best} at capacity {}", p.name(), cfg.capacity);
             }
         }
+    }
+
+    #[test]
+    fn tuned_hobbit_weights_beat_every_other_point_of_the_grid() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let tokens = (0..150)
+            .map(|_| TokenRoute {
+                seq: 0,
+                layers: (0..3).map(|_| vec![((rng.gen::<f64>().powi(2) * 6.0) as u32, 1.0)]).collect(),
+            })
+            .collect();
+        let t = Trace { n_layers: 3, n_experts: 6, tokens };
+        let cfg = SimConfig { capacity: 5.0, ..ALL_HIGH };
+        let (best, r) = tune_hobbit(&t, &cfg, 4);
+        assert_eq!(r, simulate(&t, Policy::Hobbit(best), &cfg), "the result of the weights returned");
+        assert!((best.lru + best.lfu + best.lhu + best.fld - 1.0).abs() < 1e-9);
+        for w in ["1,0,0,0", "0,1,0,0", "0,0,1,0", "0,0,0,1", "0.25,0.25,0.25,0.25", "0.5,0,0,0.5"] {
+            let other = simulate(&t, Policy::Hobbit(HobbitWeights::parse(w).unwrap()), &cfg);
+            assert!(other.hits <= r.hits, "{w}: {} > tuned {}", other.hits, r.hits);
+        }
+        assert_eq!(Policy::from_name(&format!("hobbit:{best}")), Some(Policy::Hobbit(best)));
+        assert_eq!(Policy::from_name("hobbit:1,1,0,0"), None, "weights must sum to 1");
+        assert_eq!(Policy::from_name("belady"), None, "needs the future");
     }
 
     #[test]

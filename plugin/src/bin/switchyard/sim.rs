@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use switchyard::moe::sim::{simulate, HobbitWeights, Policy, SimConfig};
+use switchyard::moe::sim::{simulate, tune_hobbit, HobbitWeights, Policy, SimConfig};
 use switchyard::moe::trace::Trace;
 
 #[derive(Args)]
@@ -25,15 +25,18 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.25)]
     low_cost: f64,
     /// HOBBIT's priority weights w_lru,w_lfu,w_lhu,w_fld (summing to 1).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.25, 0.25, 0.25])]
-    hobbit_weights: Vec<f64>,
+    #[arg(long, default_value = "0.25,0.25,0.25,0.25")]
+    hobbit_weights: String,
+    /// Also tune HOBBIT's weights on this (calibration) trace, in steps of 1/8, and replay TRACE
+    /// with them: the row "hobbit*" (use them with --moe-policy hobbit:W at run time).
+    #[arg(long)]
+    tune_on: Option<PathBuf>,
 }
 
 pub fn sim(a: SimArgs) -> Result<()> {
-    let w = &a.hobbit_weights;
-    if w.len() != 4 || (w.iter().sum::<f64>() - 1.0).abs() > 1e-6 || w.iter().any(|x| *x < 0.0) {
-        bail!("--hobbit-weights {w:?} must be 4 non-negative numbers summing to 1");
-    }
+    let Some(hobbit) = HobbitWeights::parse(&a.hobbit_weights) else {
+        bail!("--hobbit-weights {} must be 4 non-negative numbers summing to 1", a.hobbit_weights);
+    };
     if !(0.0..=1.0).contains(&a.t1) || !(a.t1..=1.0).contains(&a.t2) {
         bail!("--t1 {} and --t2 {} must satisfy 0 <= t1 <= t2 <= 1", a.t1, a.t2);
     }
@@ -44,7 +47,14 @@ pub fn sim(a: SimArgs) -> Result<()> {
     }
     let trace = Trace::load(&a.trace)?;
     let cfg = SimConfig { capacity: a.cache, t1: a.t1, t2: a.t2, low_cost: a.low_cost };
-    let hobbit = HobbitWeights { lru: w[0], lfu: w[1], lhu: w[2], fld: w[3] };
+    let tuned = match &a.tune_on {
+        Some(path) => {
+            let (w, r) = tune_hobbit(&Trace::load(path)?, &cfg, 8);
+            println!("hobbit weights tuned on {}: {w} (hit rate there {:.4})", path.display(), r.hit_rate());
+            Some(w)
+        }
+        None => None,
+    };
     println!(
         "{}: {} tokens, {} layers, {} experts; cache {} experts (t1 {}, t2 {}, low cost {})",
         a.trace.display(),
@@ -57,11 +67,14 @@ pub fn sim(a: SimArgs) -> Result<()> {
         a.low_cost
     );
     println!("policy  hit_rate  loads_high  loads_low  skipped  bytes_moved(experts)");
-    for policy in [Policy::Lru, Policy::Lfu, Policy::Hobbit(hobbit), Policy::Belady] {
+    let mut rows = vec![("lru", Policy::Lru), ("lfu", Policy::Lfu), ("hobbit", Policy::Hobbit(hobbit))];
+    rows.extend(tuned.map(|w| ("hobbit*", Policy::Hobbit(w))));
+    rows.push(("belady", Policy::Belady));
+    for (name, policy) in rows {
         let r = simulate(&trace, policy, &cfg);
         println!(
-            "{:<6}  {:>8.4}  {:>10}  {:>9}  {:>7}  {:>20.2}",
-            policy.name(),
+            "{:<7} {:>8.4}  {:>10}  {:>9}  {:>7}  {:>20.2}",
+            name,
             r.hit_rate(),
             r.loads_high,
             r.loads_low,
