@@ -161,3 +161,42 @@ fn c_program_routes_prompts_through_the_abi() {
     }
     assert!(seen.len() == 3, "the prompts should reach math, code and base: {seen:?}");
 }
+
+/// llama.cpp's --moe-cache calls from C: the picked experts' bytes in the bound memory are the
+/// file's, every pick is read (a cache of nothing streams them), and bad arguments are refused.
+#[test]
+fn c_program_offloads_moe_experts_through_the_abi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moe_hf = tmp.path().join("moe-hf");
+    synth::tiny_model(&moe_hf, 256, Some(synth::MoeShape { n_expert: 4, n_used: 2 }), 3).unwrap();
+    let moe = tmp.path().join("moe.gguf");
+    hf_to_gguf(&HfModel::open(&moe_hf).unwrap(), None, "moe", GgmlType::Q8_0, &moe).unwrap();
+    let file = GgufFile::open(&moe).unwrap();
+    let kinds = ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"];
+    let sizes: Vec<String> = (0..2)
+        .flat_map(|l| kinds.map(|k| file.tensor(&format!("blk.{l}.{k}.weight")).unwrap().n_bytes().to_string()))
+        .collect();
+    let lib = build_staticlib();
+    let exe = compile_c(&lib, "moe_cache_test", tmp.path());
+    let out = Command::new(&exe)
+        .arg(&moe)
+        .args(["2", "4"])
+        .args(&sizes)
+        .env("ASAN_OPTIONS", "detect_leaks=0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "moe_cache_test failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut checked = 0;
+    for line in stdout.lines().filter(|l| !l.starts_with("loads")) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let t = file.tensor(&format!("blk.{}.{}.weight", f[0], f[1])).unwrap();
+        let per = t.n_bytes() as usize / 4;
+        let e: usize = f[2].parse().unwrap();
+        let want = fnv1a(&file.tensor_data(t)[e * per..(e + 1) * per]);
+        assert_eq!(f[3].parse::<u64>().unwrap(), want, "{line}");
+        checked += 1;
+    }
+    assert_eq!(checked, 2 * 3 * 2);
+    assert!(stdout.contains("loads 4 budget 0"), "{stdout}");
+}

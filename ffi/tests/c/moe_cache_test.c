@@ -1,0 +1,84 @@
+/* Offloads a MoE GGUF's experts through the switchyard C ABI, as llama.cpp's --moe-cache does.
+ * Usage: moe_cache_test MOE.gguf N_LAYERS N_EXPERT TENSOR_BYTES...
+ * where TENSOR_BYTES are the sizes of blk.L.ffn_{gate,up,down}_exps.weight, layer by layer.
+ * Binds malloc'd memory for every stacked expert tensor, routes one token through every layer
+ * with a cache of one expert's worth, and prints, per layer and kind, "L KIND E FNV1A" for the
+ * picked expert's bytes (the Rust side compares them with the file), then the counters. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "switchyard.h"
+
+static const char * KINDS[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+
+static uint64_t fnv1a(const uint8_t * p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 1099511628211ull;
+    }
+    return h;
+}
+
+int main(int argc, char ** argv) {
+    CHECK(argc >= 4);
+    const int n_layers = atoi(argv[2]), n_expert = atoi(argv[3]);
+    CHECK(n_layers > 0 && n_expert > 1 && argc == 4 + 3 * n_layers);
+
+    switchyard_moe_cache * cache = NULL;
+    CHECK(switchyard_moe_cache_init(argv[1], "lots", "lru", 1.0f, &cache) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_moe_cache_init(argv[1], "50%", "belady", 1.0f, &cache) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_moe_cache_init(NULL, "50%", "lru", 1.0f, &cache) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    CHECK(cache == NULL);
+    CHECK(switchyard_moe_cache_init(argv[1], "0", "hobbit", 1.0f, &cache) == SWITCHYARD_RESULT_OK && cache != NULL);
+    CHECK(switchyard_moe_cache_manages(cache, "token_embd.weight") == 0);
+    CHECK(switchyard_moe_cache_manages(NULL, "blk.0.ffn_up_exps.weight") == 0);
+
+    uint8_t ** memory = calloc((size_t) (3 * n_layers), sizeof *memory);
+    size_t * bytes = calloc((size_t) (3 * n_layers), sizeof *bytes);
+    CHECK(memory && bytes);
+    char name[128];
+    for (int l = 0; l < n_layers; l++) {
+        for (int k = 0; k < 3; k++) {
+            const int i = 3 * l + k;
+            bytes[i] = (size_t) strtoull(argv[4 + i], NULL, 10);
+            memory[i] = malloc(bytes[i]);
+            CHECK(memory[i] != NULL);
+            memset(memory[i], 0xAB, bytes[i]);
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, KINDS[k]);
+            CHECK(switchyard_moe_cache_manages(cache, name) == 1);
+            CHECK(switchyard_moe_cache_bind(cache, name, memory[i], bytes[i] - 1) == SWITCHYARD_RESULT_INVALID);
+            CHECK(switchyard_moe_cache_bind(cache, name, memory[i], bytes[i]) == SWITCHYARD_RESULT_OK);
+        }
+    }
+
+    /* one token, top-2, through every layer: picks l % n and (l + 1) % n */
+    for (int l = 0; l < n_layers; l++) {
+        const int32_t picks[2] = {l % n_expert, (l + 1) % n_expert};
+        CHECK(switchyard_moe_cache_prepare(cache, (uint32_t) l, 2, 1, picks, NULL, 0) == SWITCHYARD_RESULT_OK);
+        for (int k = 0; k < 3; k++) {
+            const size_t per = bytes[3 * l + k] / (size_t) n_expert;
+            for (int p = 0; p < 2; p++) {
+                printf("%d %s %d %llu\n", l, KINDS[k], picks[p],
+                       (unsigned long long) fnv1a(memory[3 * l + k] + (size_t) picks[p] * per, per));
+            }
+        }
+    }
+    const int32_t outside[2] = {0, n_expert};
+    CHECK(switchyard_moe_cache_prepare(cache, 0, 2, 1, outside, NULL, 0) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_moe_cache_prepare(cache, 0, 2, 1, NULL, NULL, 0) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+
+    switchyard_moe_cache_stats stats;
+    CHECK(switchyard_moe_cache_get_stats(cache, &stats) == SWITCHYARD_RESULT_OK);
+    printf("loads %llu budget %llu\n", (unsigned long long) stats.loads, (unsigned long long) stats.budget);
+    CHECK(switchyard_moe_cache_free(cache) == SWITCHYARD_RESULT_OK);
+    CHECK(switchyard_moe_cache_free(NULL) == SWITCHYARD_RESULT_OK);
+    for (int i = 0; i < 3 * n_layers; i++) {
+        free(memory[i]);
+    }
+    free(memory);
+    free(bytes);
+    return 0;
+}
