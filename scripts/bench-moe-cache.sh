@@ -13,7 +13,8 @@
 # into a cache of that size. The model file is dropped from the page cache before every run.
 # Prints, per run: decode tokens/s and its ratio to stock under the same limit, bytes read from
 # disk (the process's block reads), whether the generated text equals stock's, and the
-# held-out perplexity of the same setting (4 chunks of 512 tokens of the chat text).
+# held-out perplexity of the same setting (4 chunks of 512 tokens of the chat text; outside the
+# memory limit, which changes speed, not results).
 #
 # Needs root for the cgroup (/sys/fs/cgroup/memory). Environment: SWITCHYARD_MOE_BENCH_TOKENS
 # (default 32), SWITCHYARD_MOE_BENCH_SLACK_MIB (default 200), SWITCHYARD_THREADS.
@@ -66,7 +67,8 @@ run() {
         "$bin/llama-completion" -m "$model" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -no-cnv --no-display-prompt \
         -t "$THREADS" -tb "$THREADS" -lv 4 "$@" >"$work/out.txt" 2>"$work/log.txt" || status="failed ($(grep -c . "$work/log.txt") log lines; out of memory?)"
     tps="$(sed -n 's/.*eval time =.*runs.*, *\([0-9.]*\) tokens per second.*/\1/p' "$work/log.txt" | tail -n1)"
-    read_mib="$(awk '{ printf "%.0f", $1 * 512 / 1048576 }' "$work/time.txt" 2>/dev/null || echo -)"
+    # GNU time puts "Command exited with non-zero status" before the count when a run fails
+    read_mib="$(tail -n1 "$work/time.txt" | awk '{ printf "%.0f", $1 * 512 / 1048576 }')"
 }
 
 perplexity() {

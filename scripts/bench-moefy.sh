@@ -20,6 +20,7 @@ CALIB="${SWITCHYARD_MOEFY_CALIB_CHARS:-30000}"
 CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-8}"
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
 DOMAINS=(math code chat)
+[ "$E" -ge 2 ] || die "SWITCHYARD_MOEFY_EXPERTS must be at least 2 (got $E)"
 
 switchyard="$(switchyard_cli)"
 dense="$(smollm2_f32)"
@@ -58,6 +59,7 @@ for k in $(printf '%s\n' 1 2 $((E / 2)) "$E" | sort -nu); do
     shared="$(sed -n 's/.*channels each (\([0-9]*\) shared).*/\1/p' "$work/moefy.log")"
     accuracy="$(sed -n 's/.*top-1 accuracy \([0-9.]*%\).*/\1/p' "$work/moefy.log")"
     recall="$(sed -n 's/.*recall of the top-[0-9]* \([0-9.]*%\).*/\1/p' "$work/moefy.log")"
+    [ -n "$channels" ] && [ -n "$shared" ] || die "cannot read the expert size from moefy's report: $(cat "$work/moefy.log")"
     ppls=()
     for domain in "${DOMAINS[@]}"; do ppls+=("$(perplexity "$moe" "$domain")"); done
     kept=$((shared + k * (channels - shared)))
@@ -72,6 +74,7 @@ trace="$work/trace.jsonl"
 # HOBBIT's weights are tuned on the routing of the calibration text, then judged on held-out text
 "$switchyard" trace "$work/moe-trace.gguf" --text "$work/calib.txt" --chunks 6 --llama-bin "$llama" -o "$work/calib-trace.jsonl" >/dev/null
 layers="$(sed -n 's/.*tokens, \([0-9]*\) MoE layers.*/\1/p' "$work/trace.log")"
+[ -n "$layers" ] || die "cannot read the layer count from: $(cat "$work/trace.log")"
 echo "Routing of the top-2 model on held-out text of all three domains ($(cut -d: -f2 "$work/trace.log" | cut -d, -f1 | xargs)), replayed by switchyard sim:"
 for share in 25 50; do
     echo

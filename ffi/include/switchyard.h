@@ -270,7 +270,8 @@ switchyard_result switchyard_model_route(const switchyard_model *model,
 
 /*
  Open the mixture-of-experts GGUF at `path` for offloading. `budget` is bytes ("512M", "2G",
- "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu" or "hobbit";
+ "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu", "hobbit" or
+ "hobbit:w_lru,w_lfu,w_lhu,w_fld";
  a pick whose unimportance (normalised gate weight ranked above it) exceeds `t2` is not read
  on a miss (1 reads everything).
  */

@@ -1,7 +1,9 @@
 //! The expert cache's bookkeeping, one use at a time: which (layer, expert) entries are cached,
 //! what each costs, and which to evict when room is needed. The simulator replays traces
 //! through it and the runtime (`--moe-cache` in the patched llama.cpp) drives it while a model
-//! runs, so both evict alike.
+//! runs, so both use the same policies and scores. Around it they differ: the runtime serves a
+//! batch at a time, numbers layers as the model does (dense ones included) and uses a skippable
+//! pick that is in memory; the simulator goes token by token over MoE layers and skips it.
 //!
 //! Policies choose the victim: least recently used; least frequently used; HOBBIT's
 //! multidimensional priority (recency, frequency and high-precision use within the sequence,
@@ -128,6 +130,13 @@ impl ExpertCache {
     /// A cache of `capacity` high-precision experts' worth of bytes over `n_layers` layers.
     pub fn new(policy: Policy, capacity: f64, n_layers: u32) -> ExpertCache {
         ExpertCache { policy, capacity, n_layers: n_layers.max(1), used: 0.0, clock: 0, entries: HashMap::new() }
+    }
+
+    /// Forgets `key` (a load that failed).
+    pub fn remove(&mut self, key: Key) {
+        if let Some(e) = self.entries.remove(&key) {
+            self.used -= e.cost;
+        }
     }
 
     pub fn contains(&self, key: Key) -> bool {

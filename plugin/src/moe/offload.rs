@@ -6,8 +6,10 @@
 //! time. Before a layer's experts run, the runtime passes the router's picks for the batch
 //! ([`ExpertStore::prepare`]): each picked expert not in memory is read from the GGUF file with
 //! pread into its place in the stacked tensor, and experts the cache evicts get their memory
-//! zeroed and returned to the kernel (madvise). The budget therefore bounds resident memory,
-//! and the tensors keep llama.cpp's layout, so the graph is unchanged.
+//! zeroed and returned to the kernel (madvise). The budget therefore bounds resident memory (up
+//! to the partial pages at each expert's ends), and the tensors keep llama.cpp's layout, so the
+//! graph is unchanged. One store serves one context at a time: contexts sharing a model would
+//! evict each other's experts between a layer's preparation and its matmul.
 //!
 //! Correctness does not depend on the budget: every picked expert is in memory when its layer
 //! runs (a batch that needs more than the budget holds them for that batch only). The one
@@ -88,6 +90,7 @@ pub struct ExpertStore {
     streamed: Vec<Key>,
     resident_bytes: u64,
     token_base: u64,
+    last_batch_tokens: u64,
     last_layer: Option<usize>,
     stats: OffloadStats,
 }
@@ -152,6 +155,7 @@ impl ExpertStore {
             streamed: Vec::new(),
             resident_bytes: 0,
             token_base: 0,
+            last_batch_tokens: 0,
             last_layer: None,
             stats: OffloadStats { budget, ..Default::default() },
         })
@@ -184,8 +188,17 @@ impl ExpertStore {
             crate::bail_invalid!("{label}: tensor '{name}': {len} bytes bound, the file holds {}", s.total_bytes);
         }
         s.dest = Some(dest);
-        // SAFETY: dest holds len bytes, by the caller's contract.
-        unsafe { release(dest, len) };
+        // SAFETY: dest holds len bytes, by the caller's contract. Huge pages would be refilled
+        // whole behind the cache's back (khugepaged), so the range asks for small ones.
+        unsafe {
+            release(dest, len);
+            let page = libc::sysconf(libc::_SC_PAGESIZE).max(4096) as usize;
+            let start = (dest as usize).div_ceil(page) * page;
+            let end = (dest as usize + len) / page * page;
+            if start < end {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_NOHUGEPAGE);
+            }
+        }
         Ok(())
     }
 
@@ -215,11 +228,12 @@ impl ExpertStore {
         if experts.iter().any(|&e| e < 0 || e as usize >= n_expert) {
             crate::bail_invalid!("{label}: layer {layer}: a pick outside 0..{n_expert}");
         }
-        // a new batch starts when the layers start over
+        // a new batch starts when the layers start over: its tokens follow the previous batch's
         if self.last_layer.is_some_and(|l| layer <= l) {
-            self.token_base += n_tokens as u64;
+            self.token_base += self.last_batch_tokens;
         }
         self.last_layer = Some(layer);
+        self.last_batch_tokens = n_tokens as u64;
 
         // the picks each token needs, and which it may skip
         let mut needed: Vec<(u32, u64, bool)> = Vec::new(); // expert, token, skippable
@@ -235,7 +249,14 @@ impl ExpertStore {
                 needed.push((e as u32, self.token_base + t as u64, i > 0 && unimportance > self.t2));
             }
         }
-        let batch: HashSet<Key> = needed.iter().filter(|n| !n.2).map(|&(e, ..)| (layer as u32, e)).collect();
+        // what this batch uses must stay in memory while it is prepared: its picks, and the
+        // skippable ones already in memory (a skip only saves a read)
+        let batch: HashSet<Key> = needed
+            .iter()
+            .map(|&(e, _, skippable)| ((layer as u32, e), skippable))
+            .filter(|(k, skippable)| !skippable || self.resident.contains(k))
+            .map(|(k, _)| k)
+            .collect();
         // what the previous batch streamed through is dropped, unless this one needs it
         for key in std::mem::take(&mut self.streamed) {
             if !batch.contains(&key) && !self.cache.contains(key) {
@@ -259,7 +280,10 @@ impl ExpertStore {
                     if self.resident.contains(&key) {
                         self.stats.hits += 1; // streamed in earlier in this batch
                     } else {
-                        self.load(key)?;
+                        if let Err(e) = self.load(key) {
+                            self.cache.remove(key);
+                            return Err(e);
+                        }
                         self.stats.loads += 1;
                     }
                     if !cached && !self.streamed.contains(&key) {
@@ -271,18 +295,24 @@ impl ExpertStore {
         Ok(())
     }
 
+    /// Reads expert `key` into its place in every tensor of its layer; on a failure, what was
+    /// read is zeroed again and nothing is counted.
     fn load(&mut self, key: Key) -> Result<()> {
         let (layer, e) = (key.0 as usize, key.1 as usize);
-        for s in &self.layers[layer] {
+        for (i, s) in self.layers[layer].iter().enumerate() {
             let dest = s.dest.expect("bound: checked in prepare");
             // SAFETY: expert e's slice lies inside the bound tensor of total_bytes bytes.
             let slice = unsafe { std::slice::from_raw_parts_mut(dest.add(e * s.expert_bytes), s.expert_bytes) };
             let offset = s.file_offset + (e * s.expert_bytes) as u64;
-            self.file
-                .read_exact_at(slice, offset)
-                .map_err(|err| Error::Invalid(format!("{}: reading expert {e} of '{}': {err}", self.label, s.name)))?;
+            if let Err(err) = self.file.read_exact_at(slice, offset) {
+                for done in &self.layers[layer][..=i] {
+                    // SAFETY: as above, for the slices this call wrote.
+                    unsafe { release(done.dest.expect("bound").add(e * done.expert_bytes), done.expert_bytes) };
+                }
+                crate::bail_invalid!("{}: reading expert {e} of '{}': {err}", self.label, s.name);
+            }
             // the copy in the cache is the one kept: drop the file's pages from the page cache,
-            // which would otherwise hold the expert twice and push out the mapped dense weights
+            // which would otherwise hold the expert twice and push out the dense weights
             // SAFETY: a valid descriptor; the advice only concerns the kernel's cache.
             unsafe {
                 libc::posix_fadvise(
@@ -292,9 +322,10 @@ impl ExpertStore {
                     libc::POSIX_FADV_DONTNEED,
                 )
             };
-            self.stats.bytes_read += s.expert_bytes as u64;
-            self.resident_bytes += s.expert_bytes as u64;
         }
+        let bytes: u64 = self.layers[layer].iter().map(|s| s.expert_bytes as u64).sum();
+        self.stats.bytes_read += bytes;
+        self.resident_bytes += bytes;
         self.resident.insert(key);
         self.stats.peak_resident = self.stats.peak_resident.max(self.resident_bytes);
         Ok(())
@@ -435,6 +466,19 @@ mod tests {
         assert_eq!(store.stats().skipped, 1);
         assert!(store.prepare(0, 2, &[2, 1], Some(&probs)).is_err(), "probabilities for two tokens, picks for one");
         assert!(store.prepare(0, 2, &[2, 4], None).is_err(), "expert 4 of 4");
+    }
+
+    #[test]
+    fn a_skippable_pick_in_memory_is_used_not_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = moe_file(dir.path());
+        let (mut store, mem) = bound(&path, Budget::Bytes(2 * 3 * 8192), 0.5);
+        store.prepare(0, 2, &[1, 2], None).unwrap();
+        // expert 0 misses; 1 (least recently used, skippable) is in memory and serves: 2 goes
+        let probs = [0.9, 0.1, 0.0, 0.0];
+        store.prepare(0, 2, &[0, 1], Some(&probs)).unwrap();
+        assert_eq!(loaded(&mem, 0, 1), vec![0, 1]);
+        assert_eq!((store.stats().hits, store.stats().skipped), (1, 0));
     }
 
     #[test]
