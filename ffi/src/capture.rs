@@ -3,13 +3,11 @@
 //! moefy` reads the file.
 
 use std::ffi::c_char;
-use std::path::Path;
 
 use switchyard::moe::capture::CaptureWriter;
 
-use crate::error::{boundary, check_null, fail, slice_or_empty, switchyard_result};
-use crate::model::utf8;
-use crate::recording::Recording;
+use crate::error::{boundary, check_null, slice_or_empty, switchyard_result};
+use crate::recording::{open_recording, Recording};
 use switchyard_result::*;
 
 /// A capture being recorded.
@@ -27,20 +25,14 @@ pub unsafe extern "C" fn switchyard_capture_init(
     out: *mut *mut switchyard_capture,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(path, out);
-        // SAFETY: checked non-NULL, NUL-terminated by contract.
-        let path = match unsafe { utf8(path, "path") } {
-            Ok(s) => s,
-            Err(r) => return r,
-        };
-        match CaptureWriter::create(Path::new(path), n_layers as usize, n_embd as usize) {
-            Ok(w) => {
-                let c = Box::new(switchyard_capture { recording: Recording::new(w) });
-                // SAFETY: out checked non-NULL.
-                unsafe { *out = Box::into_raw(c) };
-                SWITCHYARD_RESULT_OK
-            }
-            Err(e) => fail(&e),
+        // SAFETY: the caller's pointers, as documented.
+        unsafe {
+            open_recording(
+                path,
+                out,
+                |p| CaptureWriter::create(p, n_layers as usize, n_embd as usize),
+                |recording| switchyard_capture { recording },
+            )
         }
     })
 }

@@ -2,9 +2,12 @@
 //! a lock, dropped at its first failure (so a file with a hole is never written as if whole),
 //! and finished when the host frees the handle.
 
+use std::ffi::c_char;
+use std::path::Path;
 use std::sync::Mutex;
 
-use crate::error::{fail, set_last_error, switchyard_result};
+use crate::error::{check_null, fail, set_last_error, switchyard_result};
+use crate::model::utf8;
 use switchyard_result::*;
 
 /// A writer of a recording: `finish` writes what it holds, `abandon` is called instead after
@@ -66,5 +69,32 @@ impl<W: Recorder> Recording<W> {
             Some(Err(e)) => fail(&e),
             _ => SWITCHYARD_RESULT_OK,
         }
+    }
+}
+
+/// The body of a recording's `_init`: opens the writer for `path` with `create` and gives
+/// `*out` a new handle made by `handle`.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `out` is NULL or writable.
+pub(crate) unsafe fn open_recording<W: Recorder, H>(
+    path: *const c_char,
+    out: *mut *mut H,
+    create: impl FnOnce(&Path) -> switchyard::Result<W>,
+    handle: impl FnOnce(Recording<W>) -> H,
+) -> switchyard_result {
+    check_null!(path, out);
+    // SAFETY: checked non-NULL, NUL-terminated by contract.
+    let path = match unsafe { utf8(path, "path") } {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match create(Path::new(path)) {
+        Ok(w) => {
+            // SAFETY: out checked non-NULL.
+            unsafe { *out = Box::into_raw(Box::new(handle(Recording::new(w)))) };
+            SWITCHYARD_RESULT_OK
+        }
+        Err(e) => fail(&e),
     }
 }

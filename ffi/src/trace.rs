@@ -2,13 +2,11 @@
 //! hands over each layer's top-k as it is computed; `switchyard sim` replays the file.
 
 use std::ffi::c_char;
-use std::path::Path;
 
 use switchyard::moe::trace::TraceWriter;
 
-use crate::error::{boundary, check_null, fail, slice_or_empty, switchyard_result};
-use crate::model::utf8;
-use crate::recording::Recording;
+use crate::error::{boundary, check_null, slice_or_empty, switchyard_result};
+use crate::recording::{open_recording, Recording};
 use switchyard_result::*;
 
 /// An open trace file.
@@ -26,20 +24,14 @@ pub unsafe extern "C" fn switchyard_trace_init(
     out: *mut *mut switchyard_trace,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(path, out);
-        // SAFETY: checked non-NULL, NUL-terminated by contract.
-        let path = match unsafe { utf8(path, "path") } {
-            Ok(s) => s,
-            Err(r) => return r,
-        };
-        match TraceWriter::create(Path::new(path), n_layers as usize, n_experts as usize) {
-            Ok(w) => {
-                let t = Box::new(switchyard_trace { recording: Recording::new(w) });
-                // SAFETY: out checked non-NULL.
-                unsafe { *out = Box::into_raw(t) };
-                SWITCHYARD_RESULT_OK
-            }
-            Err(e) => fail(&e),
+        // SAFETY: the caller's pointers, as documented.
+        unsafe {
+            open_recording(
+                path,
+                out,
+                |p| TraceWriter::create(p, n_layers as usize, n_experts as usize),
+                |recording| switchyard_trace { recording },
+            )
         }
     })
 }
