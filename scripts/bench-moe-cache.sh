@@ -38,7 +38,7 @@ mkdir "$cgroup"
 
 model="${1:-}"
 if [ -z "$model" ]; then
-    for domain in math code chat; do head -c 30000 "$text/text-$domain-train.txt"; echo; done >"$work/calib.txt"
+    calibration_text 30000 "$work/calib.txt"
     model="$work/moe.gguf"
     "$switchyard" moefy "$(smollm2_f32)" --experts 8 --top-k 2 --text "$work/calib.txt" --chunks 12 \
         --llama-bin "$patched" -o "$model" >&2

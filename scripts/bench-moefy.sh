@@ -29,7 +29,7 @@ llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.s
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-for domain in "${DOMAINS[@]}"; do head -c "$CALIB" "$text/text-$domain-train.txt"; echo; done >"$work/calib.txt"
+calibration_text "$CALIB" "$work/calib.txt"
 for domain in "${DOMAINS[@]}"; do head -c 20000 "$text/text-$domain-eval.txt"; echo; done >"$work/held-out-mix.txt"
 
 # perplexity MODEL DOMAIN

@@ -80,3 +80,14 @@ smollm2_f32() {
     fi
     echo "$out"
 }
+
+# calibration_text CHARS OUT: moefy's calibration text, the first CHARS characters of each
+# domain's training text (text_sets), so every benchmark refactors the model the same way.
+calibration_text() {
+    local chars="$1" out="$2" text domain
+    text="$(text_sets)"
+    for domain in math code chat; do
+        head -c "$chars" "$text/text-$domain-train.txt"
+        echo
+    done >"$out"
+}
