@@ -10,7 +10,8 @@
 #
 # for SHARE 25% and 50%: stock llama-completion maps the whole file and pages experts in and
 # out as the limit forces it; the patched one with `--moe-cache SHARE%` reads picked experts
-# into a cache of that size. The model file is dropped from the page cache before every run.
+# into a cache of that size (policies lru and hobbit, and lru with `--moe-prefetch 1`). The
+# model file is dropped from the page cache before every run.
 # Prints, per run: decode tokens/s and its ratio to stock under the same limit, bytes read from
 # disk (the process's block reads), whether the generated text equals stock's, and the
 # held-out perplexity of the same setting (4 chunks of 512 tokens of the chat text; outside the
@@ -87,11 +88,12 @@ for share in 25 50; do
     base_tps="$tps"
     cp "$work/out.txt" "$work/stock.txt"
     echo "| $((limit >> 20)) MiB ($share% of experts) | stock, mmap | ${tps:-$status} | 1.00 | $read_mib | - | $ppl_stock |"
-    for policy in lru hobbit; do
-        run "$limit" "$patched" --moe-cache "$share%" --moe-policy "$policy"
+    for setting in "lru" "hobbit" "lru --moe-prefetch 1"; do
+        read -r -a extra <<<"--moe-policy $setting"
+        run "$limit" "$patched" --moe-cache "$share%" "${extra[@]}"
         same=no; cmp -s "$work/out.txt" "$work/stock.txt" && same=yes
         ratio=-; [ -n "$tps" ] && [ -n "$base_tps" ] && ratio="$(awk -v a="$tps" -v b="$base_tps" 'BEGIN { printf "%.2f", a / b }')"
         cache_mib="$(sed -n 's/.*(\([0-9.]*\) MiB read).*/\1/p' "$work/log.txt")"
-        echo "| $((limit >> 20)) MiB | --moe-cache $share% --moe-policy $policy | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | $same | $(perplexity "$patched" --moe-cache "$share%" --moe-policy "$policy") |"
+        echo "| $((limit >> 20)) MiB | --moe-cache $share% ${extra[*]} | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | $same | $(perplexity "$patched" --moe-cache "$share%" "${extra[@]}") |"
     done
 done

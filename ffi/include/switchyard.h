@@ -16,7 +16,7 @@
  The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
  other call, so a library and header from different releases are never mixed.
  */
-#define SWITCHYARD_ABI_VERSION 2
+#define SWITCHYARD_ABI_VERSION 3
 
 /*
  Outcome of a call.
@@ -134,6 +134,12 @@ typedef struct {
    */
   uint64_t budget;
   uint64_t peak_resident;
+  /*
+   Experts read ahead by `switchyard_moe_cache_prefetch`, and those of them a pick then used
+   (also counted in `hits`).
+   */
+  uint64_t prefetched;
+  uint64_t prefetch_hits;
 } switchyard_moe_cache_stats;
 
 #ifdef __cplusplus
@@ -308,6 +314,22 @@ switchyard_result switchyard_moe_cache_prepare(const switchyard_moe_cache *cache
                                                const int32_t *experts,
                                                const float *probs,
                                                uint32_t n_expert);
+
+/*
+ After `switchyard_moe_cache_prepare` for layer `layer`: `x` holds its `n_tokens` tokens'
+ gate input (the router's input, `n_embd` floats per token). Starts reading, in the
+ background, the experts that the routers of layers `layer + 1 ..= layer + depth` pick for
+ `x` (`n_used` per token), as far as the cache has room besides `layer`'s picks. Returns at
+ once; the preparation of a later layer waits for the reads meant for it. Batches of more
+ than a few tokens (a prompt) are not prefetched for.
+ */
+switchyard_result switchyard_moe_cache_prefetch(const switchyard_moe_cache *cache,
+                                                uint32_t layer,
+                                                uint32_t depth,
+                                                uint32_t n_used,
+                                                uint32_t n_tokens,
+                                                const float *x,
+                                                uint32_t n_embd);
 
 /*
  Copy the cache's counters into `*out`.

@@ -30,7 +30,8 @@ pub use model::{
 };
 pub use offload::{
     switchyard_moe_cache, switchyard_moe_cache_bind, switchyard_moe_cache_free, switchyard_moe_cache_get_stats,
-    switchyard_moe_cache_init, switchyard_moe_cache_manages, switchyard_moe_cache_prepare, switchyard_moe_cache_stats,
+    switchyard_moe_cache_init, switchyard_moe_cache_manages, switchyard_moe_cache_prefetch,
+    switchyard_moe_cache_prepare, switchyard_moe_cache_stats,
 };
 pub use trace::{switchyard_trace, switchyard_trace_free, switchyard_trace_init, switchyard_trace_layer};
 
@@ -38,7 +39,7 @@ use std::ffi::c_char;
 
 /// The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
 /// other call, so a library and header from different releases are never mixed.
-pub const SWITCHYARD_ABI_VERSION: u32 = 2;
+pub const SWITCHYARD_ABI_VERSION: u32 = 3;
 
 /// The ABI version the library was built with.
 #[no_mangle]

@@ -1,7 +1,8 @@
 //! Experts on disk with a budgeted cache in memory (`--moe-cache` in the patched llama.cpp; see
 //! `plugin/src/moe/offload.rs`): the host binds each stacked expert tensor's memory, then
 //! before a MoE layer runs hands over the router's picks, and the library reads the missing
-//! experts in and evicts others.
+//! experts in and evicts others; given the layer's gate input, it also starts reading what the
+//! next layers' routers pick for it.
 
 use std::ffi::c_char;
 use std::path::Path;
@@ -31,6 +32,10 @@ pub struct switchyard_moe_cache_stats {
     /// The budget in bytes, and the most expert bytes resident at once.
     pub budget: u64,
     pub peak_resident: u64,
+    /// Experts read ahead by `switchyard_moe_cache_prefetch`, and those of them a pick then used
+    /// (also counted in `hits`).
+    pub prefetched: u64,
+    pub prefetch_hits: u64,
 }
 
 /// Open the mixture-of-experts GGUF at `path` for offloading. `budget` is bytes ("512M", "2G",
@@ -149,6 +154,38 @@ pub unsafe extern "C" fn switchyard_moe_cache_prepare(
     })
 }
 
+/// After `switchyard_moe_cache_prepare` for layer `layer`: `x` holds its `n_tokens` tokens'
+/// gate input (the router's input, `n_embd` floats per token). Starts reading, in the
+/// background, the experts that the routers of layers `layer + 1 ..= layer + depth` pick for
+/// `x` (`n_used` per token), as far as the cache has room besides `layer`'s picks. Returns at
+/// once; the preparation of a later layer waits for the reads meant for it. Batches of more
+/// than a few tokens (a prompt) are not prefetched for.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_moe_cache_prefetch(
+    cache: *const switchyard_moe_cache,
+    layer: u32,
+    depth: u32,
+    n_used: u32,
+    n_tokens: u32,
+    x: *const f32,
+    n_embd: u32,
+) -> switchyard_result {
+    boundary(|| {
+        check_null!(cache);
+        let n = n_tokens as usize * n_embd as usize;
+        if n > 0 {
+            check_null!(x);
+        }
+        // SAFETY: the caller passes n_tokens * n_embd floats and a live handle.
+        let (cache, x) = unsafe { (&*cache, slice_or_empty(x, n)) };
+        let mut store = cache.store.lock().unwrap_or_else(|p| p.into_inner());
+        match store.prefetch(layer as usize, depth as usize, n_used as usize, x) {
+            Ok(()) => SWITCHYARD_RESULT_OK,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
 /// Copy the cache's counters into `*out`.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_moe_cache_get_stats(
@@ -169,6 +206,8 @@ pub unsafe extern "C" fn switchyard_moe_cache_get_stats(
                 evictions: s.evictions,
                 budget: s.budget,
                 peak_resident: s.peak_resident,
+                prefetched: s.prefetched,
+                prefetch_hits: s.prefetch_hits,
             }
         };
         SWITCHYARD_RESULT_OK

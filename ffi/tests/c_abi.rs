@@ -163,7 +163,8 @@ fn c_program_routes_prompts_through_the_abi() {
 }
 
 /// llama.cpp's --moe-cache calls from C: the picked experts' bytes in the bound memory are the
-/// file's, every pick is read (a cache of nothing streams them), and bad arguments are refused.
+/// file's, every pick is read (a cache of nothing streams them), experts read ahead in the
+/// background are whole, and bad arguments are refused.
 #[test]
 fn c_program_offloads_moe_experts_through_the_abi() {
     let tmp = tempfile::tempdir().unwrap();
@@ -178,9 +179,10 @@ fn c_program_offloads_moe_experts_through_the_abi() {
         .collect();
     let lib = build_staticlib();
     let exe = compile_c(&lib, "moe_cache_test", tmp.path());
+    let n_embd = file.metadata.get_u32("llama.embedding_length").unwrap().to_string();
     let out = Command::new(&exe)
         .arg(&moe)
-        .args(["2", "4"])
+        .args(["2", "4", &n_embd])
         .args(&sizes)
         .env("ASAN_OPTIONS", "detect_leaks=0")
         .output()
@@ -197,6 +199,9 @@ fn c_program_offloads_moe_experts_through_the_abi() {
         assert_eq!(f[3].parse::<u64>().unwrap(), want, "{line}");
         checked += 1;
     }
-    assert_eq!(checked, 2 * 3 * 2);
-    assert!(stdout.contains("loads 4 budget 0"), "{stdout}");
+    assert_eq!(checked, 2 * (2 * 3 * 2), "two passes of two layers, three kinds, two picks");
+    assert!(stdout.contains("loads 4 budget 0 prefetched 0 prefetch_hits 0"), "{stdout}");
+    // second pass: layer 0 reads its two picks; layer 1's router guesses 0 and 1 for a zero
+    // input, and its picks are 1 and 2
+    assert!(stdout.contains("loads 3 budget") && stdout.ends_with("prefetched 2 prefetch_hits 1\n"), "{stdout}");
 }

@@ -209,7 +209,7 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
 }
 
 #[test]
-fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget() {
+fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget_and_prefetching() {
     let (Some(smol), Some(stock), Some(patched)) =
         (common::smollm2(), common::llama_bin(), common::llama_patched_bin())
     else {
@@ -258,7 +258,21 @@ fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget() {
         common::llama_perplexity_with(&patched, &model, &["--moe-cache", "0", "--moe-t2", "0", "-ub", "1", "-lv", "4"]);
     assert!(skipping.is_finite() && skipping != want && counter(&log, "skipped") > 0, "{skipping} vs {want}");
 
+    // prefetching reads the next layer's guessed experts in the background (one token per
+    // micro-batch, as in decoding: prompts are not prefetched for; 75% leaves room for guesses
+    // beside the layer running); results do not change
+    let (want_ub1, _) = common::llama_perplexity_with(&stock, &model, &["-ub", "1"]);
+    let (got, log) = common::llama_perplexity_with(
+        &patched,
+        &model,
+        &["--moe-cache", "75%", "--moe-prefetch", "1", "-ub", "1", "-lv", "4"],
+    );
+    assert_eq!(got, want_ub1, "--moe-prefetch 1");
+    assert!(counter(&log, "prefetched") > 0 && counter(&log, "used)") > 0, "{log}");
+
     // settings that cannot work are refused by name
+    let (ok, log) = common::llama_perplexity_run(&patched, &model, &["--moe-cache", "50%", "--moe-prefetch", "-1"]);
+    assert!(!ok && log.contains("--moe-prefetch"), "{log}");
     let (ok, log) = common::llama_perplexity_run(&patched, &model, &["--moe-cache", "lots"]);
     assert!(!ok && log.contains("'lots'"), "{log}");
     let (ok, log) = common::llama_perplexity_run(&patched, &model, &["--moe-cache", "50%", "--moe-policy", "fifo"]);

@@ -164,6 +164,21 @@ impl ExpertCache {
             e.next_use = u.next_use;
             return Lookup::Hit;
         }
+        self.insert(u, layer, protected, 1)
+    }
+
+    /// Makes room for `u.key` ahead of its use (a prefetch) and caches it without counting a
+    /// use: the use is counted when it comes. A key already cached is left as it is (`Hit`).
+    pub fn admit(&mut self, u: Use, layer: u32, protected: impl Fn(Key, u64) -> bool) -> Lookup {
+        self.clock += 1;
+        if self.entries.contains_key(&u.key) {
+            return Lookup::Hit;
+        }
+        self.insert(u, layer, protected, 0)
+    }
+
+    /// Evicts until `u` fits, then caches it with `uses` uses (when it fits at all).
+    fn insert(&mut self, u: Use, layer: u32, protected: impl Fn(Key, u64) -> bool, uses: u64) -> Lookup {
         let mut evicted = Vec::new();
         if u.cost > self.capacity {
             return Lookup::Miss { evicted, cached: false };
@@ -188,10 +203,10 @@ impl ExpertCache {
             self.used += u.cost;
             let entry = Entry {
                 cost: u.cost,
-                last_use: clock,
+                last_use: self.clock,
                 last_token: u.token,
-                uses: 1,
-                high_uses: u.high as u64,
+                uses,
+                high_uses: uses * u.high as u64,
                 seq: u.seq,
                 next_use: u.next_use,
             };

@@ -17,18 +17,32 @@
 //! above it) exceeds t2 is not loaded on a miss; its memory is zero, so it adds nothing, as
 //! if its gate weight were zero. A skipped pick already in memory is used. Low-precision copies
 //! (t1) need `moe-pack`, not built yet, so t1 is not used here.
+//!
+//! Prefetching ([`ExpertStore::prefetch`]): once a layer is prepared, the routers of the next
+//! few layers are applied to its gate input ([`Lookahead`]) and the experts they pick are read
+//! by a background thread while the layer computes. The cache makes room for them at once
+//! (never evicting what the current layer uses or what is still being read), and a layer's
+//! preparation first waits for the reads meant for it, so a right guess is a hit and a wrong
+//! one costs a read and a slot.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
 
 use super::cache::{ExpertCache, Key, Lookup, Policy, Use};
+use super::lookahead::Lookahead;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 
 const KINDS: [&str; 3] = ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"];
+
+/// Batches of more tokens than this are not prefetched for: a prompt's batch picks nearly every
+/// expert of a layer, so reading them early only reorders the reads and fights the budget.
+const PREFETCH_MAX_TOKENS: usize = 8;
 
 /// How big the cache is: bytes, or a share of all expert bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,6 +79,10 @@ pub struct OffloadStats {
     /// The budget and the most expert bytes ever in memory at once.
     pub budget: u64,
     pub peak_resident: u64,
+    /// Experts read ahead by prefetching (their bytes are in `bytes_read`), and those of them
+    /// a later pick then used (counted in `hits` too).
+    pub prefetched: u64,
+    pub prefetch_hits: u64,
 }
 
 /// One stacked expert tensor of a layer: where expert 0 starts in the file, and where the
@@ -81,6 +99,15 @@ pub struct ExpertStore {
     label: String,
     file: File,
     n_expert: usize,
+    lookahead: Lookahead,
+    /// Started by the first prefetch.
+    reader: Option<Reader>,
+    /// Experts the reader is filling, with what it writes (kept to zero them on a failure).
+    in_flight: HashMap<Key, Vec<Part>>,
+    /// Read ahead and not used since.
+    unused_prefetch: HashSet<Key>,
+    /// The picks of the layer prepared last, which its matmuls are about to read.
+    serving: HashSet<Key>,
     /// Per layer, its stacked tensors (empty for a dense layer).
     layers: Vec<Vec<Stacked>>,
     cache: ExpertCache,
@@ -95,9 +122,71 @@ pub struct ExpertStore {
     stats: OffloadStats,
 }
 
-// SAFETY: the destination pointers are only written through `&mut self`, and the caller of
-// `bind` guarantees the memory outlives the store (llama.cpp frees the model after it).
+// SAFETY: the destination pointers are only written through `&mut self` or by the reader thread
+// (experts in `in_flight`, which nothing else touches until their read is collected), and the
+// caller of `bind` guarantees the memory outlives the store, whose drop joins the reader.
 unsafe impl Send for ExpertStore {}
+
+/// One contiguous piece of an expert: `len` bytes at `offset` in the file, read to `dest`.
+#[derive(Clone, Copy)]
+struct Part {
+    dest: *mut u8,
+    len: usize,
+    offset: u64,
+}
+
+// SAFETY: a Part is handed to the reader thread with exclusive use of its bytes (see ExpertStore).
+unsafe impl Send for Part {}
+
+/// The background thread of prefetching: reads whole experts in the order asked.
+struct Reader {
+    jobs: Option<Sender<(Key, Vec<Part>)>>,
+    done: Receiver<(Key, std::io::Result<()>)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(file: File) -> Reader {
+        let (jobs, todo) = channel::<(Key, Vec<Part>)>();
+        let (finished, done) = channel();
+        let thread = std::thread::Builder::new()
+            .name("switchyard-prefetch".into())
+            .spawn(move || {
+                for (key, parts) in todo {
+                    let result = parts.iter().try_for_each(|p| read_part(&file, p));
+                    if finished.send((key, result)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the prefetch thread");
+        Reader { jobs: Some(jobs), done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // the thread ends with its queue, and must not outlive the memory it writes to
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one part into place, then drops the file's pages from the page cache: the copy in the
+/// cache is the one kept, and the page cache would otherwise hold the expert twice and push out
+/// the dense weights.
+fn read_part(file: &File, p: &Part) -> std::io::Result<()> {
+    // SAFETY: the part's bytes lie inside a bound tensor and are this reader's alone (Part).
+    let slice = unsafe { std::slice::from_raw_parts_mut(p.dest, p.len) };
+    file.read_exact_at(slice, p.offset)?;
+    // SAFETY: a valid descriptor; the advice only concerns the kernel's cache.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), p.offset as libc::off_t, p.len as libc::off_t, libc::POSIX_FADV_DONTNEED)
+    };
+    Ok(())
+}
 
 impl ExpertStore {
     /// Opens a mixture-of-experts GGUF: every layer's ffn_{gate,up,down}_exps are found and will
@@ -143,11 +232,17 @@ impl ExpertStore {
             Budget::Bytes(b) => b,
             Budget::Percent(p) => (total as f64 * p / 100.0) as u64,
         };
+        let lookahead = Lookahead::load(&gguf, n_layer, n_expert)?;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(ExpertStore {
             label,
             file,
             n_expert,
+            lookahead,
+            reader: None,
+            in_flight: HashMap::new(),
+            unused_prefetch: HashSet::new(),
+            serving: HashSet::new(),
             layers,
             cache: ExpertCache::new(policy, budget as f64, n_layer as u32),
             t2,
@@ -228,6 +323,7 @@ impl ExpertStore {
         if experts.iter().any(|&e| e < 0 || e as usize >= n_expert) {
             crate::bail_invalid!("{label}: layer {layer}: a pick outside 0..{n_expert}");
         }
+        self.collect_reads(|k| k.0 as usize == layer)?;
         // a new batch starts when the layers start over: its tokens follow the previous batch's
         if self.last_layer.is_some_and(|l| layer <= l) {
             self.token_base += self.last_batch_tokens;
@@ -257,6 +353,14 @@ impl ExpertStore {
             .filter(|(k, skippable)| !skippable || self.resident.contains(k))
             .map(|(k, _)| k)
             .collect();
+        // a guess for this layer that it did not pick gives its slot back at once: kept, it
+        // would push out an expert the next layers use, a miss for each wrong guess
+        let wrong: Vec<Key> =
+            self.unused_prefetch.iter().filter(|k| k.0 as usize == layer && !batch.contains(k)).copied().collect();
+        for key in wrong {
+            self.cache.remove(key);
+            self.evict(key)?;
+        }
         // what the previous batch streamed through is dropped, unless this one needs it
         for key in std::mem::take(&mut self.streamed) {
             if !batch.contains(&key) && !self.cache.contains(key) {
@@ -271,8 +375,14 @@ impl ExpertStore {
                 continue;
             }
             let u = Use { key, token, seq: 0, high: true, cost: expert_bytes as f64, next_use: None };
-            match self.cache.access(u, layer as u32, |k, _| batch.contains(&k)) {
-                Lookup::Hit => self.stats.hits += 1,
+            let in_flight = &self.in_flight;
+            match self.cache.access(u, layer as u32, |k, _| batch.contains(&k) || in_flight.contains_key(&k)) {
+                Lookup::Hit => {
+                    self.stats.hits += 1;
+                    if self.unused_prefetch.remove(&key) {
+                        self.stats.prefetch_hits += 1;
+                    }
+                }
                 Lookup::Miss { evicted, cached } => {
                     for v in evicted {
                         self.evict(v)?;
@@ -292,38 +402,142 @@ impl ExpertStore {
                 }
             }
         }
+        self.serving = batch;
         Ok(())
+    }
+
+    /// After layer `layer` was prepared, with its tokens' gate input `x` (n_tokens x n_embd,
+    /// the input of the layer's router): starts reading the experts that the routers of the
+    /// next `depth` layers pick for `x`, `n_used` per token, nearest layer first, as far as the
+    /// cache makes room for them. Returns at once; the reads finish in the background.
+    pub fn prefetch(&mut self, layer: usize, depth: usize, n_used: usize, x: &[f32]) -> Result<()> {
+        let n_embd = self.lookahead.n_embd();
+        if n_embd == 0 || !x.len().is_multiple_of(n_embd) {
+            crate::bail_invalid!(
+                "{}: layer {layer}: {} gate input values are not whole rows of {n_embd}",
+                self.label,
+                x.len()
+            );
+        }
+        let n_tokens = x.len() / n_embd;
+        if n_tokens == 0 || n_tokens > PREFETCH_MAX_TOKENS {
+            return Ok(());
+        }
+        let mut wanted: Vec<Key> = Vec::new();
+        for target in layer + 1..=(layer + depth).min(self.layers.len() - 1) {
+            for row in x.chunks_exact(n_embd) {
+                for e in self.lookahead.predict(target, row, n_used).unwrap_or_default() {
+                    if !wanted.contains(&(target as u32, e)) {
+                        wanted.push((target as u32, e));
+                    }
+                }
+            }
+        }
+        let token = self.token_base;
+        for &key in &wanted {
+            if self.resident.contains(&key) || self.in_flight.contains_key(&key) {
+                continue;
+            }
+            let parts = self.parts(key)?;
+            let cost: usize = parts.iter().map(|p| p.len).sum();
+            let u = Use { key, token, seq: 0, high: true, cost: cost as f64, next_use: None };
+            let (serving, in_flight) = (&self.serving, &self.in_flight);
+            let protected = |k: Key, _| serving.contains(&k) || in_flight.contains_key(&k) || wanted.contains(&k);
+            let Lookup::Miss { evicted, cached } = self.cache.admit(u, layer as u32, protected) else {
+                continue;
+            };
+            for v in evicted {
+                self.evict(v)?;
+            }
+            if !cached {
+                break; // everything left is protected: no room for more guesses
+            }
+            let reader = self.reader.get_or_insert_with(|| {
+                Reader::start(self.file.try_clone().expect("duplicating the descriptor of an open file"))
+            });
+            reader
+                .jobs
+                .as_ref()
+                .expect("open until drop")
+                .send((key, parts.clone()))
+                .expect("the reader runs until drop");
+            self.in_flight.insert(key, parts);
+            self.resident_bytes += cost as u64;
+            self.stats.peak_resident = self.stats.peak_resident.max(self.resident_bytes);
+            self.stats.prefetched += 1;
+        }
+        Ok(())
+    }
+
+    /// Waits for the background reads of the experts `wait_for` selects, and takes in every
+    /// read finished meanwhile. A failed read is zeroed, forgotten and reported.
+    fn collect_reads(&mut self, wait_for: impl Fn(Key) -> bool) -> Result<()> {
+        let Some(reader) = &self.reader else { return Ok(()) };
+        let mut failure = None;
+        loop {
+            let waiting = self.in_flight.keys().any(|&k| wait_for(k));
+            let next = if waiting { reader.done.recv().ok() } else { reader.done.try_recv().ok() };
+            let Some((key, result)) = next else { break };
+            let parts = self.in_flight.remove(&key).expect("a read the store started");
+            let bytes: u64 = parts.iter().map(|p| p.len as u64).sum();
+            match result {
+                Ok(()) => {
+                    self.resident.insert(key);
+                    self.unused_prefetch.insert(key);
+                    self.stats.bytes_read += bytes;
+                }
+                Err(err) => {
+                    for p in &parts {
+                        // SAFETY: the part lies inside a bound tensor, and its read has ended.
+                        unsafe { release(p.dest, p.len) };
+                    }
+                    self.resident_bytes -= bytes;
+                    self.cache.remove(key);
+                    failure.get_or_insert(format!(
+                        "{}: reading expert {} of layer {} ahead: {err}",
+                        self.label, key.1, key.0
+                    ));
+                }
+            }
+        }
+        match failure {
+            Some(msg) => Err(Error::Invalid(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// Where expert `key` lies in the file and in memory, one part per stacked tensor.
+    fn parts(&self, key: Key) -> Result<Vec<Part>> {
+        let (layer, e) = (key.0 as usize, key.1 as usize);
+        self.layers[layer]
+            .iter()
+            .map(|s| match s.dest {
+                // SAFETY (of the add): expert e's slice lies inside the bound tensor.
+                Some(dest) => Ok(Part {
+                    dest: unsafe { dest.add(e * s.expert_bytes) },
+                    len: s.expert_bytes,
+                    offset: s.file_offset + (e * s.expert_bytes) as u64,
+                }),
+                None => Err(Error::Invalid(format!("{}: tensor '{}' was never bound", self.label, s.name))),
+            })
+            .collect()
     }
 
     /// Reads expert `key` into its place in every tensor of its layer; on a failure, what was
     /// read is zeroed again and nothing is counted.
     fn load(&mut self, key: Key) -> Result<()> {
-        let (layer, e) = (key.0 as usize, key.1 as usize);
-        for (i, s) in self.layers[layer].iter().enumerate() {
-            let dest = s.dest.expect("bound: checked in prepare");
-            // SAFETY: expert e's slice lies inside the bound tensor of total_bytes bytes.
-            let slice = unsafe { std::slice::from_raw_parts_mut(dest.add(e * s.expert_bytes), s.expert_bytes) };
-            let offset = s.file_offset + (e * s.expert_bytes) as u64;
-            if let Err(err) = self.file.read_exact_at(slice, offset) {
-                for done in &self.layers[layer][..=i] {
-                    // SAFETY: as above, for the slices this call wrote.
-                    unsafe { release(done.dest.expect("bound").add(e * done.expert_bytes), done.expert_bytes) };
+        let parts = self.parts(key)?;
+        for (i, p) in parts.iter().enumerate() {
+            if let Err(err) = read_part(&self.file, p) {
+                for done in &parts[..=i] {
+                    // SAFETY: the parts lie inside bound tensors, and no one else writes them.
+                    unsafe { release(done.dest, done.len) };
                 }
-                crate::bail_invalid!("{}: reading expert {e} of '{}': {err}", self.label, s.name);
+                let name = &self.layers[key.0 as usize][i].name;
+                crate::bail_invalid!("{}: reading expert {} of '{name}': {err}", self.label, key.1);
             }
-            // the copy in the cache is the one kept: drop the file's pages from the page cache,
-            // which would otherwise hold the expert twice and push out the dense weights
-            // SAFETY: a valid descriptor; the advice only concerns the kernel's cache.
-            unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    offset as libc::off_t,
-                    s.expert_bytes as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                )
-            };
         }
-        let bytes: u64 = self.layers[layer].iter().map(|s| s.expert_bytes as u64).sum();
+        let bytes: u64 = parts.iter().map(|p| p.len as u64).sum();
         self.stats.bytes_read += bytes;
         self.resident_bytes += bytes;
         self.resident.insert(key);
@@ -335,6 +549,7 @@ impl ExpertStore {
         if !self.resident.remove(&key) {
             return Ok(());
         }
+        self.unused_prefetch.remove(&key);
         let (layer, e) = (key.0 as usize, key.1 as usize);
         for s in &self.layers[layer] {
             let dest = s.dest.expect("resident experts are bound");
@@ -381,7 +596,8 @@ mod tests {
     use crate::GgmlType;
 
     /// A 2-layer MoE GGUF of 4 experts whose expert e of layer l holds bytes all equal to
-    /// 16 * l + 4 * kind + e + 1 (each expert 8192 bytes per tensor, two pages).
+    /// 16 * l + 4 * kind + e + 1 (each expert 8192 bytes per tensor, two pages). Both routers
+    /// (n_embd = 2) score expert e by x . (cos(e pi/2), sin(e pi/2)): x = (1, 0.5) picks 0 then 1.
     fn moe_file(dir: &Path) -> std::path::PathBuf {
         let mut md = Metadata::new();
         md.insert("general.architecture", Value::String("llama".into()));
@@ -394,6 +610,9 @@ mod tests {
                 infos.push(TensorInfoOut::new(format!("blk.{l}.{kind}.weight"), GgmlType::I8, [64u64, 128, 4]));
                 data.push((0..4u8).flat_map(|e| vec![16 * l + 4 * k as u8 + e + 1; 8192]).collect::<Vec<u8>>());
             }
+            infos.push(TensorInfoOut::new(format!("blk.{l}.ffn_gate_inp.weight"), GgmlType::F32, [2u64, 4]));
+            let router = [1.0f32, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -1.0];
+            data.push(router.iter().flat_map(|v| v.to_le_bytes()).collect());
         }
         let path = dir.join("moe.gguf");
         let tensors: Vec<(TensorInfoOut, &[u8])> = infos.into_iter().zip(data.iter().map(Vec::as_slice)).collect();
@@ -479,6 +698,60 @@ mod tests {
         store.prepare(0, 2, &[0, 1], Some(&probs)).unwrap();
         assert_eq!(loaded(&mem, 0, 1), vec![0, 1]);
         assert_eq!((store.stats().hits, store.stats().skipped), (1, 0));
+    }
+
+    #[test]
+    fn prefetched_experts_are_read_ahead_and_serve_the_next_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = moe_file(dir.path());
+        let (mut store, mem) = bound(&path, Budget::Bytes(3 * 3 * 8192), 1.0);
+        store.prepare(0, 1, &[1], None).unwrap();
+        // layer 1's router guesses expert 0 for this gate input
+        store.prefetch(0, 1, 1, &[1.0, 0.5]).unwrap();
+        store.prepare(1, 1, &[0], None).unwrap();
+        assert_eq!(loaded(&mem, 1, 2), vec![0]);
+        let s = store.stats();
+        assert_eq!((s.hits, s.loads, s.prefetched, s.prefetch_hits), (1, 1, 1, 1));
+        assert_eq!(s.bytes_read, 2 * 3 * 8192);
+        // nothing lies beyond the last layer; a prompt-sized batch is not prefetched for
+        store.prefetch(1, 4, 1, &[1.0, 0.5]).unwrap();
+        store.prefetch(0, 1, 1, &[0.0, -1.0].repeat(PREFETCH_MAX_TOKENS + 1)).unwrap();
+        assert_eq!(store.stats().prefetched, 1);
+        // a wrong guess (expert 3) costs a read and a slot; the budget holds
+        store.prepare(0, 1, &[2], None).unwrap();
+        store.prefetch(0, 1, 1, &[0.0, -1.0]).unwrap();
+        store.prepare(1, 1, &[1], None).unwrap();
+        let s = store.stats();
+        assert_eq!((s.prefetched, s.prefetch_hits, s.loads), (2, 1, 3));
+        assert!(s.peak_resident <= s.budget, "{} > {}", s.peak_resident, s.budget);
+        assert!(loaded(&mem, 1, 0).contains(&1));
+        assert!(store.prefetch(0, 1, 1, &[1.0, 0.5, 2.0]).unwrap_err().to_string().contains("whole rows of 2"));
+    }
+
+    #[test]
+    fn the_serving_layer_is_never_evicted_for_a_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = moe_file(dir.path());
+        let (mut store, mem) = bound(&path, Budget::Bytes(2 * 3 * 8192), 1.0);
+        store.prepare(0, 2, &[1, 3], None).unwrap();
+        store.prefetch(0, 1, 2, &[1.0, 0.5]).unwrap();
+        assert_eq!(loaded(&mem, 0, 0), vec![1, 3], "layer 0 is about to run");
+        assert_eq!(store.stats().prefetched, 0);
+    }
+
+    #[test]
+    fn a_failed_read_ahead_is_zeroed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = moe_file(dir.path());
+        let (mut store, mem) = bound(&path, Budget::Percent(100.0), 1.0);
+        store.prepare(0, 1, &[0], None).unwrap();
+        // the file loses layer 1's experts after it was opened
+        let cut = std::fs::metadata(&path).unwrap().len() - 3 * 4 * 8192;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        store.prefetch(0, 1, 1, &[1.0, 0.5]).unwrap();
+        let err = store.prepare(1, 1, &[0], None).unwrap_err().to_string();
+        assert!(err.contains("moe.gguf") && err.contains("expert 0 of layer 1 ahead"), "{err}");
+        assert_eq!(loaded(&mem, 1, 0), Vec::<usize>::new());
     }
 
     #[test]
