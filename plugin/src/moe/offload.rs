@@ -477,7 +477,13 @@ impl ExpertStore {
         loop {
             let waiting = self.in_flight.keys().any(|&k| wait_for(k));
             let next = if waiting { reader.done.recv().ok() } else { reader.done.try_recv().ok() };
-            let Some((key, result)) = next else { break };
+            let Some((key, result)) = next else {
+                if waiting {
+                    // only a dead reader leaves reads unfinished: their memory cannot be trusted
+                    crate::bail_invalid!("{}: the prefetch reader stopped with reads unfinished", self.label);
+                }
+                break;
+            };
             let parts = self.in_flight.remove(&key).expect("a read the store started");
             let bytes: u64 = parts.iter().map(|p| p.len as u64).sum();
             match result {
