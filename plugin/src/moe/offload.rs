@@ -146,21 +146,18 @@ struct Reader {
 }
 
 impl Reader {
-    fn start(file: File) -> Reader {
+    fn start(file: File) -> std::io::Result<Reader> {
         let (jobs, todo) = channel::<(Key, Vec<Part>)>();
         let (finished, done) = channel();
-        let thread = std::thread::Builder::new()
-            .name("switchyard-prefetch".into())
-            .spawn(move || {
-                for (key, parts) in todo {
-                    let result = parts.iter().try_for_each(|p| read_part(&file, p));
-                    if finished.send((key, result)).is_err() {
-                        return;
-                    }
+        let thread = std::thread::Builder::new().name("switchyard-prefetch".into()).spawn(move || {
+            for (key, parts) in todo {
+                let result = parts.iter().try_for_each(|p| read_part(&file, p));
+                if finished.send((key, result)).is_err() {
+                    return;
                 }
-            })
-            .expect("spawning the prefetch thread");
-        Reader { jobs: Some(jobs), done, thread: Some(thread) }
+            }
+        })?;
+        Ok(Reader { jobs: Some(jobs), done, thread: Some(thread) })
     }
 }
 
@@ -433,6 +430,12 @@ impl ExpertStore {
                 }
             }
         }
+        if self.reader.is_none() && !wanted.is_empty() {
+            let started = self.file.try_clone().and_then(Reader::start);
+            self.reader = Some(
+                started.map_err(|e| Error::Invalid(format!("{}: starting the prefetch reader: {e}", self.label)))?,
+            );
+        }
         let token = self.token_base;
         for &key in &wanted {
             if self.resident.contains(&key) || self.in_flight.contains_key(&key) {
@@ -452,15 +455,12 @@ impl ExpertStore {
             if !cached {
                 break; // everything left is protected: no room for more guesses
             }
-            let reader = self.reader.get_or_insert_with(|| {
-                Reader::start(self.file.try_clone().expect("duplicating the descriptor of an open file"))
-            });
-            reader
-                .jobs
-                .as_ref()
-                .expect("open until drop")
-                .send((key, parts.clone()))
-                .expect("the reader runs until drop");
+            let jobs = self.reader.as_ref().and_then(|r| r.jobs.as_ref());
+            if jobs.is_none_or(|j| j.send((key, parts.clone())).is_err()) {
+                // cached but never read, it would serve zeros
+                self.cache.remove(key);
+                crate::bail_invalid!("{}: the prefetch reader stopped", self.label);
+            }
             self.in_flight.insert(key, parts);
             self.resident_bytes += cost as u64;
             self.stats.peak_resident = self.stats.peak_resident.max(self.resident_bytes);
