@@ -556,12 +556,10 @@ impl ExpertStore {
             return Ok(());
         }
         self.unused_prefetch.remove(&key);
-        let (layer, e) = (key.0 as usize, key.1 as usize);
-        for s in &self.layers[layer] {
-            let dest = s.dest.expect("resident experts are bound");
-            // SAFETY: expert e's slice lies inside the bound tensor.
-            unsafe { release(dest.add(e * s.expert_bytes), s.expert_bytes) };
-            self.resident_bytes -= s.expert_bytes as u64;
+        for p in self.parts(key)? {
+            // SAFETY: the part lies inside a bound tensor, and no read of it is in flight.
+            unsafe { release(p.dest, p.len) };
+            self.resident_bytes -= p.len as u64;
         }
         self.stats.evictions += 1;
         Ok(())
