@@ -30,9 +30,12 @@ from sources import (
     write_atomic,
 )
 
-# About 50k-65k tokens each, so the three fine-tunes take under an hour on 2 cores; GSM answers
-# are formulaic and teach their format on less text than code or conversation.
-TRAIN_CHARS = {"math": 160_000, "code": 240_000, "chat": 240_000}
+# About 50k-65k tokens for code and chat, so the three fine-tunes take under an hour on 2 cores.
+# Math is cut shorter: GSM-Symbolic's 80 training templates repeat, and the math expert's
+# held-out perplexity (templates it never saw; base 5.365) was best after one pass over about 95
+# problems and worse with more: the first 50k characters gave 4.728, 100k 4.943, 160k 5.098
+# (scripts/make-experts.sh's recipe, docs/BENCHMARKS.md).
+TRAIN_CHARS = {"math": 50_000, "code": 240_000, "chat": 240_000}
 EVAL_CHARS = 60_000  # per domain: about 15k tokens for llama-perplexity
 MAX_DOC_CHARS = 8_000  # longer files and conversations are cut, so no single one dominates
 GSM_PROBLEMS = {"train": 600, "eval": 150}
