@@ -32,7 +32,7 @@ from sources import (
 
 # About 50k-65k tokens for code and chat, so the three fine-tunes take under an hour on 2 cores.
 # Math is cut shorter: GSM-Symbolic's 80 training templates repeat, and the math expert's
-# held-out perplexity (templates it never saw; base 5.365) was best after one pass over about 95
+# held-out perplexity (templates it never saw; base 5.365) was best when trained on about 95
 # problems and worse with more: the first 50k characters gave 4.728, 100k 4.943, 160k 5.098
 # (scripts/make-experts.sh's recipe, docs/BENCHMARKS.md).
 TRAIN_CHARS = {"math": 50_000, "code": 240_000, "chat": 240_000}
