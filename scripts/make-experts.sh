@@ -8,15 +8,23 @@
 #   {math,code,chat}.log             llama-finetune's log
 #
 # Training is llama.cpp's own full-parameter trainer (llama-finetune, ggml-opt's AdamW) from the
-# pinned llama.cpp this project already builds: no second ML stack, and it trains the exact
-# network llama.cpp runs. It is deterministic: ggml-opt shuffles with a default-seeded
-# mt19937, and the text sets are seeded (scripts/fetch-data.sh --text). Each expert is cached
-# under a key of its inputs, so a second run only prints the folder.
+# pinned llama.cpp this project already builds (the patched build, for patch 0008's
+# --train-stride): no second ML stack, and it trains the exact network llama.cpp runs. It is
+# deterministic: ggml-opt shuffles with a default-seeded mt19937, and the text sets are seeded
+# (scripts/fetch-data.sh --text). Each expert is cached under a key of its inputs, so a second
+# run only prints the folder.
 #
 # One optimizer step per context of CTX tokens (llama-finetune steps once per context: K and V
 # only get gradients when the micro-batch is the whole context), so steps are small and noisy
 # and the learning rate must be low. A sweep on 20k characters of code (held-out perplexity,
 # base 8.20) gave 1e-4: 21.2, 3e-5: 9.88, 1e-5: 8.12, 3e-6: 7.90, 1e-6: 8.06.
+#
+# Contexts: llama-finetune's default starts one every half context, so each token is trained
+# on twice. Chat trains on disjoint contexts of more text: 600k characters once gave held-out
+# perplexity 7.021 (-10.8%) against 7.126 for 240k twice over. Code and math keep the overlap:
+# code on its 900k characters in disjoint contexts did worse (7.820 against 7.615 for 240k
+# twice over), and math's templates repeat, so more text overfits them
+# (scripts/data/build_text.py, docs/BENCHMARKS.md).
 #
 # Environment: SWITCHYARD_EXPERT_LR (default 3e-6), SWITCHYARD_EXPERT_CTX (tokens per sample,
 # default 256), SWITCHYARD_EXPERT_CHARS (train on the first N characters of each text set;
@@ -34,18 +42,20 @@ DOMAINS=(math code chat)
 switchyard="$(switchyard_cli)"
 base_gguf="$(smollm2_gguf)"
 text="$(text_sets)"
-llama="${SWITCHYARD_LLAMA_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" --stock | tail -n1)}"
-[ -x "$llama/llama-finetune" ] || die "$llama/llama-finetune is missing (rebuild: scripts/build-llama.sh --stock)"
+llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.sh" | tail -n1)}"
+[ -x "$llama/llama-finetune" ] || die "$llama/llama-finetune is missing (rebuild: scripts/build-llama.sh)"
 
 # The key hashes what the weights depend on and nothing else, so editing this script's comments
 # or plumbing keeps an hour of training: the base, the training texts, the llama.cpp build (the
 # name of its folder, a hash of its inputs), the hyperparameters and RECIPE, bumped by hand whenever
 # the llama-finetune command below changes.
-RECIPE=1
+RECIPE=2
+declare -A STRIDE=([math]=$((CTX / 2)) [code]=$((CTX / 2)) [chat]="$CTX")
 trains=()
 for domain in "${DOMAINS[@]}"; do trains+=("$text/text-$domain-train.txt"); done
 key="$( (sha256sum "$base_gguf" "${trains[@]}" | cut -d' ' -f1
-         echo "$(basename "$(dirname "$llama")") $LR $CTX $CHARS recipe-$RECIPE") | sha256sum | cut -c1-16)"
+         echo "$(basename "$(dirname "$llama")") $LR $CTX ${STRIDE[math]} ${STRIDE[code]} ${STRIDE[chat]} $CHARS recipe-$RECIPE") \
+         | sha256sum | cut -c1-16)"
 out="$SWITCHYARD_CACHE/experts/$key"
 mkdir -p "$out"
 
@@ -68,11 +78,10 @@ for domain in "${DOMAINS[@]}"; do
         head -c "$CHARS" "$train" >"$out/.$domain-train.txt"
         train="$out/.$domain-train.txt"
     fi
-    log "$domain: fine-tuning on $(wc -c <"$train") characters (lr $LR, $CTX tokens per sample, $THREADS threads)"
+    log "$domain: fine-tuning on $(wc -c <"$train") characters (lr $LR, $CTX tokens per sample, one every ${STRIDE[$domain]}, $THREADS threads)"
     start=$(date +%s)
-    # one epoch: llama-finetune's samples overlap by half, so each token is seen about twice
     "$llama/llama-finetune" -m "$out/base-f32.gguf" -f "$train" -c "$CTX" -b "$CTX" -ub "$CTX" \
-        -t "$THREADS" -tb "$THREADS" -lr "$LR" -epochs 1 -val-split 0.05 \
+        --train-stride "${STRIDE[$domain]}" -t "$THREADS" -tb "$THREADS" -lr "$LR" -epochs 1 -val-split 0.05 \
         -o "$out/.$domain.gguf.tmp" >"$out/$domain.log" 2>&1 \
         || { tail -n 20 "$out/$domain.log" >&2; die "llama-finetune failed for $domain (log: $out/$domain.log)"; }
     log "$domain: trained in $(( $(date +%s) - start )) s; $(tr '\r' '\n' <"$out/$domain.log" | grep -a '^val:' | tail -n1)"

@@ -3,6 +3,15 @@
 # perplexity (llama.cpp's llama-perplexity, patched build) on the held-out text of every domain
 # for: the base, the full expert, the expert compressed with the salient-aware codec at 1-4 bits,
 # with BitDelta and with round-to-nearest, plus each bundle's size and bits per parameter.
+# The codec weighs each input channel by its activations, as ME-Switch does: an importance matrix
+# (llama-imatrix) of the base on the first CALIB characters of every domain's training text.
+#
+# Settings (SWITCHYARD_QUALITY_CONFIGS, words NAME:BITS):
+#   salient:B    the codec's defaults: 1% salient channels at 16 bits, a step per 128 channels
+#   weighted:B   the codec at round-to-nearest's size: no salient channels, one step per row,
+#                steps fitted to the activation-weighted error
+#   bitdelta:1   BitDelta (sign bits, one step per matrix)
+#   rtn:B        round-to-nearest, one MSE-optimal step per row, every channel weighing the same
 # Prints a markdown table (also written to quality.md in the work folder) with the gap each
 # setting closes on the expert's own domain,
 #
@@ -13,8 +22,9 @@
 # compression drops noise the fine-tune learned, KL only measures fidelity.
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
-# SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 bitdelta:1
-# rtn:2 rtn:3"), SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
+# SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 weighted:1
+# weighted:2 bitdelta:1 rtn:2 rtn:3"), SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000),
+# SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
 # scripts/make-experts.sh), SWITCHYARD_THREADS. Results are cached per setting in the work folder,
 # so an interrupted run resumes.
 set -euo pipefail
@@ -22,7 +32,8 @@ source "$(dirname "$0")/lib.sh"
 
 CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-16}"
 CTX=512
-CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 bitdelta:1 rtn:2 rtn:3})
+CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 weighted:1 weighted:2 bitdelta:1 rtn:2 rtn:3})
+CALIB="${SWITCHYARD_QUALITY_CALIB_CHARS:-20000}"
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
 DOMAINS=(math code chat)                           # held-out texts
 EXPERTS=(${SWITCHYARD_EXPERTS:-${DOMAINS[*]}})      # experts measured (and packed together)
@@ -56,13 +67,14 @@ perplexity() {
 }
 
 # kld ROW EXPERT MODEL [llama args...]: mean KL divergence from the full expert's distributions
-# on the expert's own held-out text (saved once per expert), cached in $klds
+# on the expert's own held-out text (saved once per expert), cached in $klds. The same run scores
+# the same tokens, so it also gives the perplexity on the expert's own domain: one run fewer.
 kld() {
     local row="$1" expert="$2" model="$3"; shift 3
     if grep -q "^$row	$expert	" "$klds"; then
         return
     fi
-    local ref="$work/logits-$expert-c$CTX-n$CHUNKS.kld" logf="$work/kld.log" value
+    local ref="$work/logits-$expert-c$CTX-n$CHUNKS.kld" logf="$work/kld.log" value ppl
     if [ ! -f "$ref" ]; then
         "$llama/llama-perplexity" -m "$experts/$expert.gguf" -f "$text/text-$expert-eval.txt" -c "$CTX" \
             --chunks "$CHUNKS" -t "$THREADS" -tb "$THREADS" --kl-divergence-base "$ref.tmp" >"$logf" 2>&1 \
@@ -73,8 +85,13 @@ kld() {
         --chunks "$CHUNKS" -t "$THREADS" -tb "$THREADS" >"$logf" 2>&1 \
         || { tail -n 20 "$logf" >&2; die "llama-perplexity --kl-divergence failed: $row $expert (log: $logf)"; }
     value="$(sed -n 's/.*Mean    KLD: *\([0-9.]*\).*/\1/p' "$logf")"
-    [ -n "$value" ] || die "no KL divergence in $logf"
+    ppl="$(sed -n 's/^Mean PPL(Q) *: *\([0-9.]*\).*/\1/p' "$logf")"
+    [ -n "$value" ] && [ -n "$ppl" ] || die "no KL divergence or perplexity in $logf"
     log "$row $expert: KL from the full expert $value"
+    if [ "$row" != base ] && ! grep -q "^$row	$expert	$expert	" "$results"; then
+        log "$row $expert on $expert: $ppl"
+        printf '%s\t%s\t%s\t%s\n' "$row" "$expert" "$expert" "$ppl" >>"$results"
+    fi
     printf '%s\t%s\t%s\n' "$row" "$expert" "$value" >>"$klds"
 }
 
@@ -90,6 +107,16 @@ for expert in "${EXPERTS[@]}"; do
     done
 done
 
+# the importance matrix: training text only, so no held-out token informs the compression
+imatrix="$work/imatrix-$CALIB.gguf"
+if [ ! -f "$imatrix" ]; then
+    for domain in "${DOMAINS[@]}"; do head -c "$CALIB" "$text/text-$domain-train.txt"; printf '\n\n'; done >"$work/calib.txt"
+    "$llama/llama-imatrix" -m "$experts/base-f32.gguf" -f "$work/calib.txt" -c "$CTX" -t "$THREADS" \
+        -o "$imatrix.tmp.gguf" >"$work/imatrix.log" 2>&1 \
+        || { tail -n 20 "$work/imatrix.log" >&2; die "llama-imatrix failed (log: $work/imatrix.log)"; }
+    mv "$imatrix.tmp.gguf" "$imatrix"
+fi
+
 sizes="$work/sizes.tsv" # row, expert, MiB stored, bits/param over every changed parameter, linear-delta bits/param
 touch "$sizes"
 for config in "${CONFIGS[@]}"; do
@@ -100,18 +127,24 @@ for config in "${CONFIGS[@]}"; do
         log "packing $row"
         args=()
         for expert in "${EXPERTS[@]}"; do args+=(--expert "$expert=$experts/$expert.gguf"); done
+        case "$codec" in
+            salient) args+=(--codec salient --imatrix "$imatrix") ;;
+            weighted) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix") ;;
+            bitdelta | rtn) args+=(--codec "$codec") ;;
+            *) die "unknown setting $config (want salient, weighted, bitdelta or rtn)" ;;
+        esac
         "$switchyard" pack --base-gguf "$base_gguf" --base "$experts/base-hf" "${args[@]}" \
-            --codec "$codec" --bits "$bits" -o "$bundle" >&2
+            --bits "$bits" -o "$bundle" >&2
     fi
     # "  math : codec ..." then "    N tensors changed, X MiB stored (B bits/param): linear deltas Y MiB at L bits/param, ..."
     "$switchyard" inspect --summary --no-verify "$bundle" | awk -v row="$row" '
         /^  [a-z]+ : codec/ { expert = $1 }
         /tensors changed/ { gsub(/[(]/, "", $7); printf "%s\t%s\t%s\t%s\t%s\n", row, expert, $4, $7, $14 }' >>"$sizes"
     for expert in "${EXPERTS[@]}"; do
+        kld "$row" "$expert" "$bundle" --expert "$expert"
         for domain in "${DOMAINS[@]}"; do
             perplexity "$row" "$expert" "$domain" "$bundle" --expert "$expert"
         done
-        kld "$row" "$expert" "$bundle" --expert "$expert"
     done
 done
 

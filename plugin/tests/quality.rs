@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use switchyard::bundle::Bundle;
 use switchyard::gguf::GgufFile;
 
 const DOMAINS: [&str; 3] = ["math", "code", "chat"];
@@ -16,10 +17,12 @@ fn run_script(script: &str, cache: &Path, fixtures: &[(&str, PathBuf)]) -> Outpu
     let mut cmd = Command::new(common::repo_root().join("scripts").join(script));
     cmd.env("SWITCHYARD_CACHE", cache)
         .env("SWITCHYARD_BIN", env!("CARGO_BIN_EXE_switchyard"))
-        .env("SWITCHYARD_EXPERT_CHARS", "3000")
+        // enough for a few disjoint 256-token contexts of every domain (one goes to validation)
+        .env("SWITCHYARD_EXPERT_CHARS", "6000")
+        .env("SWITCHYARD_QUALITY_CALIB_CHARS", "3000")
         .env("SWITCHYARD_EXPERT_CTX", "256")
         .env("SWITCHYARD_QUALITY_CHUNKS", "1")
-        .env("SWITCHYARD_QUALITY_CONFIGS", "salient:2 rtn:2");
+        .env("SWITCHYARD_QUALITY_CONFIGS", "salient:2 weighted:2 rtn:2");
     for (var, path) in fixtures {
         cmd.env(var, path);
     }
@@ -73,11 +76,11 @@ fn experts_are_fine_tuned_and_the_quality_table_is_complete() {
         .filter(|l| l.starts_with("| ") && !l.starts_with("| expert"))
         .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
         .collect();
-    assert_eq!(rows.len(), 3 * 4, "want base, full, salient-2 and rtn-2 per expert:\n{table}");
+    assert_eq!(rows.len(), 3 * 5, "want base, full, salient-2, weighted-2 and rtn-2 per expert:\n{table}");
     for row in &rows {
         let ppl: Vec<f64> = row[5..8].iter().map(|v| v.parse().unwrap()).collect();
         assert!(ppl.iter().all(|p| p.is_finite() && *p > 1.0), "bad perplexity in {row:?}");
-        if row[1] == "salient-2" || row[1] == "rtn-2" {
+        if row[1] != "base" && row[1] != "full fine-tune" {
             let linear_bits: f64 = row[4].parse().unwrap();
             assert!((2.0..2.6).contains(&linear_bits), "{row:?}: {linear_bits} bits per linear delta parameter");
             let all_bits: f64 = row[3].parse().unwrap();
@@ -88,4 +91,11 @@ fn experts_are_fine_tuned_and_the_quality_table_is_complete() {
         }
     }
     assert!(experts.join("quality/quality.md").is_file());
+    // the codec's settings weigh channels by the importance matrix, the baseline does not
+    for (setting, weighted) in [("salient-2", true), ("weighted-2", true), ("rtn-2", false)] {
+        let bundle = Bundle::open(&experts.join(format!("quality/{setting}-math-code-chat.gguf"))).unwrap();
+        for e in &bundle.experts {
+            assert_eq!(e.imatrix.is_some(), weighted, "{setting} {}: imatrix {:?}", e.name, e.imatrix);
+        }
+    }
 }

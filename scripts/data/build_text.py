@@ -30,12 +30,14 @@ from sources import (
     write_atomic,
 )
 
-# About 50k-65k tokens for code and chat, so the three fine-tunes take under an hour on 2 cores.
-# Math is cut shorter: GSM-Symbolic's 80 training templates repeat, and the math expert's
-# held-out perplexity (templates it never saw; base 5.365) was best when trained on about 95
-# problems and worse with more: the first 50k characters gave 4.728, 100k 4.943, 160k 5.098
-# (scripts/make-experts.sh's recipe, docs/BENCHMARKS.md).
-TRAIN_CHARS = {"math": 50_000, "code": 240_000, "chat": 240_000}
+# What scripts/make-experts.sh trains on: about 60k tokens of code (seen twice, in overlapping
+# contexts) and 120k of chat (once), in about 35 minutes on 2 cores with math; measured
+# alternatives are in docs/BENCHMARKS.md. Code is cut at 240k: all 900k characters of the
+# training files, in disjoint contexts, specialised less (held-out 7.820 against 7.615). Math is
+# cut shorter: GSM-Symbolic's 80 training templates repeat, and the math expert's held-out
+# perplexity (templates it never saw; base 5.365) was best when trained on about 95 problems and
+# worse with more: the first 50k characters gave 4.728, 100k 4.943, 160k 5.098.
+TRAIN_CHARS = {"math": 50_000, "code": 240_000, "chat": 600_000}
 EVAL_CHARS = 60_000  # per domain: about 15k tokens for llama-perplexity
 MAX_DOC_CHARS = 8_000  # longer files and conversations are cut, so no single one dominates
 GSM_PROBLEMS = {"train": 600, "eval": 150}
