@@ -46,7 +46,7 @@ llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.s
 [ -x "$llama/llama-finetune" ] || die "$llama/llama-finetune is missing (rebuild: scripts/build-llama.sh)"
 
 # The key hashes what the weights depend on and nothing else, so editing this script's comments
-# or plumbing keeps an hour of training: the base, the training texts, the llama.cpp build (the
+# or plumbing keeps half an hour of training: the base, the training texts, the llama.cpp build (the
 # name of its folder, a hash of its inputs), the hyperparameters and RECIPE, bumped by hand whenever
 # the llama-finetune command below changes.
 RECIPE=2
