@@ -50,10 +50,17 @@ results="$work/ppl-c$CTX-n$CHUNKS.tsv" # row, expert, domain, ppl
 klds="$work/kld-c$CTX-n$CHUNKS.tsv"      # row, expert, mean KL divergence from the full expert
 touch "$results" "$klds"
 
+# has_ppl ROW EXPERT DOMAIN / record_ppl ROW EXPERT DOMAIN PPL: the perplexity cache, $results
+has_ppl() { grep -q "^$1	$2	$3	" "$results"; }
+record_ppl() {
+    log "$1 $2 on $3: $4"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"
+}
+
 # perplexity ROW EXPERT DOMAIN MODEL [llama args...]: cached in $results
 perplexity() {
     local row="$1" expert="$2" domain="$3" model="$4"; shift 4
-    if grep -q "^$row	$expert	$domain	" "$results"; then
+    if has_ppl "$row" "$expert" "$domain"; then
         return
     fi
     local logf="$work/ppl.log" ppl
@@ -62,8 +69,7 @@ perplexity() {
         || { tail -n 20 "$logf" >&2; die "llama-perplexity failed: $row $expert $domain (log: $logf)"; }
     ppl="$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$logf")"
     [ -n "$ppl" ] || die "no perplexity in $logf"
-    log "$row $expert on $domain: $ppl"
-    printf '%s\t%s\t%s\t%s\n' "$row" "$expert" "$domain" "$ppl" >>"$results"
+    record_ppl "$row" "$expert" "$domain" "$ppl"
 }
 
 # kld ROW EXPERT MODEL [llama args...]: mean KL divergence from the full expert's distributions
@@ -88,9 +94,8 @@ kld() {
     ppl="$(sed -n 's/^Mean PPL(Q) *: *\([0-9.]*\).*/\1/p' "$logf")"
     [ -n "$value" ] && [ -n "$ppl" ] || die "no KL divergence or perplexity in $logf"
     log "$row $expert: KL from the full expert $value"
-    if [ "$row" != base ] && ! grep -q "^$row	$expert	$expert	" "$results"; then
-        log "$row $expert on $expert: $ppl"
-        printf '%s\t%s\t%s\t%s\n' "$row" "$expert" "$expert" "$ppl" >>"$results"
+    if [ "$row" != base ] && ! has_ppl "$row" "$expert" "$expert"; then
+        record_ppl "$row" "$expert" "$expert" "$ppl"
     fi
     printf '%s\t%s\t%s\n' "$row" "$expert" "$value" >>"$klds"
 }
