@@ -10,6 +10,16 @@ mkdir -p "$SWITCHYARD_CACHE"
 log() { echo "[$(basename "$0")] $*" >&2; }
 die() { echo "[$(basename "$0")] error: $*" >&2; exit 1; }
 
+# need_space DIR BYTES WHAT: stop with a named error, before writing anything, unless the file
+# system holding DIR has BYTES free; a full disk halfway through a 540 MB write says far less.
+need_space() {
+    local free
+    free="$(df -Pk "$1" | awk 'NR == 2 { print $4 }')"
+    [ -n "$free" ] || die "cannot read the free space of $1"
+    free=$(( free * 1024 ))
+    [ "$free" -ge "$2" ] || die "$3 needs $(( $2 >> 20 )) MiB free in $1, which has $(( free >> 20 )) MiB"
+}
+
 # fetch_pypi NAME==VERSION SHA256 [pip args...]: download one distribution file into the cache,
 # verify its sha256, and print its path. Never trusts a file whose hash differs.
 fetch_pypi() {

@@ -62,8 +62,10 @@ mkdir -p "$out"
 if [ ! -f "$out/base-f32.gguf" ]; then
     rm -rf "$out/base-hf" "$out/.base-hf.tmp"
     base_f32="$(smollm2_f32)"
+    need_space "$out" "$(stat -c %s "$base_f32")" "the base's Hugging Face folder"
     "$switchyard" to-hf "$base_f32" -o "$out/.base-hf.tmp" >&2
-    cp "$base_f32" "$out/.base-f32.gguf.tmp"
+    # a hard link where the cache is one file system: the folder stays whole, the disk holds it once
+    ln -f "$base_f32" "$out/.base-f32.gguf.tmp" 2>/dev/null || cp "$base_f32" "$out/.base-f32.gguf.tmp"
     mv "$out/.base-hf.tmp" "$out/base-hf"
     mv "$out/.base-f32.gguf.tmp" "$out/base-f32.gguf"
 fi
@@ -78,6 +80,8 @@ for domain in "${DOMAINS[@]}"; do
         head -c "$CHARS" "$train" >"$out/.$domain-train.txt"
         train="$out/.$domain-train.txt"
     fi
+    # the trained GGUF and its Hugging Face folder, each as large as the base
+    need_space "$out" $(( 2 * $(stat -c %s "$out/base-f32.gguf") )) "fine-tuning $domain"
     log "$domain: fine-tuning on $(wc -c <"$train") characters (lr $LR, $CTX tokens per sample, one every ${STRIDE[$domain]}, $THREADS threads)"
     start=$(date +%s)
     "$llama/llama-finetune" -m "$out/base-f32.gguf" -f "$train" -c "$CTX" -b "$CTX" -ub "$CTX" \
