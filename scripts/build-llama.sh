@@ -4,6 +4,9 @@
 #
 #   scripts/build-llama.sh            # patched: patches/*.patch applied, -DLLAMA_SWITCHYARD=ON
 #   scripts/build-llama.sh --stock    # stock llama.cpp, for comparisons
+#   scripts/build-llama.sh --trainer-key
+#       # builds nothing: prints a hash of what decides llama-finetune's results (the sdist, the
+#       # flags, the CPU and the trainer's own patch), which keys scripts/make-experts.sh's cache
 #
 # A build lives under $SWITCHYARD_CACHE/llama/<key>, the key hashing the sdist, the patches, the
 # cmake flags and the CPU's instruction set. A stock build is reused as it is; a patched one is
@@ -13,6 +16,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+TRAINER_PATCH=0008-finetune-train-stride.patch
 TARGETS=(llama-cli llama-completion llama-server llama-perplexity llama-imatrix llama-quantize llama-tokenize
          llama-finetune)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
@@ -21,8 +25,9 @@ CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
 variant=patched
 case "${1:-}" in
     --stock) variant=stock ;;
+    --trainer-key) variant=trainer ;;
     "") ;;
-    *) die "usage: $0 [--stock]" ;;
+    *) die "usage: $0 [--stock | --trainer-key]" ;;
 esac
 
 inputs() {
@@ -30,11 +35,16 @@ inputs() {
     echo "flags ${CMAKE_FLAGS[*]} targets ${TARGETS[*]}"
     # GGML_NATIVE compiles for this CPU: a build is only reused on the same instruction set.
     grep -m1 '^flags' /proc/cpuinfo || true
-    if [ "$variant" = patched ]; then
-        (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch)
-    fi
+    case "$variant" in
+        patched) (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch) ;;
+        trainer) (cd "$SWITCHYARD_ROOT" && sha256sum "patches/$TRAINER_PATCH") ;;
+    esac
 }
 key="$variant-$(inputs | sha256sum | cut -c1-16)"
+if [ "$variant" = trainer ]; then
+    echo "$key"
+    exit 0
+fi
 build="$SWITCHYARD_CACHE/llama/$key"
 
 # Configure and build (incrementally when the folder exists). The patched build runs cargo for

@@ -4,12 +4,15 @@
 # for: the base, the full expert, the expert compressed with the salient-aware codec at 1-4 bits,
 # with BitDelta and with round-to-nearest, plus each bundle's size and bits per parameter.
 # The codec weighs each input channel by its activations, as ME-Switch does: an importance matrix
-# (llama-imatrix) of the base on the first CALIB characters of every domain's training text.
+# (llama-imatrix) of the base on the first CALIB characters of every domain's training text,
+# with each weight's full input covariance (patch 0009's --covariance) for error feedback.
 #
 # Settings (SWITCHYARD_QUALITY_CONFIGS, words NAME:BITS):
 #   salient:B    the codec's defaults: 1% salient channels at 16 bits, a step per 128 channels
 #   weighted:B   the codec at round-to-nearest's size: no salient channels, one step per row,
 #                steps fitted to the activation-weighted error
+#   feedback:B   weighted:B with error feedback: each channel's rounding error is passed on to
+#                the channels after it by the calibration inputs' covariance (GPTQ-style)
 #   bitdelta:1   BitDelta (sign bits, one step per matrix)
 #   rtn:B        round-to-nearest, one MSE-optimal step per row, every channel weighing the same
 # Prints a markdown table (also written to quality.md in the work folder) with the gap each
@@ -23,7 +26,7 @@
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
 # SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 weighted:1
-# weighted:2 bitdelta:1 rtn:2 rtn:3"), SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000),
+# weighted:2 feedback:1 feedback:2 bitdelta:1 rtn:2 rtn:3"), SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000),
 # SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
 # scripts/make-experts.sh), SWITCHYARD_THREADS. Results are cached per setting in the work folder,
 # so an interrupted run resumes.
@@ -32,7 +35,7 @@ source "$(dirname "$0")/lib.sh"
 
 CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-16}"
 CTX=512
-CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 weighted:1 weighted:2 bitdelta:1 rtn:2 rtn:3})
+CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 weighted:1 weighted:2 feedback:1 feedback:2 bitdelta:1 rtn:2 rtn:3})
 CALIB="${SWITCHYARD_QUALITY_CALIB_CHARS:-20000}"
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
 DOMAINS=(math code chat)                           # held-out texts
@@ -112,12 +115,13 @@ for expert in "${EXPERTS[@]}"; do
     done
 done
 
-# the importance matrix: training text only, so no held-out token informs the compression
-imatrix="$work/imatrix-$CALIB.gguf"
+# the importance matrix: training text only, so no held-out token informs the compression; saved
+# once at the end (the covariances make it about 0.5 GB for SmolLM2-135M)
+imatrix="$work/imatrix-cov-$CALIB.gguf"
 if [ ! -f "$imatrix" ]; then
     for domain in "${DOMAINS[@]}"; do head -c "$CALIB" "$text/text-$domain-train.txt"; printf '\n\n'; done >"$work/calib.txt"
     "$llama/llama-imatrix" -m "$experts/base-f32.gguf" -f "$work/calib.txt" -c "$CTX" -t "$THREADS" \
-        -o "$imatrix.tmp.gguf" >"$work/imatrix.log" 2>&1 \
+        --covariance --output-frequency 1000000 -o "$imatrix.tmp.gguf" >"$work/imatrix.log" 2>&1 \
         || { tail -n 20 "$work/imatrix.log" >&2; die "llama-imatrix failed (log: $work/imatrix.log)"; }
     mv "$imatrix.tmp.gguf" "$imatrix"
 fi
@@ -135,8 +139,9 @@ for config in "${CONFIGS[@]}"; do
         case "$codec" in
             salient) args+=(--codec salient --imatrix "$imatrix") ;;
             weighted) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix") ;;
+            feedback) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix" --error-feedback) ;;
             bitdelta | rtn) args+=(--codec "$codec") ;;
-            *) die "unknown setting $config (want salient, weighted, bitdelta or rtn)" ;;
+            *) die "unknown setting $config (want salient, weighted, feedback, bitdelta or rtn)" ;;
         esac
         "$switchyard" pack --base-gguf "$base_gguf" --base "$experts/base-hf" "${args[@]}" \
             --bits "$bits" -o "$bundle" >&2

@@ -5,6 +5,8 @@
 //! Two on-disk forms exist in the pinned llama.cpp (tools/imatrix/imatrix.cpp):
 //! - GGUF (`general.type = "imatrix"`): tensors `<name>.in_sum2` (F32, [n_in, n_mat]) holding raw
 //!   sums and `<name>.counts` (F32, [1, n_mat]); mean = in_sum2 / counts.
+//!   With patch 0009's `llama-imatrix --covariance`, also `<name>.in_cov` (F32, [n_in, n_in]):
+//!   the raw sum of x x^T for each dense weight, for error feedback ([`crate::codec::ErrorFeedback`]).
 //! - legacy `.dat`: i32 n_entries, then per entry i32 name length, name, i32 ncall, i32 nval,
 //!   f32[nval] holding mean * ncall; then trailing chunk count and dataset name, ignored here.
 
@@ -20,6 +22,8 @@ use crate::GgmlType;
 #[derive(Debug, Default, Clone)]
 pub struct Imatrix {
     entries: HashMap<String, Vec<f32>>,
+    /// The mean of x x^T (n_in x n_in, row-major) per dense weight, where the file has it.
+    covariances: HashMap<String, Vec<f32>>,
 }
 
 impl Imatrix {
@@ -39,6 +43,16 @@ impl Imatrix {
     /// The statistic for `tensor`, if the file has it.
     pub fn get(&self, tensor: &str) -> Option<&[f32]> {
         self.entries.get(tensor).map(Vec::as_slice)
+    }
+
+    /// The mean of x x^T over calibration tokens for `tensor`, if the file has it.
+    pub fn covariance(&self, tensor: &str) -> Option<&[f32]> {
+        self.covariances.get(tensor).map(Vec::as_slice)
+    }
+
+    /// Whether the file holds any covariance (made with `llama-imatrix --covariance`).
+    pub fn has_covariances(&self) -> bool {
+        !self.covariances.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -89,7 +103,30 @@ impl Imatrix {
                     }
                 })
                 .collect();
+            if let Some(cov) = file.tensor(&format!("{name}.in_cov")) {
+                let n = per as u64;
+                if n_mat != 1 || cov.ty != GgmlType::F32 || cov.ne != [n, n] {
+                    crate::bail_invalid!(
+                        "{label}: '{}' must be f32 [{n}, {n}] for one matrix, found {:?} {:?} for {n_mat}",
+                        cov.name,
+                        cov.ty,
+                        cov.ne
+                    );
+                }
+                let c = counts_v[0];
+                let scale = if c > 0.0 { 1.0 / c } else { 0.0 };
+                let mean = f32_values(file.tensor_data(cov)).into_iter().map(|v| v * scale).collect();
+                out.covariances.insert(name.to_string(), mean);
+            }
             out.entries.insert(name.to_string(), means);
+        }
+        if let Some(stray) = file
+            .tensors
+            .iter()
+            .filter_map(|t| t.name.strip_suffix(".in_cov"))
+            .find(|name| !out.entries.contains_key(*name))
+        {
+            crate::bail_invalid!("{label}: tensor '{stray}.in_cov' has no matching '{stray}.in_sum2'");
         }
         if out.entries.is_empty() {
             crate::bail_invalid!("{label}: GGUF file has no '<tensor>.in_sum2' imatrix tensors");
@@ -195,6 +232,44 @@ mod tests {
             let err = Imatrix::parse_legacy(&b[..cut], "t.dat").unwrap_err().to_string();
             assert!(err.starts_with("t.dat:"), "{err}");
         }
+    }
+
+    type Entry = (String, Vec<u64>, Vec<f32>);
+
+    fn gguf_imatrix(dir: &Path, tensors: &[&Entry]) -> std::path::PathBuf {
+        use crate::gguf::{write_gguf, Metadata, TensorInfoOut};
+        let path = dir.join("imatrix.gguf");
+        let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v).to_vec()).collect();
+        let refs: Vec<(TensorInfoOut, &[u8])> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((name, ne, _), b)| (TensorInfoOut::new(name.as_str(), GgmlType::F32, ne.clone()), b.as_slice()))
+            .collect();
+        write_gguf(&path, &Metadata::new(), &refs).unwrap();
+        path
+    }
+
+    #[test]
+    fn gguf_covariances_are_means_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = "blk.0.attn_q.weight";
+        let sums = (format!("{w}.in_sum2"), vec![2, 1], vec![8.0, 4.0]);
+        let counts = (format!("{w}.counts"), vec![1, 1], vec![4.0]);
+        let cov = (format!("{w}.in_cov"), vec![2, 2], vec![8.0, 2.0, 2.0, 4.0]);
+        let m = Imatrix::load(&gguf_imatrix(dir.path(), &[&sums, &counts, &cov])).unwrap();
+        assert_eq!(m.get(w).unwrap(), &[2.0, 1.0]);
+        assert_eq!(m.covariance(w).unwrap(), &[2.0, 0.5, 0.5, 1.0]);
+        assert!(m.has_covariances());
+        // without covariances
+        let m = Imatrix::load(&gguf_imatrix(dir.path(), &[&sums, &counts])).unwrap();
+        assert!(!m.has_covariances() && m.covariance(w).is_none());
+        // a covariance of the wrong shape, or without its sums, names the tensor
+        let bad = (cov.0.clone(), vec![2, 1], vec![1.0, 2.0]);
+        let err = Imatrix::load(&gguf_imatrix(dir.path(), &[&sums, &counts, &bad])).unwrap_err().to_string();
+        assert!(err.contains("imatrix.gguf") && err.contains("attn_q.weight.in_cov"), "{err}");
+        let stray = ("blk.1.ffn_up.weight.in_cov".to_string(), vec![2, 2], vec![1.0; 4]);
+        let err = Imatrix::load(&gguf_imatrix(dir.path(), &[&sums, &counts, &cov, &stray])).unwrap_err().to_string();
+        assert!(err.contains("blk.1.ffn_up.weight.in_cov"), "{err}");
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! D = W_expert - dequantize(W_base) for every tensor, then the codec for linear weights,
 //! 8-bit deltas for embeddings/output and whole F32 copies for norms and biases.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use crate::bundle::fingerprint::base_fingerprint;
 use crate::bundle::{write_bundle, ExpertDeltas, ExpertInfo, TensorDelta};
-use crate::codec::{self, CodecParams};
+use crate::codec::{self, CodecParams, ErrorFeedback, Method};
 use crate::convert::config_from_gguf;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -30,12 +32,77 @@ pub enum EmbeddingStorage {
 pub struct PackOptions {
     pub params: CodecParams,
     pub imatrix: Option<PathBuf>,
+    /// Feed rounding errors forward by each weight's input covariance (the salient codec only;
+    /// the imatrix must hold covariances: `llama-imatrix --covariance`, patch 0009).
+    pub error_feedback: bool,
     pub embeddings: EmbeddingStorage,
 }
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions { params: CodecParams::default(), imatrix: None, embeddings: EmbeddingStorage::Q8_0 }
+        PackOptions {
+            params: CodecParams::default(),
+            imatrix: None,
+            error_feedback: false,
+            embeddings: EmbeddingStorage::Q8_0,
+        }
+    }
+}
+
+/// The calibration statistics the codec sees: the imatrix's channel weights and, with error
+/// feedback, each dense weight's covariance factor, computed on first use and shared by every
+/// expert (it depends on the base's activations only).
+pub struct Calibration {
+    imatrix: Option<Imatrix>,
+    label: String,
+    feedback: Option<Mutex<HashMap<String, Arc<ErrorFeedback>>>>,
+}
+
+impl Calibration {
+    pub fn load(opts: &PackOptions) -> Result<Calibration> {
+        let imatrix = opts.imatrix.as_deref().map(Imatrix::load).transpose()?;
+        let label = opts.imatrix.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+        if opts.error_feedback {
+            if opts.params.method != Method::Salient {
+                crate::bail_invalid!("error feedback applies to the salient codec, not {}", opts.params.method.name());
+            }
+            match &imatrix {
+                None => crate::bail_invalid!("error feedback needs an imatrix with covariances (--imatrix)"),
+                Some(m) if !m.has_covariances() => crate::bail_invalid!(
+                    "{label}: has no covariances; make it with llama-imatrix --covariance (patch 0009)"
+                ),
+                Some(_) => {}
+            }
+        }
+        let feedback = opts.error_feedback.then(|| Mutex::new(HashMap::new()));
+        Ok(Calibration { imatrix, label, feedback })
+    }
+
+    fn act(&self, tensor: &str) -> Option<&[f32]> {
+        self.imatrix.as_ref().and_then(|m| m.get(tensor))
+    }
+
+    /// The error-feedback factor of a dense weight; stacked MoE experts keep the diagonal weights.
+    fn feedback(&self, t: &TensorInfo) -> Result<Option<Arc<ErrorFeedback>>> {
+        let Some(cache) = &self.feedback else {
+            return Ok(None);
+        };
+        if t.ne.iter().skip(2).any(|&n| n > 1) {
+            return Ok(None);
+        }
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(&t.name) {
+            return Ok(Some(f.clone()));
+        }
+        let Some(cov) = self.imatrix.as_ref().and_then(|m| m.covariance(&t.name)) else {
+            crate::bail_invalid!("{}: no covariance for tensor '{}' ('{}.in_cov')", self.label, t.name, t.name);
+        };
+        let f = Arc::new(
+            ErrorFeedback::new(cov, t.ne[0] as usize)
+                .map_err(|e| Error::Invalid(format!("{}: tensor '{}': {e}", self.label, t.name)))?,
+        );
+        cache.insert(t.name.clone(), f.clone());
+        Ok(Some(f))
     }
 }
 
@@ -105,7 +172,7 @@ pub fn expert_deltas(
     base: &GgufFile,
     expert: &ModelWeights,
     info: ExpertInfo,
-    imatrix: Option<&Imatrix>,
+    calib: &Calibration,
     opts: &PackOptions,
     progress: Progress<'_>,
 ) -> Result<ExpertDeltas> {
@@ -120,7 +187,7 @@ pub fn expert_deltas(
     let mut out = Vec::new();
     for (k, t) in base.tensors.iter().enumerate() {
         progress(&format!("{}: {}", info.name, t.name), k as u64, total);
-        if let Some(d) = tensor_delta(base, t, expert, &label, &info, imatrix, opts)? {
+        if let Some(d) = tensor_delta(base, t, expert, &label, &info, calib, opts)? {
             out.push((t.name.clone(), d));
         }
     }
@@ -134,7 +201,7 @@ fn tensor_delta(
     expert: &ModelWeights,
     label: &str,
     info: &ExpertInfo,
-    imatrix: Option<&Imatrix>,
+    calib: &Calibration,
     opts: &PackOptions,
 ) -> Result<Option<TensorDelta>> {
     let Some(source) = expert.source_name(&t.name) else {
@@ -165,9 +232,10 @@ fn tensor_delta(
     }
     let n_in = t.ne[0] as usize;
     if is_linear_weight(&t.name, &t.ne) {
-        let act = imatrix.and_then(|m| m.get(&t.name));
-        let c = codec::compress(&d, n_in, n / n_in, act, &info.params)
-            .map_err(|e| Error::Invalid(format!("expert '{}', tensor '{}': {e}", info.name, t.name)))?;
+        let feedback = calib.feedback(t)?;
+        let c =
+            codec::compress_with_feedback(&d, n_in, n / n_in, calib.act(&t.name), feedback.as_deref(), &info.params)
+                .map_err(|e| Error::Invalid(format!("expert '{}', tensor '{}': {e}", info.name, t.name)))?;
         return Ok(Some(TensorDelta::Codec(c)));
     }
     if t.ne.len() >= 2 && opts.embeddings == EmbeddingStorage::Q8_0 && n_in.is_multiple_of(GgmlType::Q8_0.block_size())
@@ -213,10 +281,7 @@ pub fn pack(
         let hf_label = base_hf.join("config.json").display().to_string();
         check_same_model(&gguf_label, &gguf_cfg, &base_model.config, &format!("wrong base: {hf_label}"))?;
     }
-    let imatrix = match &opts.imatrix {
-        Some(p) => Some(Imatrix::load(p)?),
-        None => None,
-    };
+    let calib = Calibration::load(opts)?;
     let fingerprint = base_fingerprint(&base);
     let mut deltas = Vec::new();
     for (name, path) in experts {
@@ -228,7 +293,7 @@ pub fn pack(
             params: opts.params,
             imatrix: opts.imatrix.as_ref().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()),
         };
-        deltas.push(expert_deltas(&base, &model, info, imatrix.as_ref(), opts, progress)?);
+        deltas.push(expert_deltas(&base, &model, info, &calib, opts, progress)?);
     }
     write_bundle(out, &base, &fingerprint, &deltas)?;
     let bundle_bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();

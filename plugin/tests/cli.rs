@@ -122,6 +122,10 @@ fn command_line_errors_are_clear_and_leave_no_output() {
     assert!(err.contains("bits must be 1, 2, 3 or 4"), "{err}");
     let err = sy_err(&t.pack_args(math, &["--imatrix", t.base_gguf.to_str().unwrap()], &out));
     assert!(err.contains("in_sum2"), "{err}");
+    let err = sy_err(&t.pack_args(math, &["--error-feedback"], &out));
+    assert!(err.contains("error feedback needs an imatrix"), "{err}");
+    let err = sy_err(&t.pack_args(math, &["--error-feedback", "--codec", "rtn"], &out));
+    assert!(err.contains("salient codec, not rtn"), "{err}");
     // A truncated bundle given to extract.
     let b = t.path("b.gguf");
     sy_ok(&t.pack_args(math, &[], &b));

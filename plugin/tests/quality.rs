@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use switchyard::bundle::Bundle;
 use switchyard::gguf::GgufFile;
+use switchyard::imatrix::Imatrix;
 
 const DOMAINS: [&str; 3] = ["math", "code", "chat"];
 
@@ -22,7 +23,7 @@ fn run_script(script: &str, cache: &Path, fixtures: &[(&str, PathBuf)]) -> Outpu
         .env("SWITCHYARD_QUALITY_CALIB_CHARS", "3000")
         .env("SWITCHYARD_EXPERT_CTX", "256")
         .env("SWITCHYARD_QUALITY_CHUNKS", "1")
-        .env("SWITCHYARD_QUALITY_CONFIGS", "salient:2 weighted:2 rtn:2");
+        .env("SWITCHYARD_QUALITY_CONFIGS", "salient:2 weighted:2 feedback:2 rtn:2");
     for (var, path) in fixtures {
         cmd.env(var, path);
     }
@@ -76,7 +77,7 @@ fn experts_are_fine_tuned_and_the_quality_table_is_complete() {
         .filter(|l| l.starts_with("| ") && !l.starts_with("| expert"))
         .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
         .collect();
-    assert_eq!(rows.len(), 3 * 5, "want base, full, salient-2, weighted-2 and rtn-2 per expert:\n{table}");
+    assert_eq!(rows.len(), 3 * 6, "want base, full, salient-2, weighted-2, feedback-2 and rtn-2 per expert:\n{table}");
     for row in &rows {
         let ppl: Vec<f64> = row[5..8].iter().map(|v| v.parse().unwrap()).collect();
         assert!(ppl.iter().all(|p| p.is_finite() && *p > 1.0), "bad perplexity in {row:?}");
@@ -91,8 +92,33 @@ fn experts_are_fine_tuned_and_the_quality_table_is_complete() {
         }
     }
     assert!(experts.join("quality/quality.md").is_file());
+    // error feedback changes which codes are stored, not how many
+    for d in DOMAINS {
+        let size = |setting: &str| {
+            let row = rows
+                .iter()
+                .find(|r| r[0] == d && r[1] == setting)
+                .unwrap_or_else(|| panic!("no {setting} row for {d}"));
+            (row[2], row[3], row[4])
+        };
+        assert_eq!(size("feedback-2"), size("weighted-2"), "{d}: feedback-2 and weighted-2 differ in size");
+    }
+    // patch 0009's covariances: each one's diagonal is the imatrix's own statistic, and weights
+    // fed by one activation share one
+    let imatrix = Imatrix::load(&experts.join("quality/imatrix-cov-3000.gguf")).unwrap();
+    for (name, n) in [("blk.3.attn_q.weight", 576), ("blk.3.ffn_down.weight", 1536)] {
+        let (act, cov) = (imatrix.get(name).unwrap(), imatrix.covariance(name).unwrap());
+        assert_eq!((act.len(), cov.len()), (n, n * n), "{name}");
+        for i in 0..n {
+            let diag = cov[i * n + i];
+            assert!((diag - act[i]).abs() <= 1e-3 * act[i].abs().max(1e-6), "{name}[{i}]: {diag} against {}", act[i]);
+            assert_eq!(cov[i * n + (i + 7) % n], cov[((i + 7) % n) * n + i], "{name}: not symmetric");
+        }
+    }
+    assert_eq!(imatrix.covariance("blk.3.attn_q.weight"), imatrix.covariance("blk.3.attn_v.weight"));
+    assert_eq!(imatrix.covariance("blk.3.ffn_gate.weight"), imatrix.covariance("blk.3.ffn_up.weight"));
     // the codec's settings weigh channels by the importance matrix, the baseline does not
-    for (setting, weighted) in [("salient-2", true), ("weighted-2", true), ("rtn-2", false)] {
+    for (setting, weighted) in [("salient-2", true), ("weighted-2", true), ("feedback-2", true), ("rtn-2", false)] {
         let bundle = Bundle::open(&experts.join(format!("quality/{setting}-math-code-chat.gguf"))).unwrap();
         for e in &bundle.experts {
             assert_eq!(e.imatrix.is_some(), weighted, "{setting} {}: imatrix {:?}", e.name, e.imatrix);

@@ -3,6 +3,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::feedback::ErrorFeedback;
 use super::pack;
 use super::quantizer::{fit_step, stored, Effort, Grid};
 use super::{CodecParams, CompressedDelta, Method, SalientValues, StepLayout};
@@ -12,6 +13,20 @@ use crate::error::Result;
 /// activation (a llama.cpp imatrix entry): n_in values, or n_in * n_mat for n_mat stacked
 /// matrices (MoE experts) whose rows follow each other. Without it every channel weighs 1.
 pub fn compress(d: &[f32], n_in: usize, n_out: usize, act: Option<&[f32]>, p: &CodecParams) -> Result<CompressedDelta> {
+    compress_with_feedback(d, n_in, n_out, act, None, p)
+}
+
+/// [`compress`], and with `feedback` (the salient codec only) each row's rounding errors are
+/// fed forward along its channels by the input covariance ([`ErrorFeedback`]). The stored
+/// layout is the same, so decoding does not know the difference.
+pub fn compress_with_feedback(
+    d: &[f32],
+    n_in: usize,
+    n_out: usize,
+    act: Option<&[f32]>,
+    feedback: Option<&ErrorFeedback>,
+    p: &CodecParams,
+) -> Result<CompressedDelta> {
     p.validate()?;
     if d.len() != n_in * n_out {
         crate::bail_invalid!("delta has {} values, expected {n_out}x{n_in}", d.len());
@@ -20,16 +35,41 @@ pub fn compress(d: &[f32], n_in: usize, n_out: usize, act: Option<&[f32]>, p: &C
         crate::bail_unsupported!("input width {n_in} is not a positive multiple of 8");
     }
     let weights = ChannelWeights::new(act, n_in, n_out)?;
+    if let Some(f) = feedback {
+        if p.method != Method::Salient {
+            crate::bail_unsupported!("error feedback applies to the salient codec, not {}", p.method.name());
+        }
+        if f.n() != n_in {
+            crate::bail_invalid!("input covariance is {}x{0}, but the delta has {n_in} input channels", f.n());
+        }
+    }
     Ok(match p.method {
         Method::BitDelta => bitdelta(d, n_in, n_out),
-        Method::Rtn => grouped(d, n_in, n_out, p.bits, n_in, &ChannelWeights::uniform(n_in), &[], p.salient_bits),
+        Method::Rtn => {
+            let uniform = ChannelWeights::uniform(n_in);
+            grouped(d, n_in, n_out, p.bits, n_in, &uniform, &[], p.salient_bits, None)
+        }
         Method::Salient => {
             let group = if p.group_size == 0 { n_in } else { p.group_size.min(n_in) };
             let k = ((p.salient_fraction as f64 * n_in as f64).round() as usize).min(n_in);
             let salient = if k == 0 { Vec::new() } else { select_salient(d, n_in, n_out, p.bits, group, &weights, k) };
-            grouped(d, n_in, n_out, p.bits, group, &weights, &salient, p.salient_bits)
+            match feedback {
+                None => grouped(d, n_in, n_out, p.bits, group, &weights, &salient, p.salient_bits, None),
+                Some(f) => {
+                    let is_salient = salient_mask(&salient, n_in);
+                    let (fed, steps) =
+                        f.quantize(d, p.bits, group, &is_salient, |r| weights.row_without(r, &is_salient));
+                    grouped(&fed, n_in, n_out, p.bits, group, &weights, &salient, p.salient_bits, Some(&steps))
+                }
+            }
         }
     })
+}
+
+fn salient_mask(salient: &[u32], n_in: usize) -> Vec<bool> {
+    let mut mask = vec![false; n_in];
+    salient.iter().for_each(|&c| mask[c as usize] = true);
+    mask
 }
 
 /// Per-row channel weights: the imatrix slice of the matrix a row belongs to.
@@ -63,6 +103,12 @@ impl ChannelWeights {
     fn row(&self, r: usize) -> &[f32] {
         let m = r.checked_div(self.rows_per_mat).unwrap_or(0);
         &self.values[m * self.n_in..(m + 1) * self.n_in]
+    }
+
+    /// Row `r`'s weights with salient channels at 0: they neither count in the error nor set
+    /// the range of the steps.
+    fn row_without(&self, r: usize, is_salient: &[bool]) -> Vec<f32> {
+        self.row(r).iter().zip(is_salient).map(|(&x, &s)| if s { 0.0 } else { x }).collect()
     }
 }
 
@@ -130,7 +176,9 @@ fn select_salient(
     order
 }
 
-/// Grouped quantization of every non-salient channel, salient channels stored apart.
+/// Grouped quantization of every non-salient channel, salient channels stored apart. `fitted`
+/// gives the steps (n_out rows of groups) when error feedback has already chosen them and put
+/// `d` on their grids; otherwise each is fitted here.
 #[allow(clippy::too_many_arguments)]
 fn grouped(
     d: &[f32],
@@ -141,23 +189,25 @@ fn grouped(
     w: &ChannelWeights,
     salient: &[u32],
     salient_bits: u8,
+    fitted: Option<&[f16]>,
 ) -> CompressedDelta {
     let grid = Grid::new(bits);
     let row_bytes = pack::packed_len(n_in, bits);
     let groups = n_in.div_ceil(group);
-    let mut is_salient = vec![false; n_in];
-    salient.iter().for_each(|&c| is_salient[c as usize] = true);
+    let is_salient = salient_mask(salient, n_in);
 
     let mut codes = vec![0u8; row_bytes * n_out];
-    let mut steps = vec![f16::ZERO; groups * n_out];
+    let mut steps = match fitted {
+        Some(s) => s.to_vec(),
+        None => vec![f16::ZERO; groups * n_out],
+    };
     codes.par_chunks_mut(row_bytes).zip(steps.par_chunks_mut(groups)).enumerate().for_each(
         |(r, (code_row, step_row))| {
             let row = &d[r * n_in..(r + 1) * n_in];
-            // Salient channels get weight 0: they neither count in the error nor set the range.
-            let wr: Vec<f32> = w.row(r).iter().zip(&is_salient).map(|(&x, &s)| if s { 0.0 } else { x }).collect();
+            let wr = w.row_without(r, &is_salient);
             let mut q = vec![0u8; n_in];
             for (g, ((dg, wg), qg)) in row.chunks(group).zip(wr.chunks(group)).zip(q.chunks_mut(group)).enumerate() {
-                let step = fit_step(dg, wg, grid, Effort::FULL);
+                let step = if fitted.is_some() { step_row[g] } else { fit_step(dg, wg, grid, Effort::FULL) };
                 step_row[g] = step;
                 let s = step.to_f32();
                 let inv = if s > 0.0 { 1.0 / s } else { 0.0 };

@@ -5,19 +5,23 @@
 //! - [`Method::Salient`] (ME-Switch): the few input channels whose quantization error, weighted
 //!   by activation statistics, is largest are kept at 16 (or 8) bits; the rest are quantized to
 //!   1-4 bits with one step per group of input channels in each row, steps refined by search
-//!   and closed-form least squares.
+//!   and closed-form least squares. With [`ErrorFeedback`] (calibration input covariances), each
+//!   row's rounding errors are passed on to its later channels, GPTQ's update, so the output
+//!   error is minimised rather than each channel's.
 //! - [`Method::BitDelta`]: sign bits and one step for the whole matrix (mean |D| init; the
 //!   paper's logit distillation of the step is not done here).
 //! - [`Method::Rtn`]: round-to-nearest with one step per output row and MSE-optimal clipping.
 
 mod compress;
 mod decompress;
+mod feedback;
 pub mod matmul;
 pub mod pack;
 pub mod quantizer;
 
-pub use compress::compress;
+pub use compress::{compress, compress_with_feedback};
 pub use decompress::{add_delta_row, decompress_f32, reconstruct_into, Output};
+pub use feedback::ErrorFeedback;
 
 use half::f16;
 

@@ -57,6 +57,11 @@ pub struct PackArgs {
     /// llama.cpp importance matrix (legacy .dat or GGUF) weighting the salient-channel choice.
     #[arg(long)]
     imatrix: Option<PathBuf>,
+    /// Feed each channel's rounding error forward by the input covariance (GPTQ-style), so the
+    /// output error on calibration text is what is minimised; needs an --imatrix made with
+    /// llama-imatrix --covariance (patch 0009). Salient codec only.
+    #[arg(long)]
+    error_feedback: bool,
     /// How changed embeddings/output are stored.
     #[arg(long, value_enum, default_value = "q8-0")]
     embeddings: EmbedArg,
@@ -81,6 +86,7 @@ pub fn pack(a: PackArgs) -> Result<()> {
     let opts = PackOptions {
         params,
         imatrix: a.imatrix,
+        error_feedback: a.error_feedback,
         embeddings: match a.embeddings {
             EmbedArg::Q8_0 => EmbeddingStorage::Q8_0,
             EmbedArg::Lossless => EmbeddingStorage::Lossless,
