@@ -13,6 +13,7 @@
 #                steps fitted to the activation-weighted error
 #   feedback:B   weighted:B with error feedback: each channel's rounding error is passed on to
 #                the channels after it by the calibration inputs' covariance (GPTQ-style)
+#   salient-fb:B salient:B with error feedback
 #   bitdelta:1   BitDelta (sign bits, one step per matrix)
 #   rtn:B        round-to-nearest, one MSE-optimal step per row, every channel weighing the same
 # Prints a markdown table (also written to quality.md in the work folder) with the gap each
@@ -26,7 +27,7 @@
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
 # SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 weighted:1
-# weighted:2 feedback:1 feedback:2 bitdelta:1 rtn:2 rtn:3"), SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000),
+# weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3"), SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000),
 # SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
 # scripts/make-experts.sh), SWITCHYARD_THREADS. Results are cached per setting in the work folder,
 # so an interrupted run resumes.
@@ -35,7 +36,7 @@ source "$(dirname "$0")/lib.sh"
 
 CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-16}"
 CTX=512
-CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 weighted:1 weighted:2 feedback:1 feedback:2 bitdelta:1 rtn:2 rtn:3})
+CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 weighted:1 weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3})
 CALIB="${SWITCHYARD_QUALITY_CALIB_CHARS:-20000}"
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
 DOMAINS=(math code chat)                           # held-out texts
@@ -138,10 +139,11 @@ for config in "${CONFIGS[@]}"; do
         for expert in "${EXPERTS[@]}"; do args+=(--expert "$expert=$experts/$expert.gguf"); done
         case "$codec" in
             salient) args+=(--codec salient --imatrix "$imatrix") ;;
+            salient-fb) args+=(--codec salient --imatrix "$imatrix" --error-feedback) ;;
             weighted) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix") ;;
             feedback) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix" --error-feedback) ;;
             bitdelta | rtn) args+=(--codec "$codec") ;;
-            *) die "unknown setting $config (want salient, weighted, feedback, bitdelta or rtn)" ;;
+            *) die "unknown setting $config (want salient, salient-fb, weighted, feedback, bitdelta or rtn)" ;;
         esac
         "$switchyard" pack --base-gguf "$base_gguf" --base "$experts/base-hf" "${args[@]}" \
             --bits "$bits" -o "$bundle" >&2
