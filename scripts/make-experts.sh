@@ -32,8 +32,8 @@
 # (scripts/data/build_text.py, docs/BENCHMARKS.md).
 #
 # Environment: SWITCHYARD_EXPERT_LR (default 3e-6), SWITCHYARD_EXPERT_CTX (tokens per sample
-# for every domain; default 512 for code, 256 for math and chat), SWITCHYARD_EXPERT_CHARS (train on the first N characters of each text set;
-# default all), SWITCHYARD_THREADS (default all cores), SWITCHYARD_TEXT_DATA (the text sets;
+# for every domain; default 512 for code, 256 for math and chat), SWITCHYARD_EXPERT_CHARS
+# (train on the first N characters of each text set; default all), SWITCHYARD_THREADS (default all cores), SWITCHYARD_TEXT_DATA (the text sets;
 # default scripts/fetch-data.sh --text).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"

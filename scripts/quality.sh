@@ -27,8 +27,8 @@
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
 # SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 weighted:1
-# weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3"), SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000),
-# SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
+# weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3"),
+# SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000), SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
 # scripts/make-experts.sh), SWITCHYARD_THREADS. Results are cached per setting in the work folder,
 # so an interrupted run resumes.
 set -euo pipefail
@@ -149,7 +149,8 @@ for config in "${CONFIGS[@]}"; do
             --bits "$bits" -o "$bundle" >&2
     fi
     # "  math : codec ..." then "    N tensors changed, X MiB stored (B bits/param): linear deltas Y MiB at L bits/param, ..."
-    "$switchyard" inspect --summary --no-verify "$bundle" | awk -v row="$row" '
+    # read once per bundle, like every other result here
+    grep -q "^$row	" "$sizes" || "$switchyard" inspect --summary --no-verify "$bundle" | awk -v row="$row" '
         /^  [a-z]+ : codec/ { expert = $1 }
         /tensors changed/ { gsub(/[(]/, "", $7); printf "%s\t%s\t%s\t%s\t%s\n", row, expert, $4, $7, $14 }' >>"$sizes"
     for expert in "${EXPERTS[@]}"; do
