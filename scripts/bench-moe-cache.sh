@@ -10,8 +10,12 @@
 #
 # for SHARE 25% and 50%: stock llama-completion maps the whole file and pages experts in and
 # out as the limit forces it; the patched one with `--moe-cache SHARE%` reads picked experts
-# into a cache of that size (policies lru and hobbit, and lru with `--moe-prefetch 1`). The
-# model file is dropped from the page cache before every run.
+# into a cache of that size (policies lru and hobbit, lru with `--moe-prefetch 1`, and hobbit
+# with the thresholds: `--moe-t1 0.6 --moe-t2 0.9` (HOBBIT's Mixtral setting), `--moe-t1 0`
+# (every pick but the top one from its Q4_0 copy) and `--moe-skip-beta` (seed 001)). The
+# patched runs use the model packed by `switchyard moe-pack` (Q4_0 copies, betas from a trace
+# of the calibration text), which computes the same as the original until a threshold asks for
+# the copies. The model file is dropped from the page cache before every run.
 # Prints, per run: decode tokens/s and its ratio to stock under the same limit, bytes read from
 # disk (the process's block reads), whether the generated text equals stock's, and the
 # held-out perplexity of the same setting (4 chunks of 512 tokens of the chat text; outside the
@@ -38,21 +42,24 @@ trap 'rmdir "$cgroup" 2>/dev/null; rm -rf "$work"' EXIT
 mkdir "$cgroup"
 
 model="${1:-}"
+calibration_text 30000 "$work/calib.txt"
 if [ -z "$model" ]; then
-    calibration_text 30000 "$work/calib.txt"
     model="$work/moe.gguf"
     "$switchyard" moefy "$(smollm2_f32)" --experts 8 --top-k 2 --text "$work/calib.txt" --chunks 12 \
         --llama-bin "$patched" -o "$model" >&2
 fi
+"$switchyard" trace "$model" --text "$work/calib.txt" --chunks 12 --llama-bin "$patched" -o "$work/trace.jsonl" >&2
+need_space "$work" "$(( $(stat -c %s "$model") * 6 / 5 ))" "the packed model"
+"$switchyard" moe-pack "$model" --trace "$work/trace.jsonl" -o "$work/packed.gguf" >&2
 expert_bytes="$("$switchyard" inspect "$model" | awk '/_exps\.weight/ {
     if ($2 != "f32") { print "not f32: " $1 > "/dev/stderr"; exit 1 }
     gsub(/[\[\],]/, " "); n = 4; for (i = 3; i <= NF; i++) n *= $i; s += n } END { printf "%d", s }')"
 file_bytes="$(stat -c %s "$model")"
 prompt="$(head -c 600 "$text/text-chat-eval.txt")"
 
-# run LIMIT BIN [args...]: llama-completion inside the memory limit; sets tps, read_mib, status
+# run LIMIT BIN MODEL [args...]: llama-completion inside the memory limit; sets tps, read_mib, status
 run() {
-    local limit="$1" bin="$2"; shift 2
+    local limit="$1" bin="$2" model="$3"; shift 3
     # with swap, memory.memsw.limit_in_bytes would bound memory + swap; it may not be lowered
     # below the memory limit nor the memory limit raised above it, hence the order
     if [ -f "$cgroup/memory.memsw.limit_in_bytes" ]; then
@@ -72,28 +79,33 @@ run() {
     read_mib="$(tail -n1 "$work/time.txt" | awk '{ printf "%.0f", $1 * 512 / 1048576 }')"
 }
 
+# perplexity BIN MODEL [args...]
 perplexity() {
-    "$1/llama-perplexity" -m "$model" -f "$text/text-chat-eval.txt" -c 512 --chunks 4 -t "$THREADS" -tb "$THREADS" "${@:2}" \
+    "$1/llama-perplexity" -m "$2" -f "$text/text-chat-eval.txt" -c 512 --chunks 4 -t "$THREADS" -tb "$THREADS" "${@:3}" \
         2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
 }
 
 echo "$(basename "$model"): $((file_bytes >> 20)) MiB, experts $((expert_bytes >> 20)) MiB; decode of $TOKENS tokens, $THREADS threads"
 echo
-echo "| memory limit | run | decode tok/s | vs stock | MiB read from disk | same text as stock | ppl (chat, 4 x 512) |"
-echo "|---|---|---|---|---|---|---|"
-ppl_stock="$(perplexity "$stock")"
+echo "| memory limit | run | decode tok/s | vs stock | MiB read from disk | loads / low precision / skipped | same text as stock | ppl (chat, 4 x 512) |"
+echo "|---|---|---|---|---|---|---|---|"
+ppl_stock="$(perplexity "$stock" "$model")"
 for share in 25 50; do
     limit=$(( file_bytes - expert_bytes + expert_bytes * share / 100 + SLACK ))
-    run "$limit" "$stock"
+    run "$limit" "$stock" "$model"
     base_tps="$tps"
     cp "$work/out.txt" "$work/stock.txt"
-    echo "| $((limit >> 20)) MiB ($share% of experts) | stock, mmap | ${tps:-$status} | 1.00 | $read_mib | - | $ppl_stock |"
-    for setting in "lru" "hobbit" "lru --moe-prefetch 1"; do
+    echo "| $((limit >> 20)) MiB ($share% of experts) | stock, mmap | ${tps:-$status} | 1.00 | $read_mib | - | - | $ppl_stock |"
+    for setting in "lru" "hobbit" "lru --moe-prefetch 1" "hobbit --moe-t1 0.6 --moe-t2 0.9" "hobbit --moe-t1 0" \
+        "hobbit --moe-skip-beta"; do
         read -r -a extra <<<"--moe-policy $setting"
-        run "$limit" "$patched" --moe-cache "$share%" "${extra[@]}"
+        run "$limit" "$patched" "$work/packed.gguf" --moe-cache "$share%" "${extra[@]}"
         same=no; cmp -s "$work/out.txt" "$work/stock.txt" && same=yes
         ratio=-; [ -n "$tps" ] && [ -n "$base_tps" ] && ratio="$(awk -v a="$tps" -v b="$base_tps" 'BEGIN { printf "%.2f", a / b }')"
-        cache_mib="$(sed -n 's/.*(\([0-9.]*\) MiB read).*/\1/p' "$work/log.txt")"
-        echo "| $((limit >> 20)) MiB | --moe-cache $share% ${extra[*]} | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | $same | $(perplexity "$patched" --moe-cache "$share%" "${extra[@]}") |"
+        cache_mib="$(sed -n 's/.* \([0-9.]*\) MiB read).*/\1/p' "$work/log.txt")"
+        low="$(sed -n 's/.*(\([0-9]*\) low precision.*/\1/p' "$work/log.txt")"
+        loads="$(sed -n 's/.* \([0-9]*\) loads (.*/\1/p' "$work/log.txt")"
+        skipped="$(sed -n 's/.* \([0-9]*\) skipped,.*/\1/p' "$work/log.txt")"
+        echo "| $((limit >> 20)) MiB | --moe-cache $share% ${extra[*]} | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | ${loads:-?} / ${low:-?} / ${skipped:-?} | $same | $(perplexity "$patched" "$work/packed.gguf" --moe-cache "$share%" "${extra[@]}") |"
     done
 done

@@ -122,10 +122,12 @@ typedef struct {
  */
 typedef struct {
   /*
-   Picks served from memory, read from the file, and skipped (HOBBIT's t2).
+   Picks served from memory, read from the file (of them, from low-precision copies: t1),
+   and skipped (t2 or beta).
    */
   uint64_t hits;
   uint64_t loads;
+  uint64_t loads_low;
   uint64_t skipped;
   uint64_t bytes_read;
   uint64_t evictions;
@@ -277,14 +279,18 @@ switchyard_result switchyard_model_route(const switchyard_model *model,
 /*
  Open the mixture-of-experts GGUF at `path` for offloading. `budget` is bytes ("512M", "2G",
  "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu", "hobbit" or
- "hobbit:w_lru,w_lfu,w_lhu,w_fld";
- a pick whose unimportance (normalised gate weight ranked above it) exceeds `t2` is not read
- on a miss (1 reads everything).
+ "hobbit:w_lru,w_lfu,w_lhu,w_fld". On a miss, a pick whose unimportance (the share of the
+ token's pick weight ranked above it) exceeds `t2` is not read, one above `t1` is read from
+ its low-precision copy (`switchyard moe-pack`); 1 and 1 read everything in high precision.
+ `skip_beta` also skips a later pick weighing less than the layer's beta (stored by
+ `moe-pack --trace`) times the first's.
  */
 switchyard_result switchyard_moe_cache_init(const char *path,
                                             const char *budget,
                                             const char *policy,
+                                            float t1,
                                             float t2,
+                                            bool skip_beta,
                                             switchyard_moe_cache **out);
 
 /*
@@ -305,7 +311,9 @@ switchyard_result switchyard_moe_cache_bind(const switchyard_moe_cache *cache,
 /*
  Before layer `layer`'s experts run: `experts[t * n_used + i]` is token t's i-th pick
  (`n_tokens` tokens), `probs[t * n_expert + e]` (NULL: equal weights) the router probability
- of expert e for token t. Every pick not skipped is in memory when this returns.
+ of expert e for token t. Every pick not skipped is in memory when this returns;
+ `dropped[t * n_used + i]` (NULL: not wanted) is set to 1 for a pick that was skipped, whose
+ gate weight the host should zero, and 0 for the others.
  */
 switchyard_result switchyard_moe_cache_prepare(const switchyard_moe_cache *cache,
                                                uint32_t layer,
@@ -313,7 +321,8 @@ switchyard_result switchyard_moe_cache_prepare(const switchyard_moe_cache *cache
                                                uint32_t n_tokens,
                                                const int32_t *experts,
                                                const float *probs,
-                                               uint32_t n_expert);
+                                               uint32_t n_expert,
+                                               uint8_t *dropped);
 
 /*
  After `switchyard_moe_cache_prepare` for layer `layer`: `x` holds its `n_tokens` tokens'

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use switchyard::moe::cache::Policy;
-use switchyard::moe::offload::{Budget, ExpertStore};
+use switchyard::moe::offload::{Budget, ExpertStore, MissRules};
 
 use crate::error::{boundary, boundary_value, check_null, fail, set_last_error, slice_or_empty, switchyard_result};
 use crate::model::utf8;
@@ -23,9 +23,11 @@ pub struct switchyard_moe_cache {
 /// What the cache did so far.
 #[repr(C)]
 pub struct switchyard_moe_cache_stats {
-    /// Picks served from memory, read from the file, and skipped (HOBBIT's t2).
+    /// Picks served from memory, read from the file (of them, from low-precision copies: t1),
+    /// and skipped (t2 or beta).
     pub hits: u64,
     pub loads: u64,
+    pub loads_low: u64,
     pub skipped: u64,
     pub bytes_read: u64,
     pub evictions: u64,
@@ -40,15 +42,19 @@ pub struct switchyard_moe_cache_stats {
 
 /// Open the mixture-of-experts GGUF at `path` for offloading. `budget` is bytes ("512M", "2G",
 /// "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu", "hobbit" or
-/// "hobbit:w_lru,w_lfu,w_lhu,w_fld";
-/// a pick whose unimportance (normalised gate weight ranked above it) exceeds `t2` is not read
-/// on a miss (1 reads everything).
+/// "hobbit:w_lru,w_lfu,w_lhu,w_fld". On a miss, a pick whose unimportance (the share of the
+/// token's pick weight ranked above it) exceeds `t2` is not read, one above `t1` is read from
+/// its low-precision copy (`switchyard moe-pack`); 1 and 1 read everything in high precision.
+/// `skip_beta` also skips a later pick weighing less than the layer's beta (stored by
+/// `moe-pack --trace`) times the first's.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_moe_cache_init(
     path: *const c_char,
     budget: *const c_char,
     policy: *const c_char,
+    t1: f32,
     t2: f32,
+    skip_beta: bool,
     out: *mut *mut switchyard_moe_cache,
 ) -> switchyard_result {
     boundary(|| {
@@ -69,7 +75,8 @@ pub unsafe extern "C" fn switchyard_moe_cache_init(
             ));
             return SWITCHYARD_RESULT_INVALID;
         };
-        match ExpertStore::open(Path::new(path), budget, policy, t2 as f64) {
+        let rules = MissRules { t1: t1 as f64, t2: t2 as f64, beta: skip_beta };
+        match ExpertStore::open(Path::new(path), budget, policy, rules) {
             Ok(store) => {
                 let c = Box::new(switchyard_moe_cache { store: Mutex::new(store) });
                 // SAFETY: out checked non-NULL.
@@ -125,8 +132,11 @@ pub unsafe extern "C" fn switchyard_moe_cache_bind(
 
 /// Before layer `layer`'s experts run: `experts[t * n_used + i]` is token t's i-th pick
 /// (`n_tokens` tokens), `probs[t * n_expert + e]` (NULL: equal weights) the router probability
-/// of expert e for token t. Every pick not skipped is in memory when this returns.
+/// of expert e for token t. Every pick not skipped is in memory when this returns;
+/// `dropped[t * n_used + i]` (NULL: not wanted) is set to 1 for a pick that was skipped, whose
+/// gate weight the host should zero, and 0 for the others.
 #[no_mangle]
+#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn switchyard_moe_cache_prepare(
     cache: *const switchyard_moe_cache,
     layer: u32,
@@ -135,6 +145,7 @@ pub unsafe extern "C" fn switchyard_moe_cache_prepare(
     experts: *const i32,
     probs: *const f32,
     n_expert: u32,
+    dropped: *mut u8,
 ) -> switchyard_result {
     boundary(|| {
         check_null!(cache);
@@ -148,7 +159,16 @@ pub unsafe extern "C" fn switchyard_moe_cache_prepare(
         let probs = (!probs.is_null()).then(|| unsafe { slice_or_empty(probs, n_tokens as usize * n_expert as usize) });
         let mut store = cache.store.lock().unwrap_or_else(|p| p.into_inner());
         match store.prepare(layer as usize, n_used as usize, experts, probs) {
-            Ok(()) => SWITCHYARD_RESULT_OK,
+            Ok(skipped) => {
+                if !dropped.is_null() {
+                    // SAFETY: the caller passes room for n_used * n_tokens flags, one per pick.
+                    let out = unsafe { std::slice::from_raw_parts_mut(dropped, n) };
+                    for (o, s) in out.iter_mut().zip(skipped) {
+                        *o = s as u8;
+                    }
+                }
+                SWITCHYARD_RESULT_OK
+            }
             Err(e) => fail(&e),
         }
     })
@@ -201,6 +221,7 @@ pub unsafe extern "C" fn switchyard_moe_cache_get_stats(
             *out = switchyard_moe_cache_stats {
                 hits: s.hits,
                 loads: s.loads,
+                loads_low: s.loads_low,
                 skipped: s.skipped,
                 bytes_read: s.bytes_read,
                 evictions: s.evictions,

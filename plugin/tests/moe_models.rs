@@ -208,6 +208,15 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
     assert_eq!(common::listing(tmp.path()), before);
 }
 
+/// A counter of the report the moe cache logs when the model is freed (library info: -lv 4):
+/// the number before `what` ("loads", "low precision", "MiB read", ...).
+fn counter(log: &str, what: &str) -> f64 {
+    let line =
+        log.lines().find(|l| l.contains("moe cache: budget")).unwrap_or_else(|| panic!("no cache report:\n{log}"));
+    let at = line.find(what).unwrap_or_else(|| panic!("no '{what}' in {line}"));
+    line[..at].split_whitespace().last().unwrap().trim_start_matches('(').trim_end_matches(',').parse().unwrap()
+}
+
 #[test]
 fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget_and_prefetching() {
     let (Some(smol), Some(stock), Some(patched)) =
@@ -222,13 +231,6 @@ fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget_and_prefet
     hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
     let model = p("moe.gguf");
     let want = llama_perplexity(&stock, &model);
-    // the cache reports what it did when the model is freed (library info: -lv 4)
-    let counter = |log: &str, what: &str| -> u64 {
-        let line =
-            log.lines().find(|l| l.contains("moe cache: budget")).unwrap_or_else(|| panic!("no cache report:\n{log}"));
-        let at = line.find(what).unwrap_or_else(|| panic!("no '{what}' in {line}"));
-        line[..at].split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap()
-    };
 
     // every budget and policy computes the same: each layer's picks are read in before it runs
     let policies = [
@@ -246,17 +248,17 @@ fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget_and_prefet
             &["--moe-cache", budget, "--moe-policy", policy, "-lv", "4"],
         );
         assert_eq!(got, want, "--moe-cache {budget} --moe-policy {policy}");
-        assert!(counter(&log, "loads") > 0 && counter(&log, "skipped") == 0, "{budget} {policy}");
+        assert!(counter(&log, "loads") > 0.0 && counter(&log, "skipped") == 0.0, "{budget} {policy}");
         if budget == "100%" {
             // 2 layers x 4 experts, each read once
-            assert_eq!(counter(&log, "loads"), 8, "{log}");
+            assert_eq!(counter(&log, "loads"), 8.0, "{log}");
         }
     }
     // HOBBIT's skipping: picks below the top-1 that are not in memory are not read (one token
     // per micro-batch, as in decoding: a big batch has most experts in memory for some token)
     let (skipping, log) =
         common::llama_perplexity_with(&patched, &model, &["--moe-cache", "0", "--moe-t2", "0", "-ub", "1", "-lv", "4"]);
-    assert!(skipping.is_finite() && skipping != want && counter(&log, "skipped") > 0, "{skipping} vs {want}");
+    assert!(skipping.is_finite() && skipping != want && counter(&log, "skipped") > 0.0, "{skipping} vs {want}");
 
     // prefetching reads the next layer's guessed experts in the background (one token per
     // micro-batch, as in decoding: prompts are not prefetched for; 75% leaves room for guesses
@@ -268,7 +270,7 @@ fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget_and_prefet
         &["--moe-cache", "75%", "--moe-prefetch", "1", "-ub", "1", "-lv", "4"],
     );
     assert_eq!(got, want_ub1, "--moe-prefetch 1");
-    assert!(counter(&log, "prefetched") > 0 && counter(&log, "used)") > 0, "{log}");
+    assert!(counter(&log, "prefetched") > 0.0 && counter(&log, "used)") > 0.0, "{log}");
 
     // settings that cannot work are refused by name
     let (ok, log) = common::llama_perplexity_run(&patched, &model, &["--moe-cache", "50%", "--moe-prefetch", "-1"]);
@@ -281,4 +283,73 @@ fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget_and_prefet
     hf_to_gguf(&HfModel::open(&p("dense-hf")).unwrap(), Some(&tok), "dense", GgmlType::F32, &p("dense.gguf")).unwrap();
     let (ok, log) = common::llama_perplexity_run(&patched, &p("dense.gguf"), &["--moe-cache", "50%"]);
     assert!(!ok && log.contains("not a mixture of experts"), "{log}");
+}
+
+#[test]
+fn moe_pack_copies_load_unimportant_misses_cheaply_and_beta_skips() {
+    let (Some(smol), Some(stock), Some(patched)) =
+        (common::smollm2(), common::llama_bin(), common::llama_patched_bin())
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let s = |n: &str| p(n).to_str().unwrap().to_string();
+    let tok = GgufFile::open(&smol).unwrap();
+    synth::tiny_model(&p("moe-hf"), 49152, Some(MOE), 7).unwrap();
+    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
+    let bin = patched.to_str().unwrap();
+    let text = "/usr/share/common-licenses/Apache-2.0";
+    common::sy_ok(&[
+        "trace",
+        &s("moe.gguf"),
+        "--text",
+        text,
+        "--ctx",
+        "128",
+        "--chunks",
+        "2",
+        "-o",
+        &s("trace.jsonl"),
+        "--llama-bin",
+        bin,
+    ]);
+    let report = common::sy_ok(&["moe-pack", &s("moe.gguf"), "--trace", &s("trace.jsonl"), "-o", &s("packed.gguf")]);
+    assert!(report.contains("6 expert tensors with q4_0 copies") && report.contains("beta per layer"), "{report}");
+    let packed = p("packed.gguf");
+
+    // the copies change nothing until a threshold asks for them
+    let want = llama_perplexity(&stock, &p("moe.gguf"));
+    let (got, _) = common::llama_perplexity_with(&patched, &packed, &["--moe-cache", "100%", "-lv", "4"]);
+    assert_eq!(got, want);
+
+    // one token per micro-batch and an empty cache: nearly every pick misses. With t1 = 0 a
+    // missing second pick reads its Q4_0 copy, a seventh of the F32 bytes
+    let decode = ["--moe-cache", "0", "-ub", "1", "-lv", "4"];
+    let (full, full_log) = common::llama_perplexity_with(&patched, &packed, &decode);
+    let (low, log) = common::llama_perplexity_with(&patched, &packed, &[&decode[..], &["--moe-t1", "0"]].concat());
+    assert_eq!(counter(&full_log, "low precision"), 0.0);
+    // top-2: at most the second pick of each token (an expert the previous token streamed in
+    // serves the next one when its copy is good enough)
+    let (loads, low_loads) = (counter(&log, "loads"), counter(&log, "low precision"));
+    assert!(low_loads > 0.3 * loads && low_loads <= loads / 2.0, "{low_loads} of {loads}");
+    let (read_full, read_low) = (counter(&full_log, "MiB read"), counter(&log, "MiB read"));
+    assert!(read_low < 0.75 * read_full, "{read_low} MiB against {read_full} MiB");
+    assert!(low.is_finite() && low != full && (low / full - 1.0).abs() < 0.05, "{low} against {full}");
+
+    // seed 001's skipping drops the weaker pick below beta (the median ratio: about half the tokens)
+    let (skipping, log) =
+        common::llama_perplexity_with(&patched, &packed, &[&decode[..], &["--moe-skip-beta"]].concat());
+    let (skipped, loads) = (counter(&log, "skipped"), counter(&log, "loads"));
+    assert!(skipping.is_finite() && skipping != full, "{skipping}");
+    assert!(skipped > 0.2 * (skipped + loads) && skipped < 0.5 * (skipped + loads), "{skipped} skipped, {loads} loads");
+
+    // what needs moe-pack is refused on a model without it, by name
+    let (ok, log) = common::llama_perplexity_run(&patched, &p("moe.gguf"), &["--moe-cache", "50%", "--moe-t1", "0.5"]);
+    assert!(!ok && log.contains("moe-pack") && log.contains("ffn_gate_exps"), "{log}");
+    let (ok, log) = common::llama_perplexity_run(&patched, &p("moe.gguf"), &["--moe-cache", "50%", "--moe-skip-beta"]);
+    assert!(!ok && log.contains("switchyard.moe.skip_beta"), "{log}");
+    let err = common::sy_err(&["moe-pack", &s("packed.gguf"), "-o", &s("again.gguf")]);
+    assert!(err.contains("already packed"), "{err}");
+    assert!(!p("again.gguf").exists());
 }

@@ -30,7 +30,9 @@ static void route_one_token(switchyard_moe_cache * cache, uint8_t ** memory, con
                             int n_expert, const float * x, int n_embd) {
     for (int l = 0; l < n_layers; l++) {
         const int32_t picks[2] = {l % n_expert, (l + 1) % n_expert};
-        CHECK(switchyard_moe_cache_prepare(cache, (uint32_t) l, 2, 1, picks, NULL, 0) == SWITCHYARD_RESULT_OK);
+        uint8_t dropped[2] = {7, 7};
+        CHECK(switchyard_moe_cache_prepare(cache, (uint32_t) l, 2, 1, picks, NULL, 0, dropped) == SWITCHYARD_RESULT_OK);
+        CHECK(dropped[0] == 0 && dropped[1] == 0); /* no thresholds: nothing is skipped */
         for (int k = 0; k < 3; k++) {
             const size_t per = bytes[3 * l + k] / (size_t) n_expert;
             for (int p = 0; p < 2; p++) {
@@ -60,11 +62,15 @@ int main(int argc, char ** argv) {
     CHECK(x != NULL);
 
     switchyard_moe_cache * cache = NULL;
-    CHECK(switchyard_moe_cache_init(argv[1], "lots", "lru", 1.0f, &cache) == SWITCHYARD_RESULT_INVALID);
-    CHECK(switchyard_moe_cache_init(argv[1], "50%", "belady", 1.0f, &cache) == SWITCHYARD_RESULT_INVALID);
-    CHECK(switchyard_moe_cache_init(NULL, "50%", "lru", 1.0f, &cache) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    CHECK(switchyard_moe_cache_init(argv[1], "lots", "lru", 1.0f, 1.0f, false, &cache) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_moe_cache_init(argv[1], "50%", "belady", 1.0f, 1.0f, false, &cache) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_moe_cache_init(NULL, "50%", "lru", 1.0f, 1.0f, false, &cache) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    CHECK(switchyard_moe_cache_init(argv[1], "50%", "lru", 1.0f, 1.5f, false, &cache) == SWITCHYARD_RESULT_INVALID);
+    /* low-precision loads and beta need what moe-pack adds, which this model lacks */
+    CHECK(switchyard_moe_cache_init(argv[1], "50%", "lru", 0.6f, 0.9f, false, &cache) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_moe_cache_init(argv[1], "50%", "lru", 1.0f, 1.0f, true, &cache) == SWITCHYARD_RESULT_INVALID);
     CHECK(cache == NULL);
-    CHECK(switchyard_moe_cache_init(argv[1], "0", "hobbit", 1.0f, &cache) == SWITCHYARD_RESULT_OK && cache != NULL);
+    CHECK(switchyard_moe_cache_init(argv[1], "0", "hobbit", 1.0f, 1.0f, false, &cache) == SWITCHYARD_RESULT_OK && cache != NULL);
     CHECK(switchyard_moe_cache_manages(cache, "token_embd.weight") == 0);
     CHECK(switchyard_moe_cache_manages(NULL, "blk.0.ffn_up_exps.weight") == 0);
 
@@ -88,15 +94,15 @@ int main(int argc, char ** argv) {
 
     route_one_token(cache, memory, bytes, n_layers, n_expert, NULL, 0);
     const int32_t outside[2] = {0, n_expert};
-    CHECK(switchyard_moe_cache_prepare(cache, 0, 2, 1, outside, NULL, 0) == SWITCHYARD_RESULT_INVALID);
-    CHECK(switchyard_moe_cache_prepare(cache, 0, 2, 1, NULL, NULL, 0) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    CHECK(switchyard_moe_cache_prepare(cache, 0, 2, 1, outside, NULL, 0, NULL) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_moe_cache_prepare(cache, 0, 2, 1, NULL, NULL, 0, NULL) == SWITCHYARD_RESULT_NULL_ARGUMENT);
     print_stats(cache);
     CHECK(switchyard_moe_cache_free(cache) == SWITCHYARD_RESULT_OK);
     CHECK(switchyard_moe_cache_free(NULL) == SWITCHYARD_RESULT_OK);
 
     /* the same memory, rebound to a cache of everything that reads ahead */
     cache = NULL;
-    CHECK(switchyard_moe_cache_init(argv[1], "100%", "lru", 1.0f, &cache) == SWITCHYARD_RESULT_OK);
+    CHECK(switchyard_moe_cache_init(argv[1], "100%", "lru", 1.0f, 1.0f, false, &cache) == SWITCHYARD_RESULT_OK);
     for (int l = 0; l < n_layers; l++) {
         for (int k = 0; k < 3; k++) {
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, KINDS[k]);

@@ -107,6 +107,8 @@ pub enum Lookup {
 
 struct Entry {
     cost: f64,
+    /// The high-precision copy (else the low-precision one).
+    high: bool,
     /// Clock of the last use, and its token.
     last_use: u64,
     last_token: u64,
@@ -148,23 +150,40 @@ impl ExpertCache {
         self.used
     }
 
+    /// Whether `key` is cached in high precision (None: not cached).
+    pub fn is_high(&self, key: Key) -> Option<bool> {
+        self.entries.get(&key).map(|e| e.high)
+    }
+
     /// Records one use. `protected` says which cached entries must not be evicted to make room
     /// (given the key and the token of its last use): the experts the current layer is serving.
+    /// A high-precision use of a low-precision entry is a miss that replaces it (its records
+    /// kept).
     pub fn access(&mut self, u: Use, layer: u32, protected: impl Fn(Key, u64) -> bool) -> Lookup {
         self.clock += 1;
         let clock = self.clock;
+        let mut records = (0, 0);
         if let Some(e) = self.entries.get_mut(&u.key) {
             if e.seq != u.seq {
                 (e.uses, e.high_uses, e.seq) = (0, 0, u.seq);
             }
-            e.last_use = clock;
-            e.last_token = u.token;
-            e.uses += 1;
-            e.high_uses += u.high as u64;
-            e.next_use = u.next_use;
-            return Lookup::Hit;
+            if e.high || !u.high {
+                e.last_use = clock;
+                e.last_token = u.token;
+                e.uses += 1;
+                e.high_uses += u.high as u64;
+                e.next_use = u.next_use;
+                return Lookup::Hit;
+            }
+            records = (e.uses, e.high_uses);
+            self.remove(u.key);
         }
-        self.insert(u, layer, protected, 1)
+        let lookup = self.insert(u, layer, protected, 1);
+        if let Some(e) = self.entries.get_mut(&u.key) {
+            e.uses += records.0;
+            e.high_uses += records.1;
+        }
+        lookup
     }
 
     /// Makes room for `u.key` ahead of its use (a prefetch) and caches it without counting a
@@ -203,6 +222,7 @@ impl ExpertCache {
             self.used += u.cost;
             let entry = Entry {
                 cost: u.cost,
+                high: u.high,
                 last_use: self.clock,
                 last_token: u.token,
                 uses,

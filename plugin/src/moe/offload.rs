@@ -12,11 +12,14 @@
 //! evict each other's experts between a layer's preparation and its matmul.
 //!
 //! Correctness does not depend on the budget: every picked expert is in memory when its layer
-//! runs (a batch that needs more than the budget holds them for that batch only). The one
-//! exception is HOBBIT's skipping: a pick whose unimportance (the normalised gate weight ranked
-//! above it) exceeds t2 is not loaded on a miss; its memory is zero, so it adds nothing, as
-//! if its gate weight were zero. A skipped pick already in memory is used. Low-precision copies
-//! (t1) need `moe-pack`, not built yet, so t1 is not used here.
+//! runs (a batch that needs more than the budget holds them for that batch only). What the
+//! thresholds change ([`MissRules`], decided per pick by [`rank`]): a pick that may be skipped
+//! (HOBBIT's t2, seed 001's beta) is not loaded on a miss, and [`ExpertStore::prepare`] says
+//! which picks were dropped so the host can zero their gate weights (llama.cpp then
+//! renormalises the rest, as seed 001 does); a skippable pick already in memory is used. A pick
+//! that needs only low precision (t1) loads the expert's low-precision copy (`moe-pack`) and
+//! widens it into place, so it reads a fraction of the bytes; a later pick that needs high
+//! precision reloads it.
 //!
 //! Prefetching ([`ExpertStore::prefetch`]): once a layer is prepared, the routers of the next
 //! few layers are applied to its gate input ([`Lookahead`]) and the experts they pick are read
@@ -34,11 +37,12 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use super::cache::{ExpertCache, Key, Lookup, Policy, Use};
+use super::importance::{rank, Need, Thresholds};
 use super::lookahead::Lookahead;
+use super::pack::{low_name, widen_expert, EXPERT_KINDS as KINDS, SKIP_BETA_KEY};
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
-
-const KINDS: [&str; 3] = ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"];
+use crate::gguf::{Array, GgufFile};
+use crate::GgmlType;
 
 /// Batches of more tokens than this are not prefetched for: a prompt's batch picks nearly every
 /// expert of a layer, so reading them early only reorders the reads and fights the budget.
@@ -68,11 +72,27 @@ impl Budget {
     }
 }
 
+/// What a miss loads: HOBBIT's thresholds t1 and t2 (1 and 1: everything in high precision;
+/// t2 wins where t1 > t2), and whether seed 001's per-layer beta (stored by `moe-pack`) skips
+/// too.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MissRules {
+    pub t1: f64,
+    pub t2: f64,
+    pub beta: bool,
+}
+
+impl MissRules {
+    pub const ALL_HIGH: MissRules = MissRules { t1: 1.0, t2: 1.0, beta: false };
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct OffloadStats {
-    /// Picks served from memory, picks read from disk, picks skipped (not loaded).
+    /// Picks served from memory, picks read from disk (of them, in low precision), picks
+    /// skipped (not loaded; their gate weight is dropped).
     pub hits: u64,
     pub loads: u64,
+    pub loads_low: u64,
     pub skipped: u64,
     pub bytes_read: u64,
     pub evictions: u64,
@@ -89,10 +109,21 @@ pub struct OffloadStats {
 /// runtime's copy lives.
 struct Stacked {
     name: String,
+    ty: GgmlType,
+    /// Values per row.
+    ne0: usize,
     file_offset: u64,
     expert_bytes: usize,
     total_bytes: usize,
+    low: Option<LowCopy>,
     dest: Option<*mut u8>,
+}
+
+/// Where a stacked tensor's low-precision copy lies in the file.
+struct LowCopy {
+    ty: GgmlType,
+    file_offset: u64,
+    expert_bytes: usize,
 }
 
 pub struct ExpertStore {
@@ -111,8 +142,12 @@ pub struct ExpertStore {
     /// Per layer, its stacked tensors (empty for a dense layer).
     layers: Vec<Vec<Stacked>>,
     cache: ExpertCache,
+    t1: f64,
     t2: f64,
-    resident: HashSet<Key>,
+    /// Per layer, seed 001's beta (0: never skips).
+    beta: Vec<f64>,
+    /// Experts in memory, and whether in high precision.
+    resident: HashMap<Key, bool>,
     /// Loaded for the current batch only (did not fit the budget).
     streamed: Vec<Key>,
     resident_bytes: u64,
@@ -187,8 +222,8 @@ fn read_part(file: &File, p: &Part) -> std::io::Result<()> {
 
 impl ExpertStore {
     /// Opens a mixture-of-experts GGUF: every layer's ffn_{gate,up,down}_exps are found and will
-    /// be read from it. `t2` is HOBBIT's skipping threshold (1 skips nothing).
-    pub fn open(path: &Path, budget: Budget, policy: Policy, t2: f64) -> Result<ExpertStore> {
+    /// be read from it (with their low-precision copies, when `rules` use them).
+    pub fn open(path: &Path, budget: Budget, policy: Policy, rules: MissRules) -> Result<ExpertStore> {
         let gguf = GgufFile::open(path)?;
         let label = gguf.label().to_string();
         let arch = gguf.metadata.get_str("general.architecture")?.to_string();
@@ -197,9 +232,21 @@ impl ExpertStore {
         if n_expert == 0 {
             crate::bail_invalid!("{label}: not a mixture of experts ({arch}.expert_count): nothing to offload");
         }
-        if !(0.0..=1.0).contains(&t2) {
-            crate::bail_invalid!("{label}: the skipping threshold t2 must be in [0, 1] (got {t2})");
+        let MissRules { t1, t2, beta } = rules;
+        if !(0.0..=1.0).contains(&t1) || !(0.0..=1.0).contains(&t2) {
+            crate::bail_invalid!("{label}: the thresholds t1 and t2 must be in [0, 1] (got t1 {t1}, t2 {t2})");
         }
+        let beta = match beta {
+            false => vec![0.0; n_layer],
+            true => match gguf.metadata.get(SKIP_BETA_KEY) {
+                Some(crate::gguf::Value::Array(Array::F32(b))) if b.len() == n_layer => {
+                    b.iter().map(|&v| v as f64).collect()
+                }
+                _ => crate::bail_invalid!(
+                    "{label}: no per-layer skipping thresholds ({SKIP_BETA_KEY}, {n_layer} f32): pack the model with `switchyard moe-pack --trace`"
+                ),
+            },
+        };
         let mut layers = Vec::with_capacity(n_layer);
         let mut total = 0u64;
         for il in 0..n_layer {
@@ -212,11 +259,26 @@ impl ExpertStore {
                     crate::bail_invalid!("{label}: tensor '{name}' is {:?}, not [.., .., {n_expert}] experts", t.ne);
                 }
                 total += bytes;
+                let low = match gguf.tensor(&low_name(&name)) {
+                    Some(c) if c.ne == t.ne && c.n_bytes().is_multiple_of(n_expert as u64) => Some(LowCopy {
+                        ty: c.ty,
+                        file_offset: gguf.data_offset + c.offset,
+                        expert_bytes: (c.n_bytes() / n_expert as u64) as usize,
+                    }),
+                    Some(c) => crate::bail_invalid!("{label}: tensor '{}' is {:?}, its expert {:?}", c.name, c.ne, t.ne),
+                    None if t1 < 1.0 => crate::bail_invalid!(
+                        "{label}: t1 < 1 loads low-precision copies, and '{name}' has none: pack the model with `switchyard moe-pack`"
+                    ),
+                    None => None,
+                };
                 stacked.push(Stacked {
                     name,
+                    ty: t.ty,
+                    ne0: t.ne[0] as usize,
                     file_offset: gguf.data_offset + t.offset,
                     expert_bytes: (bytes / n_expert as u64) as usize,
                     total_bytes: bytes as usize,
+                    low,
                     dest: None,
                 });
             }
@@ -242,8 +304,10 @@ impl ExpertStore {
             serving: HashSet::new(),
             layers,
             cache: ExpertCache::new(policy, budget as f64, n_layer as u32),
+            t1,
             t2,
-            resident: HashSet::new(),
+            beta,
+            resident: HashMap::new(),
             streamed: Vec::new(),
             resident_bytes: 0,
             token_base: 0,
@@ -296,8 +360,16 @@ impl ExpertStore {
 
     /// Makes layer `layer`'s picks for a batch resident. `experts` holds `n_used` picks per
     /// token; `probs`, when given, the router probabilities of all experts per token (`n_expert`
-    /// per token), from which the picks' normalised gate weights decide skipping.
-    pub fn prepare(&mut self, layer: usize, n_used: usize, experts: &[i32], probs: Option<&[f32]>) -> Result<()> {
+    /// per token), from which the picks' gate weights decide precision and skipping. Returns,
+    /// per pick in the order given, whether it was dropped (skipped and not in memory: the host
+    /// zeroes its gate weight).
+    pub fn prepare(
+        &mut self,
+        layer: usize,
+        n_used: usize,
+        experts: &[i32],
+        probs: Option<&[f32]>,
+    ) -> Result<Vec<bool>> {
         let label = self.label.clone();
         let n_expert = self.n_expert;
         if layer >= self.layers.len()
@@ -328,26 +400,23 @@ impl ExpertStore {
         self.last_layer = Some(layer);
         self.last_batch_tokens = n_tokens as u64;
 
-        // the picks each token needs, and which it may skip
-        let mut needed: Vec<(u32, u64, bool)> = Vec::new(); // expert, token, skippable
-        for (t, picks) in experts.chunks_exact(n_used).enumerate() {
+        // each token's picks, most important first, and per expert the most any token needs
+        let th = Thresholds { t1: self.t1, t2: self.t2, beta: self.beta[layer] };
+        let mut picks: Vec<(u32, u64)> = Vec::with_capacity(experts.len()); // expert, token
+        let mut need: HashMap<u32, Need> = HashMap::new();
+        for (t, row) in experts.chunks_exact(n_used).enumerate() {
             let weight = |e: i32| probs.map_or(1.0, |p| p[t * n_expert + e as usize] as f64);
-            let mut ranked: Vec<(i32, f64)> = picks.iter().map(|&e| (e, weight(e))).collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let total: f64 = ranked.iter().map(|r| r.1).sum();
-            let mut above = 0.0;
-            for (i, &(e, w)) in ranked.iter().enumerate() {
-                let unimportance = if total > 0.0 { above / total } else { 0.0 };
-                above += w;
-                needed.push((e as u32, self.token_base + t as u64, i > 0 && unimportance > self.t2));
+            for (e, n) in rank(row.iter().map(|&e| (e as u32, weight(e))), &th) {
+                picks.push((e, self.token_base + t as u64));
+                need.entry(e).and_modify(|m| *m = (*m).max(n)).or_insert(n);
             }
         }
         // what this batch uses must stay in memory while it is prepared: its picks, and the
         // skippable ones already in memory (a skip only saves a read)
-        let batch: HashSet<Key> = needed
+        let batch: HashSet<Key> = need
             .iter()
-            .map(|&(e, _, skippable)| ((layer as u32, e), skippable))
-            .filter(|(k, skippable)| !skippable || self.resident.contains(k))
+            .map(|(&e, &n)| ((layer as u32, e), n))
+            .filter(|(k, n)| *n != Need::Skippable || self.resident.contains_key(k))
             .map(|(k, _)| k)
             .collect();
         // a guess for this layer that it did not pick gives its slot back at once: kept, it
@@ -365,13 +434,15 @@ impl ExpertStore {
             }
         }
         let expert_bytes: u64 = self.layers[layer].iter().map(|s| s.expert_bytes as u64).sum();
-        for (e, token, skippable) in needed {
+        for (e, token) in picks {
             let key = (layer as u32, e);
-            if skippable && !self.resident.contains(&key) {
+            if !batch.contains(&key) {
                 self.stats.skipped += 1;
                 continue;
             }
-            let u = Use { key, token, seq: 0, high: true, cost: expert_bytes as f64, next_use: None };
+            // a skippable pick in memory is served by whatever copy is there
+            let high = need[&e] == Need::High;
+            let u = Use { key, token, seq: 0, high, cost: expert_bytes as f64, next_use: None };
             let in_flight = &self.in_flight;
             match self.cache.access(u, layer as u32, |k, _| batch.contains(&k) || in_flight.contains_key(&k)) {
                 Lookup::Hit => {
@@ -384,14 +455,16 @@ impl ExpertStore {
                     for v in evicted {
                         self.evict(v)?;
                     }
-                    if self.resident.contains(&key) {
-                        self.stats.hits += 1; // streamed in earlier in this batch
+                    // streamed in earlier in this batch, in a precision that serves
+                    if self.resident.get(&key).is_some_and(|&h| h || !high) {
+                        self.stats.hits += 1;
                     } else {
-                        if let Err(e) = self.load(key) {
+                        if let Err(e) = self.load(key, high) {
                             self.cache.remove(key);
                             return Err(e);
                         }
                         self.stats.loads += 1;
+                        self.stats.loads_low += !high as u64;
                     }
                     if !cached && !self.streamed.contains(&key) {
                         self.streamed.push(key);
@@ -399,8 +472,9 @@ impl ExpertStore {
                 }
             }
         }
+        let dropped = experts.iter().map(|&e| !batch.contains(&(layer as u32, e as u32))).collect();
         self.serving = batch;
-        Ok(())
+        Ok(dropped)
     }
 
     /// After layer `layer` was prepared, with its tokens' gate input `x` (n_tokens x n_embd,
@@ -438,7 +512,7 @@ impl ExpertStore {
         }
         let token = self.token_base;
         for &key in &wanted {
-            if self.resident.contains(&key) || self.in_flight.contains_key(&key) {
+            if self.resident.contains_key(&key) || self.in_flight.contains_key(&key) {
                 continue;
             }
             let parts = self.parts(key)?;
@@ -488,7 +562,7 @@ impl ExpertStore {
             let bytes: u64 = parts.iter().map(|p| p.len as u64).sum();
             match result {
                 Ok(()) => {
-                    self.resident.insert(key);
+                    self.resident.insert(key, true);
                     self.unused_prefetch.insert(key);
                     self.stats.bytes_read += bytes;
                 }
@@ -529,30 +603,54 @@ impl ExpertStore {
             .collect()
     }
 
-    /// Reads expert `key` into its place in every tensor of its layer; on a failure, what was
-    /// read is zeroed again and nothing is counted.
-    fn load(&mut self, key: Key) -> Result<()> {
+    /// Reads expert `key` into its place in every tensor of its layer, in high precision or
+    /// from its low-precision copies (widened into place); on a failure, what was read is
+    /// zeroed again and nothing is counted.
+    fn load(&mut self, key: Key, high: bool) -> Result<()> {
         let parts = self.parts(key)?;
+        let mut read = 0u64;
         for (i, p) in parts.iter().enumerate() {
-            if let Err(err) = read_part(&self.file, p) {
-                for done in &parts[..=i] {
-                    // SAFETY: the parts lie inside bound tensors, and no one else writes them.
-                    unsafe { release(done.dest, done.len) };
+            let s = &self.layers[key.0 as usize][i];
+            let result = match (&s.low, high) {
+                (Some(low), false) => self.read_low(s, low, key.1 as usize, p).map(|()| low.expert_bytes),
+                _ => read_part(&self.file, p).map_err(|e| e.to_string()).map(|()| p.len),
+            };
+            match result {
+                Ok(n) => read += n as u64,
+                Err(err) => {
+                    // all of it: an expert reloaded in high precision had its copy in the rest
+                    for p in &parts {
+                        // SAFETY: the parts lie inside bound tensors, and no one else writes them.
+                        unsafe { release(p.dest, p.len) };
+                    }
+                    if self.resident.remove(&key).is_some() {
+                        self.resident_bytes -= parts.iter().map(|p| p.len as u64).sum::<u64>();
+                    }
+                    crate::bail_invalid!("{}: reading expert {} of '{}': {err}", self.label, key.1, s.name);
                 }
-                let name = &self.layers[key.0 as usize][i].name;
-                crate::bail_invalid!("{}: reading expert {} of '{name}': {err}", self.label, key.1);
             }
         }
-        let bytes: u64 = parts.iter().map(|p| p.len as u64).sum();
-        self.stats.bytes_read += bytes;
-        self.resident_bytes += bytes;
-        self.resident.insert(key);
+        self.stats.bytes_read += read;
+        if self.resident.insert(key, high).is_none() {
+            self.resident_bytes += parts.iter().map(|p| p.len as u64).sum::<u64>();
+        }
         self.stats.peak_resident = self.stats.peak_resident.max(self.resident_bytes);
         Ok(())
     }
 
+    /// Reads expert `e`'s low-precision copy of `s` and widens it into `p`, its place.
+    fn read_low(&self, s: &Stacked, low: &LowCopy, e: usize, p: &Part) -> std::result::Result<(), String> {
+        let mut buf = vec![0u8; low.expert_bytes];
+        let part =
+            Part { dest: buf.as_mut_ptr(), len: buf.len(), offset: low.file_offset + (e * low.expert_bytes) as u64 };
+        read_part(&self.file, &part).map_err(|err| format!("its low-precision copy: {err}"))?;
+        // SAFETY: the part lies inside a bound tensor, and no one else writes it.
+        let dest = unsafe { std::slice::from_raw_parts_mut(p.dest, p.len) };
+        widen_expert(low.ty, &buf, s.ty, s.ne0, dest).map_err(|err| err.to_string())
+    }
+
     fn evict(&mut self, key: Key) -> Result<()> {
-        if !self.resident.remove(&key) {
+        if self.resident.remove(&key).is_none() {
             return Ok(());
         }
         self.unused_prefetch.remove(&key);
@@ -628,7 +726,7 @@ mod tests {
     struct Memory(Vec<Vec<u8>>);
 
     fn bound(path: &Path, budget: Budget, t2: f64) -> (ExpertStore, Memory) {
-        let mut store = ExpertStore::open(path, budget, Policy::Lru, t2).unwrap();
+        let mut store = ExpertStore::open(path, budget, Policy::Lru, MissRules { t2, ..MissRules::ALL_HIGH }).unwrap();
         let mut mem = Memory((0..6).map(|_| vec![0xAAu8; 4 * 8192]).collect());
         for (i, buf) in mem.0.iter_mut().enumerate() {
             let name = format!("blk.{}.{}.weight", i / 3, KINDS[i % 3]);
@@ -758,6 +856,124 @@ mod tests {
         assert_eq!(loaded(&mem, 1, 0), Vec::<usize>::new());
     }
 
+    /// `moe_file`'s shape in F32 ([32, 64, 4] per tensor: 8192 bytes per expert) with values
+    /// that Q4_0 cannot hold exactly, packed by `moe-pack` with Q4_0 copies and a beta of 0.5
+    /// for both layers. Returns the packed file and the original values of each tensor.
+    fn packed_file(dir: &Path) -> (std::path::PathBuf, Vec<Vec<f32>>) {
+        use crate::gguf::{write_gguf, Metadata, TensorInfoOut, Value};
+        use crate::moe::pack::{moe_pack, MoePackOptions};
+        use crate::moe::trace::{TokenRoute, Trace};
+        let mut md = Metadata::new();
+        md.insert("general.architecture", Value::String("llama".into()));
+        md.insert("llama.block_count", Value::U32(2));
+        md.insert("llama.expert_count", Value::U32(4));
+        let values: Vec<Vec<f32>> = (0..6)
+            .map(|i| (0..4 * 2048).map(|j| (i * 4 + j / 2048 + 1) as f32 + (j % 7) as f32 * 0.13).collect())
+            .collect();
+        let bytes: Vec<Vec<u8>> = values.iter().map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let router: Vec<u8> =
+            [1.0f32, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut tensors: Vec<(TensorInfoOut, &[u8])> = Vec::new();
+        for l in 0..2 {
+            for (k, kind) in KINDS.iter().enumerate() {
+                let info = TensorInfoOut::new(format!("blk.{l}.{kind}.weight"), GgmlType::F32, [32u64, 64, 4]);
+                tensors.push((info, &bytes[l * 3 + k]));
+            }
+            tensors
+                .push((TensorInfoOut::new(format!("blk.{l}.ffn_gate_inp.weight"), GgmlType::F32, [2u64, 4]), &router));
+        }
+        let plain = dir.join("plain.gguf");
+        write_gguf(&plain, &md, &tensors).unwrap();
+        let route = TokenRoute { seq: 0, layers: vec![vec![(0, 0.6), (1, 0.3)]; 2] };
+        let trace = Trace { n_layers: 2, n_experts: 4, tokens: vec![route] };
+        let packed = dir.join("packed.gguf");
+        let opts = MoePackOptions { low_type: GgmlType::Q4_0, trace: Some(trace) };
+        moe_pack(&GgufFile::open(&plain).unwrap(), &opts, &packed).unwrap();
+        (packed, values)
+    }
+
+    /// Expert e of tensor i as loaded: None when zero, else whether it equals the original.
+    fn exact(mem: &Memory, values: &[Vec<f32>], i: usize, e: usize) -> Option<bool> {
+        let got: Vec<f32> = mem.0[i][e * 8192..(e + 1) * 8192]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        if got.iter().all(|&x| x == 0.0) {
+            return None;
+        }
+        let want = &values[i][e * 2048..(e + 1) * 2048];
+        // within about one Q4_0 step (an eighth of the largest value of a block)
+        let close = got.iter().zip(want).all(|(a, b)| (a - b).abs() <= 0.15 * b.abs());
+        assert!(close, "tensor {i} expert {e} is neither zero nor close to its values");
+        Some(got == want)
+    }
+
+    fn bind_all(store: &mut ExpertStore) -> Memory {
+        let mut mem = Memory((0..6).map(|_| vec![0xAAu8; 4 * 8192]).collect());
+        for (i, buf) in mem.0.iter_mut().enumerate() {
+            let name = format!("blk.{}.{}.weight", i / 3, KINDS[i % 3]);
+            // SAFETY: the buffer outlives the store in each test.
+            unsafe { store.bind(&name, buf.as_mut_ptr(), buf.len()).unwrap() };
+        }
+        mem
+    }
+
+    #[test]
+    fn low_picks_read_the_copy_and_a_high_pick_reloads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, values) = packed_file(dir.path());
+        let rules = MissRules { t1: 0.5, ..MissRules::ALL_HIGH };
+        let mut store = ExpertStore::open(&path, Budget::Percent(100.0), Policy::Lru, rules).unwrap();
+        let mem = bind_all(&mut store);
+        // expert 2 leads (0.7); expert 1 has 0.7 of the weight above it: low precision
+        let probs = [0.0, 0.3, 0.7, 0.0];
+        assert_eq!(store.prepare(0, 2, &[1, 2], Some(&probs)).unwrap(), vec![false, false]);
+        assert_eq!((exact(&mem, &values, 0, 2), exact(&mem, &values, 2, 1)), (Some(true), Some(false)));
+        let s = store.stats();
+        assert_eq!((s.loads, s.loads_low), (2, 1));
+        // 3 tensors x (8192 bytes + 64 rows of one 18-byte Q4_0 block)
+        assert_eq!(s.bytes_read, 3 * (8192 + 64 * 18));
+        // a low pick of the copy hits; expert 1 as the top pick reloads it in high precision
+        store.prepare(0, 2, &[2, 1], Some(&probs)).unwrap();
+        assert_eq!((store.stats().hits, store.stats().loads), (2, 2));
+        store.prepare(0, 1, &[1], Some(&probs)).unwrap();
+        assert_eq!(exact(&mem, &values, 1, 1), Some(true));
+        let s = store.stats();
+        assert_eq!((s.loads, s.loads_low, s.peak_resident), (3, 1, 2 * 3 * 8192));
+    }
+
+    #[test]
+    fn beta_drops_a_weak_second_pick_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, values) = packed_file(dir.path());
+        let rules = MissRules { beta: true, ..MissRules::ALL_HIGH };
+        let mut store = ExpertStore::open(&path, Budget::Bytes(3 * 3 * 8192), Policy::Lru, rules).unwrap();
+        let mem = bind_all(&mut store);
+        // token 0: expert 3 weighs 0.4 of expert 0 (< beta 0.5): dropped; token 1: 0.75, kept
+        let probs = [0.5, 0.0, 0.0, 0.2, 0.0, 0.3, 0.4, 0.0];
+        let dropped = store.prepare(1, 2, &[3, 0, 2, 1], Some(&probs)).unwrap();
+        assert_eq!(dropped, vec![true, false, false, false]);
+        assert_eq!((exact(&mem, &values, 3, 3), exact(&mem, &values, 3, 0)), (None, Some(true)));
+        assert_eq!((store.stats().skipped, store.stats().loads), (1, 3));
+        // in memory, a skippable pick is used
+        assert_eq!(store.prepare(1, 2, &[0, 1], Some(&[0.5, 0.1, 0.0, 0.0])).unwrap(), vec![false, false]);
+    }
+
+    #[test]
+    fn thresholds_need_what_moe_pack_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = moe_file(dir.path());
+        let err = |path: &Path, rules| {
+            ExpertStore::open(path, Budget::Percent(50.0), Policy::Lru, rules).err().unwrap().to_string()
+        };
+        let low = err(&plain, MissRules { t1: 0.6, ..MissRules::ALL_HIGH });
+        assert!(low.contains("'blk.0.ffn_gate_exps.weight' has none") && low.contains("moe-pack"), "{low}");
+        let beta = err(&plain, MissRules { beta: true, ..MissRules::ALL_HIGH });
+        assert!(beta.contains("switchyard.moe.skip_beta"), "{beta}");
+        let range = err(&plain, MissRules { t2: 1.5, ..MissRules::ALL_HIGH });
+        assert!(range.contains("[0, 1]"), "{range}");
+    }
+
     #[test]
     fn budgets_parse_and_bad_files_are_named() {
         assert_eq!(Budget::parse("25%"), Some(Budget::Percent(25.0)));
@@ -772,10 +988,13 @@ mod tests {
         md.insert("general.architecture", Value::String("llama".into()));
         md.insert("llama.block_count", Value::U32(1));
         write_gguf(&path, &md, &[]).unwrap();
-        let err = ExpertStore::open(&path, Budget::Percent(50.0), Policy::Lru, 1.0).err().unwrap().to_string();
+        let err = ExpertStore::open(&path, Budget::Percent(50.0), Policy::Lru, MissRules::ALL_HIGH)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("dense.gguf") && err.contains("not a mixture of experts"), "{err}");
         let moe = moe_file(dir.path());
-        let mut store = ExpertStore::open(&moe, Budget::Percent(50.0), Policy::Lru, 1.0).unwrap();
+        let mut store = ExpertStore::open(&moe, Budget::Percent(50.0), Policy::Lru, MissRules::ALL_HIGH).unwrap();
         let mut small = vec![0u8; 10];
         // SAFETY: a live buffer of the stated length.
         let err = unsafe { store.bind("blk.0.ffn_up_exps.weight", small.as_mut_ptr(), 10) }.unwrap_err().to_string();

@@ -2,10 +2,10 @@
 //! hits, bytes loaded and the precision of what was loaded.
 //!
 //! Each token visits the layers in order, and in each layer its selected experts, highest gate
-//! weight first. With HOBBIT's thresholds (ANCHORS §3), expert i of a token has unimportance
-//! s_i = the sum of the normalised gate weights ranked above it: top-1 and s <= t1 load in high
-//! precision on a miss, t1 < s <= t2 in low precision, s > t2 are skipped. A hit serves whatever
-//! precision is cached. The cache holds `capacity` high-precision experts' worth of bytes; a
+//! weight first. HOBBIT's thresholds decide what each pick needs ([`rank`]): top-1 and s <= t1
+//! load in high precision on a miss, t1 < s <= t2 in low precision, s > t2 are skipped. A
+//! low-precision pick hits either copy; a high-precision one hits only a high-precision copy and
+//! otherwise replaces the low one (a high-precision load). The cache holds `capacity` high-precision experts' worth of bytes; a
 //! low-precision copy costs `low_cost` of one. Experts of the layer being served are never
 //! evicted to make room for each other.
 //!
@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use super::cache::{ExpertCache, Lookup, Use};
 pub use super::cache::{HobbitWeights, Policy};
+use super::importance::{rank, Need, Thresholds};
 use super::trace::Trace;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,13 +69,9 @@ fn accesses(trace: &Trace, cfg: &SimConfig) -> Vec<Access> {
     let mut out = Vec::new();
     for (t, tok) in trace.tokens.iter().enumerate() {
         for (l, picks) in tok.layers.iter().enumerate() {
-            let total: f64 = picks.iter().map(|p| p.1 as f64).sum();
-            let mut above = 0.0;
-            for (i, &(e, w)) in picks.iter().enumerate() {
-                let s = if total > 0.0 { above / total } else { 0.0 };
-                above += w as f64;
-                let skip = i > 0 && s > cfg.t2;
-                let high = i == 0 || s <= cfg.t1;
+            let th = Thresholds { t1: cfg.t1, t2: cfg.t2, beta: 0.0 };
+            for (e, need) in rank(picks.iter().map(|&(e, w)| (e, w as f64)), &th) {
+                let (high, skip) = (need == Need::High, need == Need::Skippable);
                 out.push(Access { key: (l as u32, e), token: t, seq: tok.seq, layer: l as u32, high, skip });
             }
         }
@@ -194,6 +191,15 @@ mod tests {
         let r = simulate(&t, Policy::Lru, &cfg);
         assert_eq!((r.accesses, r.loads_high, r.loads_low, r.skipped), (4, 2, 1, 1));
         assert_eq!(r.bytes_moved, 2.25);
+        // expert 1 comes back as a low pick (a hit on its copy), then as top-1: the copy is
+        // replaced by a high-precision load, which then serves a low pick too
+        let mut tokens = t.tokens.clone();
+        tokens.push(TokenRoute { seq: 0, layers: vec![vec![(2, 0.7), (1, 0.3)]] });
+        tokens.push(TokenRoute { seq: 0, layers: vec![vec![(1, 1.0)]] });
+        tokens.push(TokenRoute { seq: 0, layers: vec![vec![(0, 0.7), (1, 0.3)]] });
+        let r = simulate(&Trace { tokens, ..t }, Policy::Lru, &cfg);
+        assert_eq!((r.hits, r.loads_high, r.loads_low), (4, 3, 1));
+        assert_eq!(r.bytes_moved, 3.25);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod bench;
 mod dev;
 mod eval;
 mod inspect;
+mod moe_pack;
 mod moefy;
 mod pack;
 mod progress;
@@ -47,6 +48,9 @@ enum Command {
     /// Refactor a dense model into a mixture of experts by activation statistics on
     /// calibration text (runs the patched llama.cpp to capture FFN inputs).
     Moefy(moefy::MoefyArgs),
+    /// Add low-precision copies of a MoE model's experts and per-layer skipping thresholds,
+    /// for the patched llama.cpp's --moe-cache (--moe-t1, --moe-skip-beta).
+    MoePack(moe_pack::MoePackArgs),
     /// Replay a MoE routing trace against each expert cache policy and Belady's optimum.
     Sim(sim::SimArgs),
     /// Benchmarks.
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::Route(a) => route::route(a),
         Command::Trace(a) => trace::trace(a, cli.threads),
         Command::Moefy(a) => moefy::moefy(a, cli.threads),
+        Command::MoePack(a) => moe_pack::moe_pack(a),
         Command::Sim(a) => sim::sim(a),
         Command::Bench(c) => bench::run(c),
         Command::ToHf(a) => dev::to_hf(a),
