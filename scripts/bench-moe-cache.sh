@@ -17,9 +17,13 @@
 # of the calibration text), which computes the same as the original until a threshold asks for
 # the copies. The model file is dropped from the page cache before every run.
 # Prints, per run: decode tokens/s and its ratio to stock under the same limit, bytes read from
-# disk (the process's block reads), whether the generated text equals stock's, and the
-# held-out perplexity of the same setting (4 chunks of 512 tokens of the chat text; outside the
-# memory limit, which changes speed, not results).
+# disk (the process's block reads), the cache's loads (of them, low precision) and skipped picks,
+# whether the generated text equals stock's, and the held-out perplexity of the same setting (4
+# chunks of 512 tokens of the chat text; outside the memory limit, which changes speed, not
+# results). Rows with thresholds also get the perplexity of one chunk with one token per
+# micro-batch (-ub 1), as in decoding: in a batch, an expert that any token needs in full is
+# loaded in full for all of them, so batched perplexity hides most of what thresholds do. Stock
+# gets the same for comparison; without thresholds the cache computes exactly what stock does.
 #
 # Needs root for the cgroup (/sys/fs/cgroup/memory). Environment: SWITCHYARD_MOE_BENCH_TOKENS
 # (default 32), SWITCHYARD_MOE_BENCH_SLACK_MIB (default 200), SWITCHYARD_THREADS.
@@ -79,23 +83,24 @@ run() {
     read_mib="$(tail -n1 "$work/time.txt" | awk '{ printf "%.0f", $1 * 512 / 1048576 }')"
 }
 
-# perplexity BIN MODEL [args...]
+# perplexity BIN MODEL CHUNKS [args...]
 perplexity() {
-    "$1/llama-perplexity" -m "$2" -f "$text/text-chat-eval.txt" -c 512 --chunks 4 -t "$THREADS" -tb "$THREADS" "${@:3}" \
+    "$1/llama-perplexity" -m "$2" -f "$text/text-chat-eval.txt" -c 512 --chunks "$3" -t "$THREADS" -tb "$THREADS" "${@:4}" \
         2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
 }
 
 echo "$(basename "$model"): $((file_bytes >> 20)) MiB, experts $((expert_bytes >> 20)) MiB; decode of $TOKENS tokens, $THREADS threads"
 echo
-echo "| memory limit | run | decode tok/s | vs stock | MiB read from disk | loads / low precision / skipped | same text as stock | ppl (chat, 4 x 512) |"
-echo "|---|---|---|---|---|---|---|---|"
-ppl_stock="$(perplexity "$stock" "$model")"
+echo "| memory limit | run | decode tok/s | vs stock | MiB read from disk | loads / low precision / skipped | same text as stock | ppl (chat, 4 x 512) | ppl, -ub 1 (1 x 512) |"
+echo "|---|---|---|---|---|---|---|---|---|"
+ppl_stock="$(perplexity "$stock" "$model" 4)"
+ppl_stock_ub1="$(perplexity "$stock" "$model" 1 -ub 1)"
 for share in 25 50; do
     limit=$(( file_bytes - expert_bytes + expert_bytes * share / 100 + SLACK ))
     run "$limit" "$stock" "$model"
     base_tps="$tps"
     cp "$work/out.txt" "$work/stock.txt"
-    echo "| $((limit >> 20)) MiB ($share% of experts) | stock, mmap | ${tps:-$status} | 1.00 | $read_mib | - | - | $ppl_stock |"
+    echo "| $((limit >> 20)) MiB ($share% of experts) | stock, mmap | ${tps:-$status} | 1.00 | $read_mib | - | - | $ppl_stock | $ppl_stock_ub1 |"
     for setting in "lru" "hobbit" "lru --moe-prefetch 1" "hobbit --moe-t1 0.6 --moe-t2 0.9" "hobbit --moe-t1 0" \
         "hobbit --moe-skip-beta"; do
         read -r -a extra <<<"--moe-policy $setting"
@@ -106,6 +111,11 @@ for share in 25 50; do
         low="$(sed -n 's/.*(\([0-9]*\) low precision.*/\1/p' "$work/log.txt")"
         loads="$(sed -n 's/.* \([0-9]*\) loads (.*/\1/p' "$work/log.txt")"
         skipped="$(sed -n 's/.* \([0-9]*\) skipped,.*/\1/p' "$work/log.txt")"
-        echo "| $((limit >> 20)) MiB | --moe-cache $share% ${extra[*]} | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | ${loads:-?} / ${low:-?} / ${skipped:-?} | $same | $(perplexity "$patched" "$work/packed.gguf" --moe-cache "$share%" "${extra[@]}") |"
+        ppl="$(perplexity "$patched" "$work/packed.gguf" 4 --moe-cache "$share%" "${extra[@]}")"
+        ppl_ub1=-
+        case "$setting" in *--moe-t*|*--moe-skip-beta*)
+            ppl_ub1="$(perplexity "$patched" "$work/packed.gguf" 1 -ub 1 --moe-cache "$share%" "${extra[@]}")" ;;
+        esac
+        echo "| $((limit >> 20)) MiB | --moe-cache $share% ${extra[*]} | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | ${loads:-?} / ${low:-?} / ${skipped:-?} | $same | $ppl | $ppl_ub1 |"
     done
 done
