@@ -208,6 +208,13 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
     assert_eq!(common::listing(tmp.path()), before);
 }
 
+/// The tiny synthetic MoE (SmolLM2's vocabulary) as `dir`/moe.gguf, F32.
+fn tiny_moe_gguf(dir: &std::path::Path, tok: &GgufFile) {
+    synth::tiny_model(&dir.join("moe-hf"), 49152, Some(MOE), 7).unwrap();
+    hf_to_gguf(&HfModel::open(&dir.join("moe-hf")).unwrap(), Some(tok), "moe", GgmlType::F32, &dir.join("moe.gguf"))
+        .unwrap();
+}
+
 /// A counter of the report the moe cache logs when the model is freed (library info: -lv 4):
 /// the number before `what` ("loads", "low precision", "MiB read", ...).
 fn counter(log: &str, what: &str) -> f64 {
@@ -227,8 +234,7 @@ fn the_moe_cache_computes_what_stock_llama_cpp_computes_at_any_budget_and_prefet
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
     let tok = GgufFile::open(&smol).unwrap();
-    synth::tiny_model(&p("moe-hf"), 49152, Some(MOE), 7).unwrap();
-    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
+    tiny_moe_gguf(tmp.path(), &tok);
     let model = p("moe.gguf");
     let want = llama_perplexity(&stock, &model);
 
@@ -296,8 +302,7 @@ fn moe_pack_copies_load_unimportant_misses_cheaply_and_beta_skips() {
     let p = |n: &str| tmp.path().join(n);
     let s = |n: &str| p(n).to_str().unwrap().to_string();
     let tok = GgufFile::open(&smol).unwrap();
-    synth::tiny_model(&p("moe-hf"), 49152, Some(MOE), 7).unwrap();
-    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
+    tiny_moe_gguf(tmp.path(), &tok);
     let bin = patched.to_str().unwrap();
     let text = "/usr/share/common-licenses/Apache-2.0";
     common::sy_ok(&[
