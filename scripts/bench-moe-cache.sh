@@ -12,10 +12,11 @@
 # out as the limit forces it; the patched one with `--moe-cache SHARE%` reads picked experts
 # into a cache of that size (policies lru and hobbit, lru with `--moe-prefetch 1`, and hobbit
 # with the thresholds: `--moe-t1 0.6 --moe-t2 0.9` (HOBBIT's Mixtral setting), `--moe-t1 0`
-# (every pick but the top one from its Q4_0 copy) and `--moe-skip-beta` (seed 001)). The
-# patched runs use the model packed by `switchyard moe-pack` (Q4_0 copies, betas from a trace
-# of the calibration text), which computes the same as the original until a threshold asks for
-# the copies. The model file is dropped from the page cache before every run.
+# (every pick but the top one from its Q4_0 copy; again from Q8_0 copies) and `--moe-skip-beta`
+# (seed 001)). The patched runs use the model packed by `switchyard moe-pack` (Q4_0 copies,
+# betas from a trace of the calibration text; for the Q8_0 row, Q8_0 copies), which computes the
+# same as the original until a threshold asks for the copies. The model file is dropped from the
+# page cache before every run.
 # Prints, per run: decode tokens/s and its ratio to stock under the same limit, bytes read from
 # disk (the process's block reads), the cache's loads (of them, low precision) and skipped picks,
 # whether the generated text equals stock's, and the held-out perplexity of the same setting (4
@@ -53,8 +54,9 @@ if [ -z "$model" ]; then
         --llama-bin "$patched" -o "$model" >&2
 fi
 "$switchyard" trace "$model" --text "$work/calib.txt" --chunks 12 --llama-bin "$patched" -o "$work/trace.jsonl" >&2
-need_space "$work" "$(( $(stat -c %s "$model") * 6 / 5 ))" "the packed model"
+need_space "$work" "$(( $(stat -c %s "$model") * 5 / 2 ))" "the packed models"
 "$switchyard" moe-pack "$model" --trace "$work/trace.jsonl" -o "$work/packed.gguf" >&2
+"$switchyard" moe-pack "$model" --low-type q8_0 -o "$work/packed-q8_0.gguf" >&2
 expert_bytes="$("$switchyard" inspect "$model" | awk '/_exps\.weight/ {
     if ($2 != "f32") { print "not f32: " $1 > "/dev/stderr"; exit 1 }
     gsub(/[\[\],]/, " "); n = 4; for (i = 3; i <= NF; i++) n *= $i; s += n } END { printf "%d", s }')"
@@ -89,6 +91,26 @@ perplexity() {
         2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
 }
 
+# cache_row LIMIT SHARE PACKED NOTE POLICY [args...]: one patched run and its table row
+cache_row() {
+    local limit="$1" share="$2" packed="$3" note="$4"; shift 4
+    local extra=(--moe-policy "$@")
+    run "$limit" "$patched" "$packed" --moe-cache "$share%" "${extra[@]}"
+    local same=no ratio=-
+    cmp -s "$work/out.txt" "$work/stock.txt" && same=yes
+    [ -n "$tps" ] && [ -n "$base_tps" ] && ratio="$(awk -v a="$tps" -v b="$base_tps" 'BEGIN { printf "%.2f", a / b }')"
+    local cache_mib low loads skipped ppl ppl_ub1=-
+    cache_mib="$(sed -n 's/.* \([0-9.]*\) MiB read).*/\1/p' "$work/log.txt")"
+    low="$(sed -n 's/.*(\([0-9]*\) low precision.*/\1/p' "$work/log.txt")"
+    loads="$(sed -n 's/.* \([0-9]*\) loads (.*/\1/p' "$work/log.txt")"
+    skipped="$(sed -n 's/.* \([0-9]*\) skipped,.*/\1/p' "$work/log.txt")"
+    ppl="$(perplexity "$patched" "$packed" 4 --moe-cache "$share%" "${extra[@]}")"
+    case "${extra[*]}" in *--moe-t*|*--moe-skip-beta*)
+        ppl_ub1="$(perplexity "$patched" "$packed" 1 -ub 1 --moe-cache "$share%" "${extra[@]}")" ;;
+    esac
+    echo "| $((limit >> 20)) MiB | --moe-cache $share% ${extra[*]}$note | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | ${loads:-?} / ${low:-?} / ${skipped:-?} | $same | $ppl | $ppl_ub1 |"
+}
+
 echo "$(basename "$model"): $((file_bytes >> 20)) MiB, experts $((expert_bytes >> 20)) MiB; decode of $TOKENS tokens, $THREADS threads"
 echo
 echo "| memory limit | run | decode tok/s | vs stock | MiB read from disk | loads / low precision / skipped | same text as stock | ppl (chat, 4 x 512) | ppl, -ub 1 (1 x 512) |"
@@ -103,19 +125,8 @@ for share in 25 50; do
     echo "| $((limit >> 20)) MiB ($share% of experts) | stock, mmap | ${tps:-$status} | 1.00 | $read_mib | - | - | $ppl_stock | $ppl_stock_ub1 |"
     for setting in "lru" "hobbit" "lru --moe-prefetch 1" "hobbit --moe-t1 0.6 --moe-t2 0.9" "hobbit --moe-t1 0" \
         "hobbit --moe-skip-beta"; do
-        read -r -a extra <<<"--moe-policy $setting"
-        run "$limit" "$patched" "$work/packed.gguf" --moe-cache "$share%" "${extra[@]}"
-        same=no; cmp -s "$work/out.txt" "$work/stock.txt" && same=yes
-        ratio=-; [ -n "$tps" ] && [ -n "$base_tps" ] && ratio="$(awk -v a="$tps" -v b="$base_tps" 'BEGIN { printf "%.2f", a / b }')"
-        cache_mib="$(sed -n 's/.* \([0-9.]*\) MiB read).*/\1/p' "$work/log.txt")"
-        low="$(sed -n 's/.*(\([0-9]*\) low precision.*/\1/p' "$work/log.txt")"
-        loads="$(sed -n 's/.* \([0-9]*\) loads (.*/\1/p' "$work/log.txt")"
-        skipped="$(sed -n 's/.* \([0-9]*\) skipped,.*/\1/p' "$work/log.txt")"
-        ppl="$(perplexity "$patched" "$work/packed.gguf" 4 --moe-cache "$share%" "${extra[@]}")"
-        ppl_ub1=-
-        case "$setting" in *--moe-t*|*--moe-skip-beta*)
-            ppl_ub1="$(perplexity "$patched" "$work/packed.gguf" 1 -ub 1 --moe-cache "$share%" "${extra[@]}")" ;;
-        esac
-        echo "| $((limit >> 20)) MiB | --moe-cache $share% ${extra[*]} | ${tps:-$status} | $ratio | $read_mib (cache read $cache_mib) | ${loads:-?} / ${low:-?} / ${skipped:-?} | $same | $ppl | $ppl_ub1 |"
+        read -r -a policy_args <<<"$setting"
+        cache_row "$limit" "$share" "$work/packed.gguf" "" "${policy_args[@]}"
     done
+    cache_row "$limit" "$share" "$work/packed-q8_0.gguf" " (Q8_0 copies)" hobbit --moe-t1 0
 done

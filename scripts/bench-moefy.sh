@@ -6,7 +6,8 @@
 #      E/2 and E experts per token, with the routers' held-out accuracy;
 #   2. the K = 2 model's routing on held-out text of all domains (`switchyard trace`) replayed
 #      against each cache policy and Belady's optimum (`switchyard sim`) with room for 25% and
-#      50% of the experts; "hobbit*" uses HOBBIT's weights tuned on the calibration text's routing.
+#      50% of the experts; "hobbit*" uses HOBBIT's weights tuned on the calibration text's routing,
+#      "belady/N" is Belady's knowing only the routes of the current token and N - 1 more.
 #
 # Environment: SWITCHYARD_MOEFY_EXPERTS (default 8), SWITCHYARD_MOEFY_SHARED (fraction of channels
 # in every expert, default 0.5), SWITCHYARD_MOEFY_CALIB_CHARS (per domain, default 30000),
@@ -80,5 +81,9 @@ for share in 25 50; do
     echo
     echo '```'
     "$switchyard" sim "$trace" --cache $((E * layers * share / 100)) --tune-on "$work/calib-trace.jsonl"
+    # how many tokens of known routes Belady's edge needs
+    for known in 2 4; do
+        "$switchyard" sim "$trace" --cache $((E * layers * share / 100)) --known-tokens "$known" | grep '^belady/'
+    done
     echo '```'
 done

@@ -157,13 +157,20 @@ fn sim_replays_a_trace_against_every_policy() {
         text += &format!("{{\"seq\": 0, \"layers\": [[[{e}, 1.0]]]}}\n");
     }
     std::fs::write(&trace, text).unwrap();
-    let out = sy_ok(&["sim", trace.to_str().unwrap(), "--cache", "2"]);
-    let rate = |policy: &str| -> f64 {
-        let line = out.lines().find(|l| l.starts_with(policy)).unwrap_or_else(|| panic!("no {policy} in {out}"));
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    let sim = |extra: &[&str]| sy_ok(&[&["sim", trace.to_str().unwrap(), "--cache", "2"], extra].concat());
+    let rate_in = |out: &str, policy: &str| -> f64 {
+        let row = out.lines().find(|l| l.split_whitespace().next() == Some(policy));
+        row.unwrap_or_else(|| panic!("no {policy} in {out}")).split_whitespace().nth(1).unwrap().parse().unwrap()
     };
+    let out = sim(&[]);
+    let rate = |policy: &str| rate_in(&out, policy);
     assert_eq!((rate("lru"), rate("belady")), (0.2, 0.4), "{out}");
     assert!(rate("hobbit") <= rate("belady") && rate("lfu") <= rate("belady"));
+    // one layer: the current token's routes say nothing of the next use (recency decides);
+    // knowing all five tokens' is Belady's
+    assert_eq!(rate("belady/1"), 0.2, "{out}");
+    assert_eq!(rate_in(&sim(&["--known-tokens", "5"]), "belady/5"), 0.4);
+    assert!(sy_err(&["sim", trace.to_str().unwrap(), "--cache", "2", "--known-tokens", "0"]).contains("known-tokens"));
     let err = sy_err(&["sim", trace.to_str().unwrap(), "--cache", "2", "--hobbit-weights", "0.5,0.5,0.5,0"]);
     assert!(err.contains("summing to 1"), "{err}");
     // weights tuned on a trace (here the same one) can only match or beat the default ones there

@@ -175,17 +175,19 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
     let tok = GgufFile::open(&smol).unwrap();
     hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
 
-    // two chunks of 128 tokens in one batch of 256
+    // four chunks of 128 tokens in two batches of 256. A second batch is where a trace that
+    // read the output rows late found their memory reused by the graph allocator and stopped
+    // (patch 0011): with 2 layers, 4 of 256 last-layer routes came out
     let trace = p("trace.jsonl");
     let (model, text, bin_s) = (p("moe.gguf"), "/usr/share/common-licenses/Apache-2.0", bin.to_str().unwrap());
     let trace_args = |model: &std::path::Path, out: &std::path::Path| {
         let (m, o) = (model.to_str().unwrap().to_string(), out.to_str().unwrap().to_string());
-        ["trace", &m, "--text", text, "--ctx", "128", "--chunks", "2", "-o", &o, "--llama-bin", bin_s].map(String::from)
+        ["trace", &m, "--text", text, "--ctx", "128", "--chunks", "4", "-o", &o, "--llama-bin", bin_s].map(String::from)
     };
     let report = common::sy_ok(&trace_args(&model, &trace));
-    assert!(report.contains("256 tokens, 2 MoE layers, 4 experts"), "{report}");
+    assert!(report.contains("512 tokens, 2 MoE layers, 4 experts"), "{report}");
     let t = switchyard::moe::trace::Trace::load(&trace).unwrap();
-    assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 256));
+    assert_eq!((t.n_layers, t.n_experts, t.tokens.len()), (2, 4, 512));
     for (i, tok) in t.tokens.iter().enumerate() {
         let first = &tok.layers[0];
         assert_eq!(first.len(), 2, "top-2 in layer 0: {first:?}");
@@ -197,7 +199,7 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
         assert_eq!(tok.layers[1].len(), if scored { 2 } else { 0 }, "token {i}: {:?}", tok.layers[1]);
     }
     let report = common::sy_ok(&["sim", trace.to_str().unwrap(), "--cache", "2"]);
-    assert!(report.contains("256 tokens") && report.contains("belady"), "{report}");
+    assert!(report.contains("512 tokens") && report.contains("belady"), "{report}");
 
     // a dense model cannot be traced: refused, and no trace file is left behind
     synth::tiny_llama(&p("dense-hf"), 49152, 5).unwrap();

@@ -7,8 +7,10 @@
 //!
 //! Policies choose the victim: least recently used; least frequently used; HOBBIT's
 //! multidimensional priority (recency, frequency and high-precision use within the sequence,
-//! and layer distance ahead of the current layer; ANCHORS §3); and Belady's (the entry used
-//! again farthest in the future), the offline yardstick, which needs each use's next use.
+//! and layer distance ahead of the current layer; ANCHORS §3); Belady's (the entry used again
+//! farthest in the future), the offline yardstick, which needs each use's next use; and Belady's
+//! within a window of tokens whose routes are known (LRU beyond it): what a model whose routes
+//! are decided before its layers run (Read-ME's pre-gating router, ANCHORS §5) lets a cache do.
 
 use std::collections::HashMap;
 
@@ -21,6 +23,9 @@ pub enum Policy {
     Lfu,
     Hobbit(HobbitWeights),
     Belady,
+    /// Belady's with the routes of the current token and `n - 1` more known; entries not used
+    /// within them are evicted first, least recently used first.
+    BeladyWithin(u32),
 }
 
 impl Policy {
@@ -30,6 +35,7 @@ impl Policy {
             Policy::Lfu => "lfu",
             Policy::Hobbit(_) => "hobbit",
             Policy::Belady => "belady",
+            Policy::BeladyWithin(_) => "belady-within",
         }
     }
 
@@ -90,8 +96,16 @@ pub struct Use {
     pub high: bool,
     /// Bytes of what a miss loads, in high-precision experts.
     pub cost: f64,
-    /// Belady only: when this key is used next (any monotonic clock; None: never).
-    pub next_use: Option<u64>,
+    /// Belady only: when this key is used next (None: never).
+    pub next_use: Option<NextUse>,
+}
+
+/// A later use of the same key: its token, and its place in the whole replay (any monotonic
+/// clock).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NextUse {
+    pub token: u64,
+    pub order: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,8 +130,11 @@ struct Entry {
     uses: u64,
     high_uses: u64,
     seq: u64,
-    next_use: Option<u64>,
+    next_use: Option<NextUse>,
 }
+
+/// Above every clock and replay position (f64 counts exactly up to 2^53).
+const KNOWN: f64 = (1u64 << 53) as f64;
 
 pub struct ExpertCache {
     policy: Policy,
@@ -240,7 +257,12 @@ impl ExpertCache {
         match self.policy {
             Policy::Lru => e.last_use as f64,
             Policy::Lfu => e.uses as f64 + e.last_use as f64 / (self.clock as f64 + 1.0),
-            Policy::Belady => -(e.next_use.unwrap_or(u64::MAX) as f64),
+            Policy::Belady => -(e.next_use.map_or(u64::MAX, |n| n.order) as f64),
+            Policy::BeladyWithin(n) => match e.next_use {
+                // above any clock: known uses outrank the unknown, the sooner the higher
+                Some(next) if next.token < u.token + n as u64 => KNOWN - next.order as f64,
+                _ => e.last_use as f64,
+            },
             Policy::Hobbit(w) => {
                 let t = (u.token + 1) as f64;
                 let (f, h) = if e.seq == u.seq { (e.uses as f64, e.high_uses as f64) } else { (0.0, 0.0) };

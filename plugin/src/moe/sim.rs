@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use super::cache::{ExpertCache, Lookup, Use};
+use super::cache::{ExpertCache, Lookup, NextUse, Use};
 pub use super::cache::{HobbitWeights, Policy};
 use super::importance::{rank, Need, Thresholds};
 use super::trace::Trace;
@@ -83,14 +83,14 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: &SimConfig) -> SimResult {
     let acc = accesses(trace, cfg);
     // Belady needs each access's next use of the same key
     let mut next_use = vec![None; acc.len()];
-    if policy == Policy::Belady {
-        let mut seen: HashMap<(u32, u32), u64> = HashMap::new();
+    if matches!(policy, Policy::Belady | Policy::BeladyWithin(_)) {
+        let mut seen: HashMap<(u32, u32), NextUse> = HashMap::new();
         for (i, a) in acc.iter().enumerate().rev() {
             if a.skip {
                 continue;
             }
             next_use[i] = seen.get(&a.key).copied();
-            seen.insert(a.key, i as u64);
+            seen.insert(a.key, NextUse { token: a.token as u64, order: i as u64 });
         }
     }
     let mut cache = ExpertCache::new(policy, cfg.capacity, trace.n_layers as u32);
@@ -170,6 +170,26 @@ mod tests {
     }
 
     #[test]
+    fn belady_within_one_token_knows_nothing_of_a_single_layer_and_falls_back_to_recency() {
+        // each token has one use, so the next use is always in a later token: unknown
+        let t = single_layer(&[0, 1, 0, 2, 1, 3, 0, 2, 1, 1, 3]);
+        let lru = simulate(&t, Policy::Lru, &ALL_HIGH);
+        assert_eq!(simulate(&t, Policy::BeladyWithin(1), &ALL_HIGH), lru);
+        assert_eq!(
+            simulate(&t, Policy::BeladyWithin(11), &ALL_HIGH).hits,
+            simulate(&t, Policy::Belady, &ALL_HIGH).hits
+        );
+        // three layers, room for two: when token 1's layer 0 needs room, layers 1 and 2 hold
+        // the experts token 1 uses next. Recency evicts layer 1's (used longest ago), then misses
+        // it and layer 2's too; knowing token 1's routes evicts layer 2's, the later use
+        let three = |a: u32| TokenRoute { seq: 0, layers: vec![vec![(a, 1.0)], vec![(0, 1.0)], vec![(0, 1.0)]] };
+        let t = Trace { n_layers: 3, n_experts: 4, tokens: vec![three(0), three(1)] };
+        let cfg = SimConfig { capacity: 2.0, ..ALL_HIGH };
+        assert_eq!(simulate(&t, Policy::Lru, &cfg).hits, 0);
+        assert_eq!(simulate(&t, Policy::BeladyWithin(1), &cfg).hits, 1);
+    }
+
+    #[test]
     fn a_cache_of_everything_misses_each_expert_once() {
         let t = single_layer(&[0, 1, 2, 0, 1, 2, 3, 3]);
         let big = SimConfig { capacity: 8.0, ..ALL_HIGH };
@@ -222,10 +242,20 @@ mod tests {
             let t = Trace { n_layers: 4, n_experts: 8, tokens };
             let cfg = SimConfig { capacity: 6.0 + round as f64, ..ALL_HIGH };
             let best = simulate(&t, Policy::Belady, &cfg).hits;
-            for p in [Policy::Lru, Policy::Lfu, Policy::Hobbit(HobbitWeights::default())] {
+            let lru = simulate(&t, Policy::Lru, &cfg).hits;
+            for p in [
+                Policy::Lfu,
+                Policy::Hobbit(HobbitWeights::default()),
+                Policy::BeladyWithin(1),
+                Policy::BeladyWithin(3),
+            ] {
                 let h = simulate(&t, p, &cfg).hits;
                 assert!(h <= best, "{} {h} > belady {best} at capacity {}", p.name(), cfg.capacity);
             }
+            // knowing every route is Belady's (for equal costs, which never-used entry goes
+            // does not matter); knowing the current token's beats recency alone here
+            assert_eq!(simulate(&t, Policy::BeladyWithin(200), &cfg).hits, best);
+            assert!(simulate(&t, Policy::BeladyWithin(1), &cfg).hits >= lru, "round {round}");
         }
     }
 

@@ -1,5 +1,5 @@
-//! `switchyard sim`: replay a routing trace against each expert cache policy and Belady's
-//! optimum.
+//! `switchyard sim`: replay a routing trace against each expert cache policy, Belady's optimum,
+//! and Belady's within the routes a pre-gated model knows ahead.
 
 use std::path::PathBuf;
 
@@ -31,6 +31,11 @@ pub struct SimArgs {
     /// with them: the row "hobbit*" (use them with --moe-policy hobbit:W at run time).
     #[arg(long)]
     tune_on: Option<PathBuf>,
+    /// The row "belady/N": Belady's knowing only the routes of the current token and N - 1 more,
+    /// least recently used beyond them: what a cache could do for a model whose routes are
+    /// decided before its layers run (Read-ME's pre-gating router; 1: decoding one sequence).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    known_tokens: u32,
 }
 
 pub fn sim(a: SimArgs) -> Result<()> {
@@ -66,14 +71,16 @@ pub fn sim(a: SimArgs) -> Result<()> {
         a.t2,
         a.low_cost
     );
-    println!("policy  hit_rate  loads_high  loads_low  skipped  bytes_moved(experts)");
+    println!("policy     hit_rate  loads_high  loads_low  skipped  bytes_moved(experts)");
     let mut rows = vec![("lru", Policy::Lru), ("lfu", Policy::Lfu), ("hobbit", Policy::Hobbit(hobbit))];
     rows.extend(tuned.map(|w| ("hobbit*", Policy::Hobbit(w))));
+    let within = format!("belady/{}", a.known_tokens);
+    rows.push((&within, Policy::BeladyWithin(a.known_tokens)));
     rows.push(("belady", Policy::Belady));
     for (name, policy) in rows {
         let r = simulate(&trace, policy, &cfg);
         println!(
-            "{:<7} {:>8.4}  {:>10}  {:>9}  {:>7}  {:>20.2}",
+            "{:<10} {:>8.4}  {:>10}  {:>9}  {:>7}  {:>20.2}",
             name,
             r.hit_rate(),
             r.loads_high,
