@@ -119,6 +119,49 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: &SimConfig) -> SimResult {
     r
 }
 
+/// The best fixed set of experts in hindsight: the `capacity` experts the trace uses most, each
+/// loaded in high precision at its first use and never evicted; every use of another expert is a
+/// load. What knowing only how often each expert is used gives: a policy that beats it exploits
+/// when experts are used, as Belady's does.
+pub fn best_fixed_set(trace: &Trace, cfg: &SimConfig) -> SimResult {
+    let acc = accesses(trace, cfg);
+    let mut uses: HashMap<(u32, u32), u64> = HashMap::new();
+    for a in acc.iter().filter(|a| !a.skip) {
+        *uses.entry(a.key).or_default() += 1;
+    }
+    let mut ranked: Vec<_> = uses.into_iter().collect();
+    ranked.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    let mut fixed: HashMap<(u32, u32), bool> =
+        ranked.iter().take(cfg.capacity.max(0.0) as usize).map(|(k, _)| (*k, false)).collect();
+    let mut r = SimResult::default();
+    for a in &acc {
+        r.accesses += 1;
+        if a.skip {
+            r.skipped += 1;
+            continue;
+        }
+        let (high, cost) = match fixed.get_mut(&a.key) {
+            Some(loaded) if *loaded => {
+                r.hits += 1;
+                continue;
+            }
+            Some(loaded) => {
+                *loaded = true;
+                (true, 1.0)
+            }
+            None if a.high => (true, 1.0),
+            None => (false, cfg.low_cost),
+        };
+        if high {
+            r.loads_high += 1;
+        } else {
+            r.loads_low += 1;
+        }
+        r.bytes_moved += cost;
+    }
+    r
+}
+
 /// HOBBIT's weights tuned on a trace: every point of the grid of weights in steps of
 /// 1/`steps` summing to 1 is replayed, and the one with the most hits wins (ties: fewer bytes,
 /// then grid order). Returns it with its result.
@@ -190,6 +233,23 @@ mod tests {
     }
 
     #[test]
+    fn the_best_fixed_set_keeps_the_most_used_experts() {
+        // uses: 0 x3, 1 x2, 2 x1, 3 x2; room for two keeps 0 and 1 (1 before 3: ties by key)
+        let t = single_layer(&[0, 1, 0, 2, 1, 3, 0, 3]);
+        let r = best_fixed_set(&t, &ALL_HIGH);
+        assert_eq!((r.accesses, r.hits, r.loads_high, r.bytes_moved), (8, 3, 5, 5.0));
+        // a low-precision use of an expert outside the set loads its copy
+        let tokens = vec![
+            TokenRoute { seq: 0, layers: vec![vec![(0, 0.7), (1, 0.3)]] },
+            TokenRoute { seq: 0, layers: vec![vec![(0, 0.7), (2, 0.3)]] },
+        ];
+        let t = Trace { n_layers: 1, n_experts: 4, tokens };
+        let cfg = SimConfig { capacity: 1.0, t1: 0.6, t2: 1.0, low_cost: 0.25 };
+        let r = best_fixed_set(&t, &cfg);
+        assert_eq!((r.hits, r.loads_high, r.loads_low, r.bytes_moved), (1, 1, 2, 1.5));
+    }
+
+    #[test]
     fn a_cache_of_everything_misses_each_expert_once() {
         let t = single_layer(&[0, 1, 2, 0, 1, 2, 3, 3]);
         let big = SimConfig { capacity: 8.0, ..ALL_HIGH };
@@ -243,6 +303,7 @@ mod tests {
             let cfg = SimConfig { capacity: 6.0 + round as f64, ..ALL_HIGH };
             let best = simulate(&t, Policy::Belady, &cfg).hits;
             let lru = simulate(&t, Policy::Lru, &cfg).hits;
+            assert!(best_fixed_set(&t, &cfg).hits <= best, "round {round}");
             for p in [
                 Policy::Lfu,
                 Policy::Hobbit(HobbitWeights::default()),

@@ -1,11 +1,11 @@
 //! `switchyard sim`: replay a routing trace against each expert cache policy, Belady's optimum,
-//! and Belady's within the routes a pre-gated model knows ahead.
+//! Belady's within the routes a pre-gated model knows ahead, and the best fixed set of experts.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use switchyard::moe::sim::{simulate, tune_hobbit, HobbitWeights, Policy, SimConfig};
+use switchyard::moe::sim::{best_fixed_set, simulate, tune_hobbit, HobbitWeights, Policy, SimConfig};
 use switchyard::moe::trace::Trace;
 
 #[derive(Args)]
@@ -77,8 +77,8 @@ pub fn sim(a: SimArgs) -> Result<()> {
     let within = format!("belady/{}", a.known_tokens);
     rows.push((&within, Policy::BeladyWithin(a.known_tokens)));
     rows.push(("belady", Policy::Belady));
-    for (name, policy) in rows {
-        let r = simulate(&trace, policy, &cfg);
+    let results = rows.into_iter().map(|(name, policy)| (name, simulate(&trace, policy, &cfg)));
+    for (name, r) in std::iter::once(("fixed*", best_fixed_set(&trace, &cfg))).chain(results) {
         println!(
             "{:<10} {:>8.4}  {:>10}  {:>9}  {:>7}  {:>20.2}",
             name,
