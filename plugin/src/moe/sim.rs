@@ -43,6 +43,16 @@ pub struct SimResult {
 }
 
 impl SimResult {
+    /// Counts a load of `cost` high-precision experts' bytes.
+    fn load(&mut self, high: bool, cost: f64) {
+        if high {
+            self.loads_high += 1;
+        } else {
+            self.loads_low += 1;
+        }
+        self.bytes_moved += cost;
+    }
+
     /// Hits over the uses that were served (skipped ones excluded).
     pub fn hit_rate(&self) -> f64 {
         let served = self.accesses - self.skipped;
@@ -106,14 +116,7 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: &SimConfig) -> SimResult {
         // the layer being served keeps its experts
         match cache.access(u, a.layer, |k, last_token| k.0 == a.layer && last_token == a.token as u64) {
             Lookup::Hit => r.hits += 1,
-            Lookup::Miss { .. } => {
-                if a.high {
-                    r.loads_high += 1;
-                } else {
-                    r.loads_low += 1;
-                }
-                r.bytes_moved += cost;
-            }
+            Lookup::Miss { .. } => r.load(a.high, cost),
         }
     }
     r
@@ -140,24 +143,15 @@ pub fn best_fixed_set(trace: &Trace, cfg: &SimConfig) -> SimResult {
             r.skipped += 1;
             continue;
         }
-        let (high, cost) = match fixed.get_mut(&a.key) {
-            Some(loaded) if *loaded => {
-                r.hits += 1;
-                continue;
-            }
+        match fixed.get_mut(&a.key) {
+            Some(loaded) if *loaded => r.hits += 1,
             Some(loaded) => {
                 *loaded = true;
-                (true, 1.0)
+                r.load(true, 1.0);
             }
-            None if a.high => (true, 1.0),
-            None => (false, cfg.low_cost),
-        };
-        if high {
-            r.loads_high += 1;
-        } else {
-            r.loads_low += 1;
+            None if a.high => r.load(true, 1.0),
+            None => r.load(false, cfg.low_cost),
         }
-        r.bytes_moved += cost;
     }
     r
 }
