@@ -171,9 +171,8 @@ fn the_patched_llama_cpp_records_routing_traces_that_sim_replays() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
-    synth::tiny_model(&p("moe-hf"), 49152, Some(MOE), 7).unwrap();
     let tok = GgufFile::open(&smol).unwrap();
-    hf_to_gguf(&HfModel::open(&p("moe-hf")).unwrap(), Some(&tok), "moe", GgmlType::F32, &p("moe.gguf")).unwrap();
+    tiny_moe_gguf(tmp.path(), &tok);
 
     // four chunks of 128 tokens in two batches of 256. A second batch is where a trace that
     // read the output rows late found their memory reused by the graph allocator and stopped
