@@ -2,7 +2,8 @@
 # Build the pinned llama.cpp (vendored in the PyPI sdist llama-cpp-python==0.3.36, upstream
 # ggml-org 0c1e57098) and print the folder holding its binaries as the last line of output.
 #
-#   scripts/build-llama.sh            # patched: patches/*.patch applied, -DLLAMA_SWITCHYARD=ON
+#   scripts/build-llama.sh            # patched: patches/files/ copied in, patches/*.patch applied
+#                                     # (hooks into upstream files), -DLLAMA_SWITCHYARD=ON
 #   scripts/build-llama.sh --stock    # stock llama.cpp, for comparisons
 #   scripts/build-llama.sh --trainer-key
 #       # builds nothing: prints a hash of what decides llama-finetune's results (the sdist, the
@@ -16,7 +17,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-TRAINER_PATCH=0008-finetune-train-stride.patch
+TRAINER_PATCH=0007-finetune-train-stride.patch
 TARGETS=(llama-cli llama-completion llama-server llama-perplexity llama-imatrix llama-quantize llama-tokenize
          llama-finetune)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
@@ -47,12 +48,24 @@ if [ "$variant" = trainer ]; then
 fi
 build="$SWITCHYARD_CACHE/llama/$key"
 
+# switchyard's own C++ (patches/files/, laid out as in llama.cpp's tree) into the patched tree.
+# Copied on every build rather than keyed: a changed file then recompiles alone, and a file
+# that did not change keeps its time stamp, so ninja leaves it be.
+copy_files() {
+    local f
+    (cd "$SWITCHYARD_ROOT/patches/files" && find . -type f) | while read -r f; do
+        mkdir -p "$(dirname "$build/src/$f")"
+        cmp -s "$SWITCHYARD_ROOT/patches/files/$f" "$build/src/$f" || cp "$SWITCHYARD_ROOT/patches/files/$f" "$build/src/$f"
+    done
+}
+
 # Configure and build (incrementally when the folder exists). The patched build runs cargo for
 # the Rust library every time; with nothing changed, ninja and cargo do nothing.
 compile() {
     local flags=("${CMAKE_FLAGS[@]}")
     if [ "$variant" = patched ]; then
         flags+=(-DLLAMA_SWITCHYARD=ON "-DSWITCHYARD_ROOT=$SWITCHYARD_ROOT")
+        copy_files
     fi
     if command -v ccache >/dev/null; then
         # Shared between the stock and patched builds: paths under the cache folder are hashed
@@ -94,6 +107,7 @@ rm -f "$build/src/.git" # a submodule pointer into the sdist's own git folder
 
 if [ "$variant" = patched ]; then
     command -v patch >/dev/null || die "the 'patch' program is needed (apt-get install patch)"
+    copy_files
     for p in "$SWITCHYARD_ROOT"/patches/*.patch; do
         [ -e "$p" ] || continue
         log "applying $(basename "$p")"

@@ -1,0 +1,221 @@
+// Bundles: a base model plus compressed fine-tuned experts, switched in place (llama-switchyard.h).
+#include "llama-switchyard-impl.h"
+
+#include "llama-context.h"
+#include "llama-impl.h"
+#include "llama-model-loader.h"
+#include "llama-model.h"
+
+#include "gguf.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+struct llama_switchyard {
+    switchyard_model * handle = nullptr;
+    std::vector<std::string> experts;
+    std::string current = "base";
+
+    ~llama_switchyard() { switchyard_model_free(handle); }
+};
+
+llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::string & fname, size_t n_splits) {
+    if (gguf_find_key(ml.metadata, "switchyard.format_version") < 0) {
+        return nullptr;
+    }
+    if (switchyard_abi_version() != SWITCHYARD_ABI_VERSION) {
+        throw std::runtime_error(format("switchyard: library ABI %u, header ABI %u: rebuild llama.cpp",
+            switchyard_abi_version(), (unsigned) SWITCHYARD_ABI_VERSION));
+    }
+    if (n_splits > 1) {
+        throw std::runtime_error("switchyard: split bundles are not supported: " + fname);
+    }
+    auto sy = std::make_unique<llama_switchyard>();
+    const switchyard_result res = switchyard_model_init(fname.c_str(), &sy->handle);
+    if (res != SWITCHYARD_RESULT_OK) {
+        throw std::runtime_error("switchyard: " + llama_switchyard_error(res));
+    }
+    for (uint32_t i = 0; i < switchyard_model_n_experts(sy->handle); i++) {
+        char name[64];
+        if (switchyard_model_expert_name(sy->handle, i, name, sizeof(name), nullptr) == SWITCHYARD_RESULT_OK) {
+            sy->experts.emplace_back(name);
+        }
+    }
+    switchyard_model * handle = sy->handle;
+    ml.type_override = [handle](const std::string & name, ggml_type & type) {
+        const int32_t t = switchyard_model_tensor_type(handle, name.c_str());
+        if (t < 0) {
+            return false;
+        }
+        type = (ggml_type) t;
+        return true;
+    };
+    std::string names;
+    for (const auto & e : sy->experts) {
+        names += (names.empty() ? "" : ", ") + e;
+    }
+    LLAMA_LOG_INFO("%s: switchyard bundle, %zu experts (%s), %u weights switchable\n", __func__,
+        sy->experts.size(), names.c_str(), switchyard_model_n_managed(handle));
+    return sy.release();
+}
+
+// Weights in host memory are decoded in place; others (GPU) are written with tensor_set.
+static void * switchyard_tensor_memory(void * /*user*/, void * tensor, size_t size) {
+    ggml_tensor * t = (ggml_tensor *) tensor;
+    if (t->buffer == nullptr || !ggml_backend_buffer_is_host(t->buffer) || size != ggml_nbytes(t)) {
+        return nullptr;
+    }
+    return t->data;
+}
+
+static int32_t switchyard_write_tensor(void * /*user*/, void * tensor, const void * data, size_t size) {
+    ggml_tensor * t = (ggml_tensor *) tensor;
+    if (size != ggml_nbytes(t)) {
+        LLAMA_LOG_ERROR("%s: %s: %zu bytes for a tensor of %zu\n", __func__, ggml_get_name(t), size, ggml_nbytes(t));
+        return 1;
+    }
+    ggml_backend_tensor_set(t, data, 0, size);
+    return 0;
+}
+
+// Weights in CUDA memory: their device pointer and device, so that a library built with the
+// cuda feature (GGML_CUDA builds) decodes them there with its own kernels and stream; ggml-cuda
+// names its device buffers "CUDA<n>" (split and host buffers do not match).
+static int32_t switchyard_tensor_device(void * /*user*/, void * tensor, uint64_t * ptr, int32_t * device) {
+    ggml_tensor * t = (ggml_tensor *) tensor;
+    if (t->buffer == nullptr || ggml_backend_buffer_is_host(t->buffer) || !ggml_is_contiguous(t)) {
+        return 1;
+    }
+    const char * name = ggml_backend_buffer_name(t->buffer);
+    if (strncmp(name, "CUDA", 4) != 0 || name[4] < '0' || name[4] > '9') {
+        return 1;
+    }
+    *device = atoi(name + 4);
+    *ptr = (uint64_t) (uintptr_t) t->data;
+    return 0;
+}
+
+static const switchyard_host switchyard_llama_host = {
+    switchyard_tensor_memory, switchyard_write_tensor, nullptr, switchyard_tensor_device,
+};
+
+void llama_switchyard_bind(llama_switchyard * sy, llama_model & model) {
+    for (auto & [name, tensor] : model.tensors_by_name) {
+        if (switchyard_model_tensor_type(sy->handle, name.c_str()) < 0) {
+            continue;
+        }
+        const switchyard_result res = switchyard_model_bind(sy->handle, name.c_str(), tensor);
+        if (res != SWITCHYARD_RESULT_OK) {
+            throw std::runtime_error("switchyard: " + llama_switchyard_error(res));
+        }
+    }
+    const switchyard_result res = switchyard_model_set_expert(sy->handle, "base", &switchyard_llama_host);
+    if (res != SWITCHYARD_RESULT_OK) {
+        throw std::runtime_error("switchyard: " + llama_switchyard_error(res));
+    }
+}
+
+void llama_switchyard_free(llama_switchyard * sy) {
+    delete sy;
+}
+
+int32_t llama_switchyard_n_experts(const llama_model * model) {
+    return model && model->switchyard ? (int32_t) model->switchyard->experts.size() : 0;
+}
+
+int32_t llama_switchyard_expert_name(const llama_model * model, int32_t i, char * buf, size_t buf_size) {
+    if (!model || !model->switchyard || i < 0 || i >= (int32_t) model->switchyard->experts.size()) {
+        return -1;
+    }
+    const std::string & name = model->switchyard->experts[i];
+    if (buf && buf_size > 0) {
+        snprintf(buf, buf_size, "%s", name.c_str());
+    }
+    return (int32_t) name.size();
+}
+
+const char * llama_switchyard_current_expert(const llama_model * model) {
+    return model && model->switchyard ? model->switchyard->current.c_str() : nullptr;
+}
+
+static int32_t llama_switchyard_switch(llama_context * ctx, const char * name, bool clear_memory) {
+    const llama_model * model = ctx ? llama_get_model(ctx) : nullptr;
+    if (!model || !model->switchyard) {
+        LLAMA_LOG_ERROR("%s: the model was not loaded from a switchyard bundle\n", __func__);
+        return -2;
+    }
+    if (!name) {
+        return -1;
+    }
+    llama_switchyard * sy = model->switchyard;
+    llama_synchronize(ctx);
+    const int64_t t_start = ggml_time_us();
+    const switchyard_result res = switchyard_model_set_expert(sy->handle, name, &switchyard_llama_host);
+    if (res != SWITCHYARD_RESULT_OK) {
+        LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
+        return res == SWITCHYARD_RESULT_NOT_FOUND ? -1 : -3;
+    }
+    if (clear_memory) {
+        llama_memory_clear(llama_get_memory(ctx), true);
+    }
+    if (sy->current != name) {
+        LLAMA_LOG_INFO("%s: switched from '%s' to '%s' in %.2f ms\n", __func__, sy->current.c_str(), name,
+            (ggml_time_us() - t_start) / 1000.0);
+        sy->current = name;
+    }
+    return 0;
+}
+
+int32_t llama_switchyard_set_expert(llama_context * ctx, const char * name) {
+    return llama_switchyard_switch(ctx, name, true);
+}
+
+int32_t llama_switchyard_set_expert_keep_memory(llama_context * ctx, const char * name) {
+    return llama_switchyard_switch(ctx, name, false);
+}
+
+bool llama_switchyard_has_router(const llama_model * model) {
+    return model && model->switchyard && switchyard_model_has_router(model->switchyard->handle) != 0;
+}
+
+int32_t llama_switchyard_route(const llama_model * model, const llama_token * tokens, int32_t n_tokens, float threshold, float * confidence) {
+    if (!llama_switchyard_has_router(model)) {
+        return -2;
+    }
+    static_assert(sizeof(llama_token) == sizeof(int32_t), "tokens are passed as int32_t");
+    int32_t expert = -1;
+    const switchyard_result res = switchyard_model_route(model->switchyard->handle, tokens, n_tokens < 0 ? 0 : (size_t) n_tokens,
+        threshold, &expert, confidence);
+    if (res != SWITCHYARD_RESULT_OK) {
+        LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
+        return -3;
+    }
+    return expert;
+}
+
+const char * llama_switchyard_route_text(const llama_model * model, const char * text, float threshold, float * confidence) {
+    if (!llama_switchyard_has_router(model) || !text) {
+        return nullptr;
+    }
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    const int32_t len = (int32_t) strlen(text);
+    std::vector<llama_token> tokens(len + 1);
+    int32_t n = llama_tokenize(vocab, text, len, tokens.data(), (int32_t) tokens.size(), false, false);
+    if (n < 0) { // -n is the number of tokens needed
+        tokens.resize(-n);
+        n = llama_tokenize(vocab, text, len, tokens.data(), (int32_t) tokens.size(), false, false);
+    }
+    if (n < 0) {
+        LLAMA_LOG_ERROR("%s: cannot tokenize the prompt\n", __func__);
+        return nullptr;
+    }
+    const int32_t expert = llama_switchyard_route(model, tokens.data(), n, threshold, confidence);
+    if (expert < -1) {
+        return nullptr;
+    }
+    return expert == -1 ? "base" : model->switchyard->experts[expert].c_str();
+}

@@ -1,0 +1,126 @@
+#include "server-switchyard.h"
+
+#ifdef LLAMA_SWITCHYARD
+#include "llama-switchyard.h"
+#endif
+
+#include <algorithm>
+
+std::vector<std::string> server_switchyard_experts(const llama_model * model) {
+    std::vector<std::string> names;
+#ifdef LLAMA_SWITCHYARD
+    const int32_t n = llama_switchyard_n_experts(model);
+    if (n > 0) {
+        names.push_back("base");
+    }
+    for (int32_t i = 0; i < n; i++) {
+        char name[64];
+        llama_switchyard_expert_name(model, i, name, sizeof(name));
+        names.push_back(name);
+    }
+    if (llama_switchyard_has_router(model)) {
+        names.push_back("auto"); // the bundle's router picks the expert per request
+    }
+#else
+    GGML_UNUSED(model);
+#endif
+    return names;
+}
+
+json server_switchyard_model_list(const std::vector<std::string> & experts, const json & info) {
+    json list = json::array();
+    for (const auto & e : experts) {
+        json entry = info;
+        entry["id"] = e;
+        list.push_back(entry);
+    }
+    return list;
+}
+
+#ifdef LLAMA_SWITCHYARD
+// The text a router reads: the last user message of a chat request (without the chat
+// template), else the prompt when it is text; empty otherwise (the base model serves).
+static std::string server_switchyard_route_text(const json & data) {
+    const json messages = json_value(data, "messages", json());
+    if (messages.is_array()) {
+        for (size_t i = messages.size(); i-- > 0;) {
+            const json & message = messages.at(i);
+            if (!message.is_object() || json_value(message, "role", std::string()) != "user") {
+                continue;
+            }
+            const json content = json_value(message, "content", json());
+            if (content.is_string()) {
+                return content.get<std::string>();
+            }
+            std::string text;
+            if (content.is_array()) {
+                for (const auto & part : content) {
+                    if (part.is_object() && json_value(part, "type", std::string()) == "text") {
+                        text += (text.empty() ? "" : "\n") + json_value(part, "text", std::string());
+                    }
+                }
+            }
+            return text;
+        }
+    }
+    const json prompt = json_value(data, "prompt", json());
+    return prompt.is_string() ? prompt.get<std::string>() : std::string();
+}
+#endif
+
+bool server_switchyard_request_expert(const llama_model * model, const std::vector<std::string> & experts,
+                                      const std::string & default_expert, const std::string & model_name,
+                                      const std::set<std::string> & model_aliases, const json & data,
+                                      std::string & expert, std::string & error, error_type & error_kind) {
+    expert.clear();
+    if (experts.empty()) {
+        return true;
+    }
+    const std::string requested = json_value(data, "model", std::string());
+    if (requested.empty() || requested == model_name || model_aliases.count(requested)) {
+        expert = default_expert;
+    } else if (std::find(experts.begin(), experts.end(), requested) != experts.end()) {
+        expert = requested;
+    } else {
+        std::string valid;
+        for (const auto & e : experts) {
+            valid += (valid.empty() ? "" : ", ") + e;
+        }
+        // 400, not 404: the HTTP layer replaces the body of every 404 with its file page
+        error      = string_format("model '%s' not found; this server has: %s", requested.c_str(), valid.c_str());
+        error_kind = ERROR_TYPE_INVALID_REQUEST;
+        return false;
+    }
+#ifdef LLAMA_SWITCHYARD
+    if (expert == "auto") {
+        const float threshold = json_value(data, "router_threshold", -1.0f);
+        float confidence = 0.0f;
+        const char * routed = llama_switchyard_route_text(model, server_switchyard_route_text(data).c_str(), threshold, &confidence);
+        if (!routed) {
+            error      = "cannot route the request (see the server log)";
+            error_kind = ERROR_TYPE_SERVER;
+            return false;
+        }
+        SRV_INF("routed request to '%s' (confidence %.3f)\n", routed, confidence);
+        expert = routed;
+    }
+#else
+    GGML_UNUSED(model);
+#endif
+    return true;
+}
+
+bool server_switchyard_prepare_batch(llama_context * ctx, const std::string & expert) {
+    if (expert.empty()) {
+        return true;
+    }
+#ifdef LLAMA_SWITCHYARD
+    if (llama_switchyard_set_expert_keep_memory(ctx, expert.c_str()) == 0) {
+        return true;
+    }
+    SRV_ERR("cannot switch to expert '%s'\n", expert.c_str());
+#else
+    GGML_UNUSED(ctx);
+#endif
+    return false;
+}

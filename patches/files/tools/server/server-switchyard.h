@@ -1,0 +1,36 @@
+#pragma once
+
+// switchyard bundles in llama-server: "base", each expert and "auto" (with a router) are served
+// as models of their own, and a request's "model" field picks the expert its slot runs. Compiled
+// in every build of the patched tree; without LLAMA_SWITCHYARD no model is a bundle.
+
+#include "server-common.h"
+
+#include <set>
+#include <string>
+#include <vector>
+
+struct llama_context;
+struct llama_model;
+
+// "base", every expert of a bundle, then "auto" when it carries a router; empty for any other
+// model.
+std::vector<std::string> server_switchyard_experts(const llama_model * model);
+
+// The models a bundle lists in /v1/models: `info` (the model's own entry) once per expert.
+json server_switchyard_model_list(const std::vector<std::string> & experts, const json & info);
+
+// The expert that serves a request, from its "model" field: one of `experts` by name; the model's
+// own name, an alias or nothing gets `default_expert`; "auto" asks the bundle's router (base
+// serves below the bundle's threshold, or the request's "router_threshold"). Empty when
+// `experts` is empty (not a bundle). Returns false with `error` (and its type) filled when the
+// request names a model this server does not have or routing fails.
+bool server_switchyard_request_expert(const llama_model * model, const std::vector<std::string> & experts,
+                                      const std::string & default_expert, const std::string & model_name,
+                                      const std::set<std::string> & model_aliases, const json & data,
+                                      std::string & expert, std::string & error, error_type & error_kind);
+
+// Puts `expert` ("base" or a name) into the weights before a batch of its slots decodes; each
+// slot keeps its own KV cache. Nothing to do for an empty expert (not a bundle). Returns false
+// (logged) when the switch failed: the weights may then hold a mix of experts.
+bool server_switchyard_prepare_batch(llama_context * ctx, const std::string & expert);
