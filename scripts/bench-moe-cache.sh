@@ -13,10 +13,10 @@
 # into a cache of that size (policies lru and hobbit, lru with `--moe-prefetch 1`, and hobbit
 # with the thresholds: `--moe-t1 0.6 --moe-t2 0.9` (HOBBIT's Mixtral setting), `--moe-t1 0`
 # (every pick but the top one from its Q4_0 copy; again from Q8_0 copies) and `--moe-skip-beta`
-# (seed 001)). The patched runs use the model packed by `switchyard moe-pack` (Q4_0 copies,
-# betas from a trace of the calibration text; for the Q8_0 row, Q8_0 copies), which computes the
-# same as the original until a threshold asks for the copies. The model file is dropped from the
-# page cache before every run.
+# (dynamic skipping, "Not All Experts are Equal", arXiv 2402.14800)). The patched runs use the
+# model packed by `switchyard moe-pack` (Q4_0 copies, betas from a trace of the calibration text;
+# for the Q8_0 row, Q8_0 copies), which computes the same as the original until a threshold asks
+# for the copies. The model file is dropped from the page cache before every run.
 # Prints, per run: decode tokens/s and its ratio to stock under the same limit, bytes read from
 # disk (the process's block reads), the cache's loads (of them, low precision) and skipped picks,
 # whether the generated text equals stock's, and the held-out perplexity of the same setting (4

@@ -8,7 +8,7 @@
 #   {math,code,chat}.log             llama-finetune's log
 #
 # Training is llama.cpp's own full-parameter trainer (llama-finetune, ggml-opt's AdamW) from the
-# pinned llama.cpp this project already builds (the patched build, for patch 0008's
+# pinned llama.cpp this project already builds (the patched build, for the finetune-train-stride patch's
 # --train-stride): no second ML stack, and it trains the exact network llama.cpp runs. It is
 # deterministic: ggml-opt shuffles with a default-seeded mt19937, and the text sets are seeded
 # (scripts/fetch-data.sh --text). Each expert is cached under a key of its inputs, so a second
@@ -51,7 +51,7 @@ llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.s
 
 # The key hashes what the weights depend on and nothing else, so editing this script's comments
 # or plumbing keeps half an hour of training: the base, the training texts, the trainer
-# (build-llama.sh --trainer-key: the sdist, build flags, CPU and the trainer's own patch 0008, not
+# (build-llama.sh --trainer-key: the sdist, build flags, CPU and the trainer's own finetune-train-stride patch, not
 # the other patches, which add the plugin's hooks and options and leave training alone: the math
 # expert trained by the stock and the patched build was byte-identical), the hyperparameters and
 # RECIPE, bumped by hand whenever the llama-finetune command below changes.

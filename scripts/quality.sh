@@ -5,7 +5,7 @@
 # with BitDelta and with round-to-nearest, plus each bundle's size and bits per parameter.
 # The codec weighs each input channel by its activations, as ME-Switch does: an importance matrix
 # (llama-imatrix) of the base on the first CALIB characters of every domain's training text,
-# with each weight's full input covariance (patch 0009's --covariance) for error feedback.
+# with each weight's full input covariance (the imatrix-covariance patch's --covariance) for error feedback.
 #
 # Settings (SWITCHYARD_QUALITY_CONFIGS, words NAME:BITS):
 #   salient:B    the codec's defaults: 1% salient channels at 16 bits, a step per 128 channels

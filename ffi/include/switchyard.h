@@ -16,7 +16,7 @@
  The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
  other call, so a library and header from different releases are never mixed.
  */
-#define SWITCHYARD_ABI_VERSION 3
+#define SWITCHYARD_ABI_VERSION 4
 
 /*
  Outcome of a call.
@@ -52,7 +52,8 @@ enum switchyard_result
    */
   SWITCHYARD_RESULT_NOT_FOUND = 6,
   /*
-   The caller's buffer is too small; the needed length was reported.
+   The caller's buffer is too small. No call of ABI 4 returns it (names are lent by the
+   model, not copied); kept so that every other code keeps its number.
    */
   SWITCHYARD_RESULT_BUFFER_TOO_SMALL = 7,
   /*
@@ -79,7 +80,7 @@ typedef struct switchyard_capture switchyard_capture;
 typedef struct switchyard_model switchyard_model;
 
 /*
- An open expert store.
+ An open MoE cache. Calls on one cache are serialised.
  */
 typedef struct switchyard_moe_cache switchyard_moe_cache;
 
@@ -118,12 +119,46 @@ typedef struct {
 } switchyard_host;
 
 /*
- What the cache did so far.
+ How a MoE cache is set up. Start from `switchyard_moe_cache_default_params()` and change what
+ the host's options set.
+ */
+typedef struct {
+  /*
+   The cache's size: bytes ("512M", "2G", "1073741824") or a share of all expert bytes
+   ("25%"). Default "100%".
+   */
+  const char *budget;
+  /*
+   Which expert to evict: "lru" (default), "lfu", "hobbit" or
+   "hobbit:w_lru,w_lfu,w_lhu,w_fld".
+   */
+  const char *policy;
+  /*
+   On a miss, a pick whose unimportance (the share of the token's pick weight ranked above
+   it) exceeds `t1` is read from its low-precision copy (`switchyard moe-pack`), and one
+   above `t2` is not read: it is skipped. 1 and 1 (default) read everything in full
+   precision.
+   */
+  float t1;
+  float t2;
+  /*
+   Also skip a later pick weighing less than the layer's beta (stored by
+   `switchyard moe-pack --trace`) times the first pick's. Default false.
+   */
+  bool skip_beta;
+  /*
+   How many later layers to read ahead for while a layer computes (0, the default: none).
+   */
+  uint32_t prefetch;
+} switchyard_moe_cache_params;
+
+/*
+ What the cache did so far (C reads it as `switchyard_moe_cache_stats`).
  */
 typedef struct {
   /*
    Picks served from memory, read from the file (of them, from low-precision copies: t1),
-   and skipped (t2 or beta).
+   and skipped (t2 or beta; not read, their gate weight zeroed).
    */
   uint64_t hits;
   uint64_t loads;
@@ -137,8 +172,8 @@ typedef struct {
   uint64_t budget;
   uint64_t peak_resident;
   /*
-   Experts read ahead by `switchyard_moe_cache_prefetch`, and those of them a pick then used
-   (also counted in `hits`).
+   Experts read ahead by prefetching (their bytes are in `bytes_read`), and those of them a
+   later pick used (also counted in `hits`).
    */
   uint64_t prefetched;
   uint64_t prefetch_hits;
@@ -160,7 +195,7 @@ const char *switchyard_version(void);
 
 /*
  Start a capture of `n_layers` layers of `n_embd` values per token, written to `path` by
- `switchyard_capture_free`. On success `*out` receives the handle.
+ `switchyard_capture_finish`. On success `*out` receives the handle.
  */
 switchyard_result switchyard_capture_init(const char *path,
                                           uint32_t n_layers,
@@ -168,7 +203,8 @@ switchyard_result switchyard_capture_init(const char *path,
                                           switchyard_capture **out);
 
 /*
- Append `n_rows` rows of `n_embd` floats (`data`, row after row) to layer `layer`.
+ Append `n_rows` rows of `n_embd` floats (`data`, row after row) to layer `layer`. After a
+ failed call the capture is stopped: later calls fail and nothing is written.
  */
 switchyard_result switchyard_capture_layer(const switchyard_capture *capture,
                                            uint32_t layer,
@@ -177,15 +213,24 @@ switchyard_result switchyard_capture_layer(const switchyard_capture *capture,
                                            const float *data);
 
 /*
- Write the capture to its file (nothing is written if a layer call failed) and release the
- handle. NULL is ignored.
+ Write the capture to its file. Fails when writing fails, when a `switchyard_capture_layer`
+ call failed before (then nothing is written) or when called twice. Call it before
+ `switchyard_capture_free`.
  */
-switchyard_result switchyard_capture_free(switchyard_capture *capture);
+switchyard_result switchyard_capture_finish(const switchyard_capture *capture);
 
 /*
- A static, NUL-terminated description of `result`. Never NULL.
+ Release a capture from `switchyard_capture_init`. NULL is ignored. Without
+ `switchyard_capture_finish` before, nothing is written.
  */
-const char *switchyard_result_str(switchyard_result result);
+void switchyard_capture_free(switchyard_capture *capture);
+
+/*
+ A static, NUL-terminated description of result code `result` (a `switchyard_result` value
+ read as the integer C holds, so any value is safe to pass). Never NULL: a code this
+ library does not define gives "unknown result code".
+ */
+const char *switchyard_result_str(uint32_t result);
 
 /*
  Copy the calling thread's last error detail (which file, tensor or key, and why) into
@@ -238,23 +283,18 @@ switchyard_result switchyard_model_set_expert(switchyard_model *model,
 uint32_t switchyard_model_n_experts(const switchyard_model *model);
 
 /*
- Name of expert `index` (0-based) into `buf` (`len` bytes, NUL-terminated); its length
- without the NUL goes to `*out_len` when `out_len` is not NULL, also when `buf` is too small.
+ Name of expert `index` (0-based, bundle order; -1 for "base"), NUL-terminated and owned by
+ the model: valid until `switchyard_model_free`. NULL when `index` is out of range (or the
+ model is NULL).
  */
-switchyard_result switchyard_model_expert_name(const switchyard_model *model,
-                                               uint32_t index,
-                                               char *buf,
-                                               size_t len,
-                                               size_t *out_len);
+const char *switchyard_model_expert_name(const switchyard_model *model, int32_t index);
 
 /*
- Name of the expert the bound tensors hold ("base" before any switch or after switching
- back), same buffer rules as `switchyard_model_expert_name`.
+ Index of the expert the bound tensors hold (as in `switchyard_model_expert_name`: -1 for
+ "base", before any switch or after switching back) into `*out_index`.
  */
 switchyard_result switchyard_model_current_expert(const switchyard_model *model,
-                                                  char *buf,
-                                                  size_t len,
-                                                  size_t *out_len);
+                                                  int32_t *out_index);
 
 /*
  Whether the bundle carries a router (`switchyard router train`): 1 if so, 0 if not or NULL.
@@ -277,20 +317,19 @@ switchyard_result switchyard_model_route(const switchyard_model *model,
                                          float *out_confidence);
 
 /*
- Open the mixture-of-experts GGUF at `path` for offloading. `budget` is bytes ("512M", "2G",
- "1073741824") or a share of all expert bytes ("25%"); `policy` is "lru", "lfu", "hobbit" or
- "hobbit:w_lru,w_lfu,w_lhu,w_fld". On a miss, a pick whose unimportance (the share of the
- token's pick weight ranked above it) exceeds `t2` is not read, one above `t1` is read from
- its low-precision copy (`switchyard moe-pack`); 1 and 1 read everything in high precision.
- `skip_beta` also skips a later pick weighing less than the layer's beta (stored by
- `moe-pack --trace`) times the first's.
+ The default parameters: a cache of all experts (each read once, on first use), least
+ recently used evicted first, everything in full precision, no reading ahead.
+ */
+switchyard_moe_cache_params switchyard_moe_cache_default_params(void);
+
+/*
+ Open the mixture-of-experts GGUF at `path` as a MoE cache set up by `params`; `*out`
+ receives a handle to release with `switchyard_moe_cache_free`. A budget, policy or
+ threshold that cannot be used is `SWITCHYARD_RESULT_INVALID`, as is a model without the
+ low-precision copies (`t1` < 1) or skipping thresholds (`skip_beta`) it asks for.
  */
 switchyard_result switchyard_moe_cache_init(const char *path,
-                                            const char *budget,
-                                            const char *policy,
-                                            float t1,
-                                            float t2,
-                                            bool skip_beta,
+                                            switchyard_moe_cache_params params,
                                             switchyard_moe_cache **out);
 
 /*
@@ -300,8 +339,8 @@ switchyard_result switchyard_moe_cache_init(const char *path,
 uint32_t switchyard_moe_cache_manages(const switchyard_moe_cache *cache, const char *name);
 
 /*
- Hand over the host memory of expert tensor `name` (`len` bytes): from now on the cache fills
- and empties it. It must stay valid until `switchyard_moe_cache_free`.
+ Hand over the host memory of expert tensor `name` (`len` bytes, malloc'd): from now on the
+ cache fills and empties it. It must stay valid until `switchyard_moe_cache_free`.
  */
 switchyard_result switchyard_moe_cache_bind(const switchyard_moe_cache *cache,
                                             const char *name,
@@ -309,36 +348,42 @@ switchyard_result switchyard_moe_cache_bind(const switchyard_moe_cache *cache,
                                             size_t len);
 
 /*
- Before layer `layer`'s experts run: `experts[t * n_used + i]` is token t's i-th pick
- (`n_tokens` tokens), `probs[t * n_expert + e]` (NULL: equal weights) the router probability
- of expert e for token t. Every pick not skipped is in memory when this returns;
- `dropped[t * n_used + i]` (NULL: not wanted) is set to 1 for a pick that was skipped, whose
- gate weight the host should zero, and 0 for the others.
+ Step 1 of MoE layer `layer` (build_moe_ffn's `ffn_moe_probs`): the router's probabilities
+ for the batch, `n_probs` floats (n_expert per token), and the router's input, `n_gate_input`
+ floats (n_embd per token; NULL and 0 when the host does not have it), from which the next
+ layers' experts are guessed. Both are copied.
  */
-switchyard_result switchyard_moe_cache_prepare(const switchyard_moe_cache *cache,
-                                               uint32_t layer,
-                                               uint32_t n_used,
-                                               uint32_t n_tokens,
-                                               const int32_t *experts,
-                                               const float *probs,
-                                               uint32_t n_expert,
-                                               uint8_t *dropped);
+switchyard_result switchyard_moe_cache_eval_probs(const switchyard_moe_cache *cache,
+                                                  uint32_t layer,
+                                                  const float *probs,
+                                                  size_t n_probs,
+                                                  const float *gate_input,
+                                                  size_t n_gate_input);
 
 /*
- After `switchyard_moe_cache_prepare` for layer `layer`: `x` holds its `n_tokens` tokens'
- gate input (the router's input, `n_embd` floats per token). Starts reading, in the
- background, the experts that the routers of layers `layer + 1 ..= layer + depth` pick for
- `x` (`n_used` per token), as far as the cache has room besides `layer`'s picks. Returns at
- once; the preparation of a later layer waits for the reads meant for it. Batches of more
- than a few tokens (a prompt) are not prefetched for.
+ Step 2 of MoE layer `layer` (`ffn_moe_topk`): the experts the router picked, `n_experts`
+ values, `n_used` per token. When this returns, every pick that is not skipped is in memory,
+ and the experts the next layers' routers pick for the layer's input are being read in the
+ background. Without step 1, every pick weighs the same. A failure means the layer cannot
+ run; a failure to read ahead does not fail the call (prefetching stops, and the reason is
+ printed to stderr).
  */
-switchyard_result switchyard_moe_cache_prefetch(const switchyard_moe_cache *cache,
-                                                uint32_t layer,
-                                                uint32_t depth,
-                                                uint32_t n_used,
-                                                uint32_t n_tokens,
-                                                const float *x,
-                                                uint32_t n_embd);
+switchyard_result switchyard_moe_cache_eval_topk(const switchyard_moe_cache *cache,
+                                                 uint32_t layer,
+                                                 uint32_t n_used,
+                                                 const int32_t *experts,
+                                                 size_t n_experts);
+
+/*
+ Step 3 of MoE layer `layer` (`ffn_moe_weights`): the picks' gate weights, `n_weights`
+ floats in the order of step 2. The weights of skipped picks are set to zero in place;
+ `*changed` says whether any was (the host then writes them back to its tensor).
+ */
+switchyard_result switchyard_moe_cache_eval_weights(const switchyard_moe_cache *cache,
+                                                    uint32_t layer,
+                                                    float *weights,
+                                                    size_t n_weights,
+                                                    bool *changed);
 
 /*
  Copy the cache's counters into `*out`.
@@ -347,13 +392,15 @@ switchyard_result switchyard_moe_cache_get_stats(const switchyard_moe_cache *cac
                                                  switchyard_moe_cache_stats *out);
 
 /*
- Release a cache from `switchyard_moe_cache_init`. NULL is ignored.
+ Release a cache from `switchyard_moe_cache_init` (waiting for its reads ahead). NULL is
+ ignored.
  */
-switchyard_result switchyard_moe_cache_free(switchyard_moe_cache *cache);
+void switchyard_moe_cache_free(switchyard_moe_cache *cache);
 
 /*
  Create (truncate) the trace at `path` for a model of `n_layers` MoE layers of `n_experts`
- experts. On success `*out` receives a handle to release with `switchyard_trace_free`.
+ experts. On success `*out` receives a handle to end with `switchyard_trace_finish` and
+ release with `switchyard_trace_free`.
  */
 switchyard_result switchyard_trace_init(const char *path,
                                         uint32_t n_layers,
@@ -364,7 +411,8 @@ switchyard_result switchyard_trace_init(const char *path,
  Record layer `layer` of one batch: `n_tokens` tokens, `experts[t * n_used + i]` token t's i-th
  expert and `weights[...]` its gate weight. `rows` is NULL when the layer ran for every token
  of the batch, else `rows[t]` is token t's index in the batch (llama.cpp's last layer runs only
- for output tokens). A token's lines are written once every layer of its batch is in.
+ for output tokens). A token's lines are written once every layer of its batch is in. After a
+ failed call the trace is stopped: later calls fail.
  */
 switchyard_result switchyard_trace_layer(const switchyard_trace *trace,
                                          uint32_t layer,
@@ -375,9 +423,18 @@ switchyard_result switchyard_trace_layer(const switchyard_trace *trace,
                                          const int32_t *rows);
 
 /*
- Flush and close a trace from `switchyard_trace_init`. NULL is ignored.
+ Flush and close the trace file. Fails when writing fails, when a `switchyard_trace_layer`
+ call failed before (the file then holds the batches completed until then) or when called
+ twice. Call it before `switchyard_trace_free`.
  */
-switchyard_result switchyard_trace_free(switchyard_trace *trace);
+switchyard_result switchyard_trace_finish(const switchyard_trace *trace);
+
+/*
+ Release a trace from `switchyard_trace_init`. NULL is ignored. Without
+ `switchyard_trace_finish` before, the batches completed so far are flushed and any error
+ doing so is dropped.
+ */
+void switchyard_trace_free(switchyard_trace *trace);
 
 #ifdef __cplusplus
 }  // extern "C"

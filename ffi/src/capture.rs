@@ -6,17 +6,22 @@ use std::ffi::c_char;
 
 use switchyard::moe::capture::CaptureWriter;
 
-use crate::error::{boundary, check_null, slice_or_empty, switchyard_result};
-use crate::recording::{open_recording, Recording};
-use switchyard_result::*;
+use crate::error::switchyard_result;
+use crate::ptr::{boundary, try_ref_from_ptr, try_slice, Castable, OwnershipBox};
+use crate::recording::{self, Recording};
 
 /// A capture being recorded.
 pub struct switchyard_capture {
-    recording: Recording<CaptureWriter>,
+    _private: [u8; 0],
+}
+
+impl Castable for switchyard_capture {
+    type Ownership = OwnershipBox;
+    type RustType = Recording<CaptureWriter>;
 }
 
 /// Start a capture of `n_layers` layers of `n_embd` values per token, written to `path` by
-/// `switchyard_capture_free`. On success `*out` receives the handle.
+/// `switchyard_capture_finish`. On success `*out` receives the handle.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_capture_init(
     path: *const c_char,
@@ -24,20 +29,12 @@ pub unsafe extern "C" fn switchyard_capture_init(
     n_embd: u32,
     out: *mut *mut switchyard_capture,
 ) -> switchyard_result {
-    boundary(|| {
-        // SAFETY: the caller's pointers, as documented.
-        unsafe {
-            open_recording(
-                path,
-                out,
-                |p| CaptureWriter::create(p, n_layers as usize, n_embd as usize),
-                |recording| switchyard_capture { recording },
-            )
-        }
-    })
+    // SAFETY: the caller's pointers, as documented.
+    unsafe { recording::init(path, out, |p| CaptureWriter::create(p, n_layers as usize, n_embd as usize)) }
 }
 
-/// Append `n_rows` rows of `n_embd` floats (`data`, row after row) to layer `layer`.
+/// Append `n_rows` rows of `n_embd` floats (`data`, row after row) to layer `layer`. After a
+/// failed call the capture is stopped: later calls fail and nothing is written.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_capture_layer(
     capture: *const switchyard_capture,
@@ -47,14 +44,10 @@ pub unsafe extern "C" fn switchyard_capture_layer(
     data: *const f32,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(capture);
-        let n = n_rows as usize * n_embd as usize;
-        if n > 0 {
-            check_null!(data);
-        }
-        // SAFETY: the caller passes n_rows * n_embd floats (NULL for none) and a live handle.
-        let (capture, data) = unsafe { (&*capture, slice_or_empty(data, n)) };
-        capture.recording.update(|w| {
+        let capture = try_ref_from_ptr!(capture);
+        // a layer that ran for no token passes no rows (and may pass NULL)
+        let data = try_slice!(data, n_rows as usize * n_embd as usize);
+        capture.update(|w| {
             if n_embd as usize != w.n_embd() {
                 switchyard::bail_invalid!("rows of {n_embd} values; the capture holds rows of {}", w.n_embd());
             }
@@ -63,27 +56,32 @@ pub unsafe extern "C" fn switchyard_capture_layer(
     })
 }
 
-/// Write the capture to its file (nothing is written if a layer call failed) and release the
-/// handle. NULL is ignored.
+/// Write the capture to its file. Fails when writing fails, when a `switchyard_capture_layer`
+/// call failed before (then nothing is written) or when called twice. Call it before
+/// `switchyard_capture_free`.
 #[no_mangle]
-pub unsafe extern "C" fn switchyard_capture_free(capture: *mut switchyard_capture) -> switchyard_result {
-    boundary(|| {
-        if capture.is_null() {
-            return SWITCHYARD_RESULT_OK;
-        }
-        // SAFETY: from Box::into_raw in switchyard_capture_init; the caller gives up its handle.
-        unsafe { Box::from_raw(capture) }.recording.close()
-    })
+pub unsafe extern "C" fn switchyard_capture_finish(capture: *const switchyard_capture) -> switchyard_result {
+    // SAFETY: NULL or a live handle, as documented.
+    unsafe { recording::finish(capture) }
+}
+
+/// Release a capture from `switchyard_capture_init`. NULL is ignored. Without
+/// `switchyard_capture_finish` before, nothing is written.
+#[no_mangle]
+pub unsafe extern "C" fn switchyard_capture_free(capture: *mut switchyard_capture) {
+    // SAFETY: NULL or a handle from switchyard_capture_init that the caller gives up.
+    unsafe { recording::free(capture) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::switchyard_result::*;
     use std::ffi::CString;
     use switchyard::moe::capture::Capture;
 
     #[test]
-    fn a_capture_through_the_abi_takes_empty_layers_and_writes_on_free() {
+    fn a_capture_through_the_abi_takes_empty_layers_and_writes_on_finish() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.safetensors");
         let c_path = CString::new(path.to_str().unwrap()).unwrap();
@@ -95,8 +93,9 @@ mod tests {
             // a layer that ran for no token (llama.cpp's last layer without outputs)
             assert_eq!(switchyard_capture_layer(handle, 1, 0, 2, std::ptr::null()), SWITCHYARD_RESULT_OK);
             assert_eq!(switchyard_capture_layer(handle, 1, 1, 2, std::ptr::null()), SWITCHYARD_RESULT_NULL_ARGUMENT);
-            assert!(!path.exists(), "written only on free");
-            assert_eq!(switchyard_capture_free(handle), SWITCHYARD_RESULT_OK);
+            assert!(!path.exists(), "written only on finish");
+            assert_eq!(switchyard_capture_finish(handle), SWITCHYARD_RESULT_OK);
+            switchyard_capture_free(handle);
         }
         let c = Capture::load(&path).unwrap();
         assert_eq!((c.rows(0), c.rows(1)), (1, 0));
@@ -109,8 +108,21 @@ mod tests {
             assert_eq!(switchyard_capture_init(c_other.as_ptr(), 2, 2, &mut handle), SWITCHYARD_RESULT_OK);
             assert_eq!(switchyard_capture_layer(handle, 1, 1, 3, [0f32; 3].as_ptr()), SWITCHYARD_RESULT_INVALID);
             assert_eq!(switchyard_capture_layer(handle, 0, 1, 2, [1.0f32, 2.0].as_ptr()), SWITCHYARD_RESULT_INVALID);
-            assert_eq!(switchyard_capture_free(handle), SWITCHYARD_RESULT_OK);
+            assert_eq!(switchyard_capture_finish(handle), SWITCHYARD_RESULT_INVALID, "the failure is reported");
+            switchyard_capture_free(handle);
         }
         assert!(!other.exists());
+
+        // freed without finishing: abandoned, nothing is written
+        let dropped = dir.path().join("dropped.safetensors");
+        let c_dropped = CString::new(dropped.to_str().unwrap()).unwrap();
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(switchyard_capture_init(c_dropped.as_ptr(), 1, 2, &mut handle), SWITCHYARD_RESULT_OK);
+            assert_eq!(switchyard_capture_layer(handle, 0, 1, 2, [1.0f32, 2.0].as_ptr()), SWITCHYARD_RESULT_OK);
+            switchyard_capture_free(handle);
+            switchyard_capture_free(std::ptr::null_mut());
+        }
+        assert!(!dropped.exists());
     }
 }

@@ -1,7 +1,9 @@
-//! Result codes, the panic boundary and the per-thread error detail.
+//! Result codes, how library errors map to them, and the per-thread error detail.
 
 use std::cell::RefCell;
 use std::ffi::c_char;
+
+use crate::ptr::boundary;
 
 /// Outcome of a call.
 #[repr(u32)]
@@ -20,7 +22,8 @@ pub enum switchyard_result {
     SWITCHYARD_RESULT_UNSUPPORTED = 5,
     /// No expert or tensor of that name.
     SWITCHYARD_RESULT_NOT_FOUND = 6,
-    /// The caller's buffer is too small; the needed length was reported.
+    /// The caller's buffer is too small. No call of ABI 4 returns it (names are lent by the
+    /// model, not copied); kept so that every other code keeps its number.
     SWITCHYARD_RESULT_BUFFER_TOO_SMALL = 7,
     /// The host's callback reported a failure.
     SWITCHYARD_RESULT_CALLBACK_FAILED = 8,
@@ -43,83 +46,62 @@ pub(crate) fn fail(err: &switchyard::Error) -> switchyard_result {
     set_last_error(err.to_string());
     match err {
         switchyard::Error::Io { .. } => SWITCHYARD_RESULT_IO,
-        switchyard::Error::Unsupported(_) => SWITCHYARD_RESULT_UNSUPPORTED,
-        switchyard::Error::Invalid(m) if m.contains("no expert '") => SWITCHYARD_RESULT_NOT_FOUND,
         switchyard::Error::Invalid(_) => SWITCHYARD_RESULT_INVALID,
+        switchyard::Error::NotFound(_) => SWITCHYARD_RESULT_NOT_FOUND,
+        switchyard::Error::Unsupported(_) => SWITCHYARD_RESULT_UNSUPPORTED,
     }
 }
 
-/// Run `f` so that a panic becomes `SWITCHYARD_RESULT_PANIC` instead of unwinding into C.
-pub(crate) fn boundary(f: impl FnOnce() -> switchyard_result) -> switchyard_result {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(format!("internal error (panic caught at the C boundary): {what}"));
-            SWITCHYARD_RESULT_PANIC
+/// `Ok` or the code of the error, recorded for [`switchyard_last_error`].
+pub(crate) fn result_of(res: switchyard::Result<()>) -> switchyard_result {
+    match res {
+        Ok(()) => SWITCHYARD_RESULT_OK,
+        Err(e) => fail(&e),
+    }
+}
+
+impl switchyard_result {
+    /// The code C passed as a plain integer; None for a value no version of the ABI defines.
+    fn from_code(code: u32) -> Option<Self> {
+        // every variant, in code order (a test checks it); `description` is the exhaustive
+        // match that stops a new variant from being forgotten here
+        const ALL: [switchyard_result; 10] = [
+            SWITCHYARD_RESULT_OK,
+            SWITCHYARD_RESULT_NULL_ARGUMENT,
+            SWITCHYARD_RESULT_INVALID_UTF8,
+            SWITCHYARD_RESULT_IO,
+            SWITCHYARD_RESULT_INVALID,
+            SWITCHYARD_RESULT_UNSUPPORTED,
+            SWITCHYARD_RESULT_NOT_FOUND,
+            SWITCHYARD_RESULT_BUFFER_TOO_SMALL,
+            SWITCHYARD_RESULT_CALLBACK_FAILED,
+            SWITCHYARD_RESULT_PANIC,
+        ];
+        ALL.into_iter().find(|r| *r as u32 == code)
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            SWITCHYARD_RESULT_OK => "ok\0",
+            SWITCHYARD_RESULT_NULL_ARGUMENT => "a required argument was NULL\0",
+            SWITCHYARD_RESULT_INVALID_UTF8 => "a string argument was not valid UTF-8\0",
+            SWITCHYARD_RESULT_IO => "file operation failed\0",
+            SWITCHYARD_RESULT_INVALID => "invalid input\0",
+            SWITCHYARD_RESULT_UNSUPPORTED => "unsupported input\0",
+            SWITCHYARD_RESULT_NOT_FOUND => "no such expert or tensor\0",
+            SWITCHYARD_RESULT_BUFFER_TOO_SMALL => "buffer too small\0",
+            SWITCHYARD_RESULT_CALLBACK_FAILED => "the host callback failed\0",
+            SWITCHYARD_RESULT_PANIC => "internal error (panic)\0",
         }
     }
 }
 
-/// Like [`boundary`] for functions that return a plain value: `fallback` on panic.
-pub(crate) fn boundary_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
-}
-
-/// Return early with `SWITCHYARD_RESULT_NULL_ARGUMENT` when any pointer is NULL.
-macro_rules! check_null {
-    ($($p:ident),+) => {
-        $(if $p.is_null() {
-            $crate::error::set_last_error(concat!("argument '", stringify!($p), "' is NULL"));
-            return $crate::error::switchyard_result::SWITCHYARD_RESULT_NULL_ARGUMENT;
-        })+
-    };
-}
-pub(crate) use check_null;
-
-/// Copy `s` into the caller's buffer `buf` of `len` bytes as a NUL-terminated string and store
-/// its length (without the NUL) in `*out_len` when `out_len` is not NULL. When `buf` is too
-/// small (or NULL with `len` 0), nothing is copied, the needed length is still stored, and the
-/// result is `SWITCHYARD_RESULT_BUFFER_TOO_SMALL`.
-///
-/// # Safety
-/// `buf` must be valid for `len` bytes (or NULL with `len` 0); `out_len` NULL or valid.
-pub(crate) unsafe fn write_str(s: &str, buf: *mut c_char, len: usize, out_len: *mut usize) -> switchyard_result {
-    if !out_len.is_null() {
-        // SAFETY: checked non-NULL; the caller guarantees it is writable.
-        unsafe { *out_len = s.len() };
-    }
-    if buf.is_null() || len < s.len() + 1 {
-        set_last_error(format!("buffer of {len} bytes is too small for {} bytes and the NUL", s.len()));
-        return SWITCHYARD_RESULT_BUFFER_TOO_SMALL;
-    }
-    // SAFETY: buf has room for s.len() + 1 bytes (checked above).
-    unsafe {
-        std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
-        *buf.add(s.len()) = 0;
-    }
-    SWITCHYARD_RESULT_OK
-}
-
-/// A static, NUL-terminated description of `result`. Never NULL.
+/// A static, NUL-terminated description of result code `result` (a `switchyard_result` value
+/// read as the integer C holds, so any value is safe to pass). Never NULL: a code this
+/// library does not define gives "unknown result code".
 #[no_mangle]
-pub extern "C" fn switchyard_result_str(result: switchyard_result) -> *const c_char {
-    let s: &'static str = match result {
-        SWITCHYARD_RESULT_OK => "ok\0",
-        SWITCHYARD_RESULT_NULL_ARGUMENT => "a required argument was NULL\0",
-        SWITCHYARD_RESULT_INVALID_UTF8 => "a string argument was not valid UTF-8\0",
-        SWITCHYARD_RESULT_IO => "file operation failed\0",
-        SWITCHYARD_RESULT_INVALID => "invalid input\0",
-        SWITCHYARD_RESULT_UNSUPPORTED => "unsupported input\0",
-        SWITCHYARD_RESULT_NOT_FOUND => "no such expert or tensor\0",
-        SWITCHYARD_RESULT_BUFFER_TOO_SMALL => "buffer too small\0",
-        SWITCHYARD_RESULT_CALLBACK_FAILED => "the host callback failed\0",
-        SWITCHYARD_RESULT_PANIC => "internal error (panic)\0",
-    };
+pub extern "C" fn switchyard_result_str(result: u32) -> *const c_char {
+    let s = switchyard_result::from_code(result).map_or("unknown result code\0", switchyard_result::description);
     s.as_ptr().cast()
 }
 
@@ -128,7 +110,7 @@ pub extern "C" fn switchyard_result_str(result: switchyard_result) -> *const c_c
 /// in bytes without the NUL (0 when there was none). `buf` may be NULL when `len` is 0.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_last_error(buf: *mut c_char, len: usize) -> usize {
-    boundary_value(0, || {
+    boundary(|| {
         LAST_ERROR.with(|e| {
             let e = e.borrow();
             if !buf.is_null() && len > 0 {
@@ -147,15 +129,21 @@ pub unsafe extern "C" fn switchyard_last_error(buf: *mut c_char, len: usize) -> 
     })
 }
 
-/// `n` elements at `ptr`, or an empty slice when `n` is 0 (where C callers may pass NULL).
-///
-/// # Safety
-/// When `n > 0`, `ptr` must point to `n` initialised elements that outlive the slice.
-pub(crate) unsafe fn slice_or_empty<'a, T>(ptr: *const T, n: usize) -> &'a [T] {
-    if n == 0 {
-        &[]
-    } else {
-        // SAFETY: upheld by the caller.
-        unsafe { std::slice::from_raw_parts(ptr, n) }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    #[test]
+    fn every_code_maps_back_to_its_variant_and_others_to_unknown() {
+        let describe = |code: u32| unsafe { CStr::from_ptr(switchyard_result_str(code)) }.to_str().unwrap();
+        for code in 0..=SWITCHYARD_RESULT_PANIC as u32 {
+            let r = switchyard_result::from_code(code).expect("codes are contiguous");
+            assert_eq!(r as u32, code);
+            assert_ne!(describe(code), "unknown result code");
+        }
+        for code in [SWITCHYARD_RESULT_PANIC as u32 + 1, 1000, u32::MAX] {
+            assert_eq!(describe(code), "unknown result code");
+        }
     }
 }

@@ -1,21 +1,10 @@
-//! Switching weights that live on a GPU: with the `cuda` feature, W_base + D is decoded on the
-//! device by switchyard's kernels straight into the host's tensor, so nothing crosses PCIe but
-//! the compressed deltas (once per expert and tensor) and, with `SWITCHYARD_GPU_BASE=pinned`,
-//! the base weights.
-//!
-//! `SWITCHYARD_GPU_BASE` picks where W_base of the switchable weights is kept for decoding:
-//! - `device` (default): a copy on the GPU in the bundle's type (0.5-1 byte per parameter for
-//!   quantized bases, 2 for F16): switching reads only device memory;
-//! - `pinned`: page-locked host memory (no extra GPU memory); every switch uploads W_base of
-//!   each weight it rewrites (base bytes over PCIe per switch).
-//!
-//! Without the feature, or without a usable GPU (no driver, no NVRTC: logged once), every
-//! tensor goes through the host callbacks as before.
-
-use switchyard::switch::DeviceJob;
+//! Which decoder serves hosts whose weights live on a GPU: with the `cuda` feature, the one in
+//! `switchyard_kernels::switching` (its module documentation says what stays on the device and
+//! `SWITCHYARD_GPU_BASE`); without it, a stand-in that hands every tensor back to the host
+//! callbacks.
 
 #[cfg(feature = "cuda")]
-pub use imp::DeviceDecoder;
+pub use switchyard_kernels::switching::SwitchDecoder as DeviceDecoder;
 
 #[cfg(not(feature = "cuda"))]
 #[derive(Default)]
@@ -26,124 +15,10 @@ pub struct DeviceDecoder {
 #[cfg(not(feature = "cuda"))]
 impl DeviceDecoder {
     /// Built without CUDA: the caller decodes on the host.
-    pub fn decode(&mut self, _ptr: u64, _device: i32, _job: &DeviceJob<'_>) -> switchyard::Result<bool> {
-        Ok(false)
-    }
-}
-
-#[cfg(feature = "cuda")]
-mod imp {
-    use std::collections::HashMap;
-
-    use cudarc::driver::{CudaSlice, PinnedHostSlice};
-    use switchyard::bundle::TensorDelta;
-    use switchyard::GgmlType;
-    use switchyard_kernels::device::{reads_weights, DeviceDelta, Gpu};
-
-    use super::DeviceJob;
-
-    /// Where W_base waits between switches (module documentation).
-    enum BaseCopy {
-        Device(CudaSlice<u8>),
-        Pinned(PinnedHostSlice<u8>),
-    }
-
-    struct GpuState {
-        gpu: Gpu,
-        pinned: bool,
-        bases: HashMap<String, BaseCopy>,
-        /// The deltas of one expert (the last switched to), by tensor: memory stays bounded by
-        /// one expert's compressed size however many experts the bundle has.
-        deltas: HashMap<String, DeviceDelta>,
-        deltas_of: Option<usize>,
-    }
-
-    /// Per device ordinal: the GPU's state, or None once opening it failed (logged once).
-    #[derive(Default)]
-    pub struct DeviceDecoder {
-        devices: HashMap<i32, Option<GpuState>>,
-    }
-
-    impl DeviceDecoder {
-        /// Decode `job` into the f16 tensor at device pointer `ptr` on GPU `device`; false when
-        /// the kernels do not cover it (the caller then decodes on the host).
-        pub fn decode(&mut self, ptr: u64, device: i32, job: &DeviceJob<'_>) -> switchyard::Result<bool> {
-            let base_ok = reads_weights(job.info.ty, job.info.ne[0] as usize);
-            let delta_ok = matches!(job.delta, None | Some(TensorDelta::Codec(_)));
-            if job.ty != GgmlType::F16 || !base_ok || !delta_ok || device < 0 {
-                return Ok(false);
-            }
-            let state = self.devices.entry(device).or_insert_with(|| {
-                let pinned = std::env::var("SWITCHYARD_GPU_BASE").is_ok_and(|v| v == "pinned");
-                match Gpu::open(device as usize) {
-                    Ok(gpu) => {
-                        Some(GpuState { gpu, pinned, bases: HashMap::new(), deltas: HashMap::new(), deltas_of: None })
-                    }
-                    Err(e) => {
-                        eprintln!("switchyard: GPU {device} unusable ({e}); switching through the host");
-                        None
-                    }
-                }
-            });
-            let Some(state) = state else { return Ok(false) };
-            match state.decode(ptr, job) {
-                Ok(()) => Ok(true),
-                Err(e) => {
-                    // e.g. out of GPU memory: this tensor goes through the host instead, so the
-                    // switch still completes with every weight right
-                    eprintln!(
-                        "switchyard: decoding '{}' on GPU {device} failed ({e}); writing it from the host",
-                        job.info.name
-                    );
-                    Ok(false)
-                }
-            }
-        }
-    }
-
-    impl GpuState {
-        fn decode(&mut self, ptr: u64, job: &DeviceJob<'_>) -> Result<(), switchyard_kernels::KernelError> {
-            let name = &job.info.name;
-            let n = job.info.n_elements() as usize;
-            let n_in = job.info.ne[0] as usize;
-
-            if !self.bases.contains_key(name) {
-                let copy = if self.pinned {
-                    // SAFETY: a fresh page-locked buffer, filled right below.
-                    let mut p = unsafe { self.gpu.context().alloc_pinned::<u8>(job.base.len()) }?;
-                    p.as_mut_slice()?.copy_from_slice(job.base);
-                    BaseCopy::Pinned(p)
-                } else {
-                    BaseCopy::Device(self.gpu.upload(job.base)?)
-                };
-                self.bases.insert(name.clone(), copy);
-            }
-            let staged;
-            let base = match &self.bases[name] {
-                BaseCopy::Device(d) => d,
-                BaseCopy::Pinned(p) => {
-                    staged = self.gpu.stream.clone_htod(p)?;
-                    &staged
-                }
-            };
-            match (job.expert, job.delta) {
-                (Some(e), Some(TensorDelta::Codec(c))) => {
-                    if self.deltas_of != Some(e) {
-                        self.deltas.clear();
-                        self.deltas_of = Some(e);
-                    }
-                    if !self.deltas.contains_key(name) {
-                        self.deltas.insert(name.clone(), DeviceDelta::upload(&self.gpu, c)?);
-                    }
-                    // SAFETY: ptr is the host's f16 tensor of this shape on this device, idle
-                    // while the host waits for the switch (synchronised below).
-                    unsafe { self.gpu.decompress_add_into(job.info.ty, base, &self.deltas[name], GgmlType::F16, ptr) }?;
-                }
-                // SAFETY: as above, n f16 values.
-                _ => unsafe { self.gpu.dequantize_f16_into(job.info.ty, base, n_in, n, ptr) }?,
-            }
-            // the host reads the tensor with its own stream after the switch returns
-            self.gpu.synchronize()
-        }
+    ///
+    /// # Safety
+    /// None needed; `unsafe` only to match the CUDA decoder.
+    pub unsafe fn decode(&mut self, _ptr: u64, _device: i32, _job: &switchyard::switch::DeviceJob<'_>) -> bool {
+        false
     }
 }

@@ -5,9 +5,16 @@
 //!   a panic boundary: a Rust panic becomes `SWITCHYARD_RESULT_PANIC`, never an abort;
 //! - NULL arguments are checked and reported as `SWITCHYARD_RESULT_NULL_ARGUMENT`;
 //! - outputs go through out-pointers and are written only on success;
-//! - opaque handles come from `_init` and go back through `_free`;
+//! - a result code read back from C (`switchyard_result_str`) is taken as a plain `uint32_t`,
+//!   so a value this library does not define is answered, never undefined behaviour;
+//! - opaque handles come from `_init` and go back through `_free`. **Every `_free` returns
+//!   nothing, accepts NULL and cannot fail.** Where releasing a handle has work that can fail
+//!   (a trace or capture writing its file), a separate `_finish` call does that work and
+//!   reports it; `_free` after it only releases memory;
 //! - [`switchyard_last_error`] gives the detail of the calling thread's last failure (which
 //!   file, tensor or key).
+//!
+//! Every raw pointer is checked and cast by the helpers in `ptr.rs`.
 #![allow(non_camel_case_types)]
 // Every export checks its pointers itself; the attribute would only repeat that.
 #![allow(clippy::missing_safety_doc)]
@@ -16,11 +23,15 @@ mod capture;
 mod error;
 mod gpu;
 mod model;
-mod offload;
+mod moe_cache;
+mod ptr;
 mod recording;
 mod trace;
 
-pub use capture::{switchyard_capture, switchyard_capture_free, switchyard_capture_init, switchyard_capture_layer};
+pub use capture::{
+    switchyard_capture, switchyard_capture_finish, switchyard_capture_free, switchyard_capture_init,
+    switchyard_capture_layer,
+};
 pub use error::{switchyard_last_error, switchyard_result, switchyard_result_str};
 pub use model::{
     switchyard_host, switchyard_model, switchyard_model_bind, switchyard_model_current_expert,
@@ -28,18 +39,21 @@ pub use model::{
     switchyard_model_n_experts, switchyard_model_n_managed, switchyard_model_route, switchyard_model_set_expert,
     switchyard_model_tensor_type,
 };
-pub use offload::{
-    switchyard_moe_cache, switchyard_moe_cache_bind, switchyard_moe_cache_free, switchyard_moe_cache_get_stats,
-    switchyard_moe_cache_init, switchyard_moe_cache_manages, switchyard_moe_cache_prefetch,
-    switchyard_moe_cache_prepare, switchyard_moe_cache_stats,
+pub use moe_cache::{
+    switchyard_moe_cache, switchyard_moe_cache_bind, switchyard_moe_cache_default_params,
+    switchyard_moe_cache_eval_probs, switchyard_moe_cache_eval_topk, switchyard_moe_cache_eval_weights,
+    switchyard_moe_cache_free, switchyard_moe_cache_get_stats, switchyard_moe_cache_init, switchyard_moe_cache_manages,
+    switchyard_moe_cache_params,
 };
-pub use trace::{switchyard_trace, switchyard_trace_free, switchyard_trace_init, switchyard_trace_layer};
+pub use trace::{
+    switchyard_trace, switchyard_trace_finish, switchyard_trace_free, switchyard_trace_init, switchyard_trace_layer,
+};
 
 use std::ffi::c_char;
 
 /// The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
 /// other call, so a library and header from different releases are never mixed.
-pub const SWITCHYARD_ABI_VERSION: u32 = 3;
+pub const SWITCHYARD_ABI_VERSION: u32 = 4;
 
 /// The ABI version the library was built with.
 #[no_mangle]

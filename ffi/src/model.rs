@@ -1,15 +1,18 @@
 //! `switchyard_model`: a bundle opened for switching experts in a host's tensors.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void, CString};
 use std::path::Path;
 use std::sync::Mutex;
 
 use switchyard::router::PromptRouter;
-use switchyard::switch::{DeviceJob, Switcher, BASE};
+use switchyard::switch::{DeviceJob, Switcher};
 
+use crate::error::{fail, result_of, set_last_error, switchyard_result};
 use crate::gpu::DeviceDecoder;
-
-use crate::error::{boundary, boundary_value, check_null, fail, set_last_error, switchyard_result, write_str};
+use crate::ptr::{
+    boundary, free_box, null_argument, to_boxed_ptr, try_out, try_ref_from_ptr, try_slice, try_str, Castable, Out,
+    OwnershipBox, OwnershipRef,
+};
 use switchyard_result::*;
 
 /// A bundle opened for switching. Thread-safe: calls on one model are serialised.
@@ -19,17 +22,40 @@ pub struct switchyard_model {
     gpu: Mutex<DeviceDecoder>,
     /// The bundle's router, if it has one; immutable, so routing never waits for a switch.
     router: Option<PromptRouter>,
-    /// The experts' names in bundle order, for routing without taking the lock.
-    experts: Vec<String>,
+    /// "base", then the experts' names in bundle order (index i + 1 for expert i), for routing
+    /// without taking the lock and for hosts that hand names out: they live as long as the model.
+    names: Vec<CString>,
+}
+
+impl Castable for switchyard_model {
+    type Ownership = OwnershipBox;
+    type RustType = switchyard_model;
 }
 
 impl switchyard_model {
+    /// Expert `index` ("base" for -1) as its place in `names`.
+    fn name_slot(&self, index: i32) -> Option<usize> {
+        usize::try_from(index.checked_add(1)?).ok().filter(|&i| i < self.names.len())
+    }
+
+    /// The index of expert `name` as `switchyard_model_expert_name` takes it; -1 for "base".
+    fn index_of(&self, name: &str) -> i32 {
+        self.names.iter().skip(1).position(|n| n.to_bytes() == name.as_bytes()).map_or(-1, |i| i as i32)
+    }
+
+    fn n_experts(&self) -> usize {
+        self.names.len() - 1
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Switcher> {
         // A panic while locked was already reported; the switcher's state stays usable
         // (a failed switch is redone by the next one).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// The type of `switchyard_host::write` (spelled out there too, for cbindgen).
+type WriteFn = unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, data: *const c_void, size: usize) -> i32;
 
 /// How `switchyard_model_set_expert` reaches the host's tensors (the handles given to
 /// `switchyard_model_bind`).
@@ -53,9 +79,15 @@ pub struct switchyard_host {
         Option<unsafe extern "C" fn(user: *mut c_void, tensor: *mut c_void, ptr: *mut u64, device: *mut i32) -> i32>,
 }
 
+impl Castable for switchyard_host {
+    type Ownership = OwnershipRef;
+    type RustType = switchyard_host;
+}
+
 /// Adapts the host's callbacks to the switcher; remembers a failed callback for the result code.
 struct CallbackHost<'a> {
     host: &'a switchyard_host,
+    write: WriteFn,
     failed: bool,
     gpu: &'a mut DeviceDecoder,
 }
@@ -68,7 +100,8 @@ impl switchyard::switch::TensorHost for CallbackHost<'_> {
         if unsafe { f(self.host.user, handle as *mut c_void, &mut ptr, &mut device) } != 0 || ptr == 0 {
             return Ok(false);
         }
-        self.gpu.decode(ptr, device, job)
+        // SAFETY: the host says ptr is its tensor on that GPU, idle during the switch.
+        Ok(unsafe { self.gpu.decode(ptr, device, job) })
     }
 
     fn memory(&mut self, handle: usize, len: usize) -> Option<&mut [u8]> {
@@ -80,35 +113,14 @@ impl switchyard::switch::TensorHost for CallbackHost<'_> {
     }
 
     fn write(&mut self, handle: usize, bytes: &[u8]) -> switchyard::Result<()> {
-        let f = self.host.write.expect("checked before the switch");
         // SAFETY: the host's callback, given the handle it bound and a live buffer.
-        let rc = unsafe { f(self.host.user, handle as *mut c_void, bytes.as_ptr().cast(), bytes.len()) };
+        let rc = unsafe { (self.write)(self.host.user, handle as *mut c_void, bytes.as_ptr().cast(), bytes.len()) };
         if rc != 0 {
             self.failed = true;
             return Err(switchyard::Error::Invalid(format!("the host's write callback returned {rc}")));
         }
         Ok(())
     }
-}
-
-/// # Safety
-/// `s` non-NULL and NUL-terminated.
-pub(crate) unsafe fn utf8<'a>(s: *const c_char, what: &str) -> Result<&'a str, switchyard_result> {
-    // SAFETY: the caller guarantees a NUL-terminated string.
-    unsafe { CStr::from_ptr(s) }.to_str().map_err(|_| {
-        set_last_error(format!("argument '{what}' is not valid UTF-8"));
-        SWITCHYARD_RESULT_INVALID_UTF8
-    })
-}
-
-macro_rules! try_utf8 {
-    ($p:ident) => {
-        // SAFETY: checked non-NULL by the caller's check_null!, NUL-terminated by contract.
-        match unsafe { utf8($p, stringify!($p)) } {
-            Ok(s) => s,
-            Err(r) => return r,
-        }
-    };
 }
 
 /// Open the bundle at `path`: validates every delta and the base fingerprint. On success
@@ -119,27 +131,22 @@ pub unsafe extern "C" fn switchyard_model_init(
     out: *mut *mut switchyard_model,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(path, out);
-        let path = try_utf8!(path);
-        let opened = Switcher::open(Path::new(path)).and_then(|s| {
-            let router = PromptRouter::open(Path::new(path))?;
-            // opened twice: a router rewritten in between must still name this bundle's experts
-            if let Some(r) = &router {
-                if let Some(c) = r.head.classes.iter().find(|c| *c != BASE && !s.expert_names().any(|e| e == *c)) {
-                    return Err(switchyard::Error::Invalid(format!(
-                        "{path}: the router names expert '{c}', which the bundle lacks"
-                    )));
-                }
-            }
-            Ok((s, router))
-        });
+        let path = try_str!(path);
+        let out = try_out!(out);
+        let opened = Switcher::open(Path::new(path)).and_then(|s| Ok((PromptRouter::from_bundle(s.bundle())?, s)));
         match opened {
-            Ok((s, router)) => {
-                let experts = s.expert_names().map(String::from).collect();
+            Ok((router, s)) => {
+                // names come from GGUF strings: a NUL inside one is refused by name
+                let names = std::iter::once("base")
+                    .chain(s.expert_names())
+                    .map(|n| CString::new(n).map_err(|_| format!("expert name {n:?} contains a NUL byte")))
+                    .collect::<Result<Vec<_>, _>>();
+                let names = match names {
+                    Ok(names) => names,
+                    Err(msg) => return fail(&switchyard::Error::Invalid(format!("{path}: {msg}"))),
+                };
                 let gpu = Mutex::new(DeviceDecoder::default());
-                let b = Box::new(switchyard_model { inner: Mutex::new(s), gpu, router, experts });
-                // SAFETY: out checked non-NULL.
-                unsafe { *out = Box::into_raw(b) };
+                out.write(to_boxed_ptr(switchyard_model { inner: Mutex::new(s), gpu, router, names }));
                 SWITCHYARD_RESULT_OK
             }
             Err(e) => fail(&e),
@@ -150,26 +157,17 @@ pub unsafe extern "C" fn switchyard_model_init(
 /// Release a model from `switchyard_model_init`. NULL is ignored.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_free(model: *mut switchyard_model) {
-    boundary_value((), || {
-        if !model.is_null() {
-            // SAFETY: the pointer came from Box::into_raw in switchyard_model_init, and the
-            // caller gives up its handle here.
-            drop(unsafe { Box::from_raw(model) });
-        }
-    })
+    // SAFETY: NULL or a handle from switchyard_model_init, which the caller gives up here.
+    boundary(|| unsafe { free_box(model) })
 }
 
 /// The ggml type (`enum ggml_type` value) weight `name` must be created in because the bundle
 /// manages it, or -1 when the host loads it from the file as usual (also for NULL arguments).
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_tensor_type(model: *const switchyard_model, name: *const c_char) -> i32 {
-    boundary_value(-1, || {
-        if model.is_null() || name.is_null() {
-            return -1;
-        }
-        // SAFETY: non-NULL, a live handle and a NUL-terminated string by contract.
-        let (m, name) = unsafe { (&*model, CStr::from_ptr(name)) };
-        let Ok(name) = name.to_str() else { return -1 };
+    boundary(|| {
+        let m = try_ref_from_ptr!(model);
+        let name = try_str!(name);
         m.lock().managed_type(name).map_or(-1, |t| t as i32)
     })
 }
@@ -177,13 +175,7 @@ pub unsafe extern "C" fn switchyard_model_tensor_type(model: *const switchyard_m
 /// Number of weights the bundle manages (those `switchyard_model_tensor_type` gives a type).
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_n_managed(model: *const switchyard_model) -> u32 {
-    boundary_value(0, || {
-        if model.is_null() {
-            return 0;
-        }
-        // SAFETY: a live handle by contract.
-        unsafe { &*model }.lock().managed_count() as u32
-    })
+    boundary(|| try_ref_from_ptr!(model).lock().managed_count() as u32)
 }
 
 /// Register `tensor` (an opaque pointer handed back to the write callback) as created for
@@ -195,14 +187,12 @@ pub unsafe extern "C" fn switchyard_model_bind(
     tensor: *mut c_void,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(model, name, tensor);
-        let name = try_utf8!(name);
-        // SAFETY: a live handle by contract.
-        let m = unsafe { &*model };
-        match m.lock().bind(name, tensor as usize) {
-            Ok(()) => SWITCHYARD_RESULT_OK,
-            Err(e) => fail(&e),
+        let m = try_ref_from_ptr!(model);
+        let name = try_str!(name);
+        if tensor.is_null() {
+            return null_argument("tensor");
         }
+        result_of(m.lock().bind(name, tensor as usize))
     })
 }
 
@@ -217,21 +207,17 @@ pub unsafe extern "C" fn switchyard_model_set_expert(
     host: *const switchyard_host,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(model, name, host);
-        // SAFETY: non-NULL; a live struct by contract.
-        let host = unsafe { &*host };
-        if host.write.is_none() {
+        let m = try_ref_from_ptr!(model);
+        let name = try_str!(name);
+        let host = try_ref_from_ptr!(host);
+        let Some(write) = host.write else {
             set_last_error("argument 'host' has no write callback");
             return SWITCHYARD_RESULT_NULL_ARGUMENT;
-        }
-        let name = try_utf8!(name);
-        // SAFETY: a live handle by contract.
-        let m = unsafe { &*model };
+        };
         let mut switcher = m.lock();
         let mut gpu = m.gpu.lock().unwrap_or_else(|p| p.into_inner());
-        let mut adapter = CallbackHost { host, failed: false, gpu: &mut gpu };
-        let res = switcher.set_expert(name, &mut adapter);
-        match res {
+        let mut adapter = CallbackHost { host, write, failed: false, gpu: &mut gpu };
+        match switcher.set_expert(name, &mut adapter) {
             Ok(()) => SWITCHYARD_RESULT_OK,
             Err(e) if adapter.failed => {
                 set_last_error(e.to_string());
@@ -245,63 +231,45 @@ pub unsafe extern "C" fn switchyard_model_set_expert(
 /// Number of experts in the bundle (not counting "base").
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_n_experts(model: *const switchyard_model) -> u32 {
-    boundary_value(0, || {
-        if model.is_null() {
-            return 0;
-        }
-        // SAFETY: a live handle by contract.
-        unsafe { &*model }.lock().expert_names().count() as u32
-    })
+    boundary(|| try_ref_from_ptr!(model).n_experts() as u32)
 }
 
-/// Name of expert `index` (0-based) into `buf` (`len` bytes, NUL-terminated); its length
-/// without the NUL goes to `*out_len` when `out_len` is not NULL, also when `buf` is too small.
+/// Name of expert `index` (0-based, bundle order; -1 for "base"), NUL-terminated and owned by
+/// the model: valid until `switchyard_model_free`. NULL when `index` is out of range (or the
+/// model is NULL).
 #[no_mangle]
-pub unsafe extern "C" fn switchyard_model_expert_name(
-    model: *const switchyard_model,
-    index: u32,
-    buf: *mut c_char,
-    len: usize,
-    out_len: *mut usize,
-) -> switchyard_result {
+pub unsafe extern "C" fn switchyard_model_expert_name(model: *const switchyard_model, index: i32) -> *const c_char {
     boundary(|| {
-        check_null!(model);
-        // SAFETY: a live handle by contract.
-        let m = unsafe { &*model }.lock();
-        let Some(name) = m.expert_names().nth(index as usize) else {
-            set_last_error(format!("no expert {index}: the bundle has {}", m.expert_names().count()));
-            return SWITCHYARD_RESULT_NOT_FOUND;
-        };
-        // SAFETY: buffer contract forwarded from the caller.
-        unsafe { write_str(name, buf, len, out_len) }
+        let m = try_ref_from_ptr!(model);
+        match m.name_slot(index) {
+            Some(i) => m.names[i].as_ptr(),
+            None => {
+                set_last_error(format!("no expert {index}: the bundle has {}", m.n_experts()));
+                std::ptr::null()
+            }
+        }
     })
 }
 
-/// Name of the expert the bound tensors hold ("base" before any switch or after switching
-/// back), same buffer rules as `switchyard_model_expert_name`.
+/// Index of the expert the bound tensors hold (as in `switchyard_model_expert_name`: -1 for
+/// "base", before any switch or after switching back) into `*out_index`.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_current_expert(
     model: *const switchyard_model,
-    buf: *mut c_char,
-    len: usize,
-    out_len: *mut usize,
+    out_index: *mut i32,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(model);
-        // SAFETY: a live handle by contract.
-        let m = unsafe { &*model }.lock();
-        // SAFETY: buffer contract forwarded from the caller.
-        unsafe { write_str(m.current(), buf, len, out_len) }
+        let m = try_ref_from_ptr!(model);
+        let out_index = try_out!(out_index);
+        out_index.write(m.index_of(m.lock().current()));
+        SWITCHYARD_RESULT_OK
     })
 }
 
 /// Whether the bundle carries a router (`switchyard router train`): 1 if so, 0 if not or NULL.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_has_router(model: *const switchyard_model) -> u32 {
-    boundary_value(0, || {
-        // SAFETY: NULL or a live handle by contract.
-        (!model.is_null() && unsafe { &*model }.router.is_some()) as u32
-    })
+    boundary(|| try_ref_from_ptr!(model).router.is_some() as u32)
 }
 
 /// Choose the expert for a prompt from its `n_tokens` tokens (the model's vocabulary, without
@@ -320,30 +288,22 @@ pub unsafe extern "C" fn switchyard_model_route(
     out_confidence: *mut f32,
 ) -> switchyard_result {
     boundary(|| {
-        check_null!(model, out_expert);
-        if tokens.is_null() && n_tokens > 0 {
-            set_last_error("argument 'tokens' is NULL but n_tokens is not 0");
-            return SWITCHYARD_RESULT_NULL_ARGUMENT;
-        }
-        // SAFETY: a live handle by contract.
-        let m = unsafe { &*model };
+        let m = try_ref_from_ptr!(model);
+        let tokens = try_slice!(tokens, n_tokens);
+        let out_expert = try_out!(out_expert);
         let Some(router) = &m.router else {
             set_last_error("the bundle has no router (add one with `switchyard router train`)");
             return SWITCHYARD_RESULT_NOT_FOUND;
         };
-        // SAFETY: n_tokens readable tokens by contract (checked non-NULL when there are any).
-        let tokens = if n_tokens == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(tokens, n_tokens) } };
         let threshold = (threshold >= 0.0).then_some(threshold);
         match router.route(tokens, threshold) {
             Ok(route) => {
-                // classes were checked against the experts when the model was opened
-                let expert = m.experts.iter().position(|e| e == route.expert).map_or(-1, |i| i as i32);
-                // SAFETY: out pointers checked non-NULL (confidence is optional).
-                unsafe {
-                    *out_expert = expert;
-                    if !out_confidence.is_null() {
-                        *out_confidence = route.confidence;
-                    }
+                // the router's classes are the bundle's experts (checked when it was opened)
+                let expert = m.index_of(route.expert);
+                out_expert.write(expert);
+                // SAFETY: NULL (not wanted) or writable (contract).
+                if let Some(c) = unsafe { Out::new(out_confidence) } {
+                    c.write(route.confidence);
                 }
                 SWITCHYARD_RESULT_OK
             }

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use switchyard::build_bundle::{pack, PackOptions};
 use switchyard::bundle::{materialize, Bundle};
 use switchyard::codec::Output;
 use switchyard::convert::{gguf_to_hf, hf_to_gguf};
 use switchyard::gguf::GgufFile;
 use switchyard::hf::HfModel;
-use switchyard::pack::{pack, PackOptions};
 use switchyard::synth::{self, DeltaSpec};
 use switchyard::GgmlType;
 

@@ -16,6 +16,7 @@
 
 pub mod compile;
 pub mod device;
+pub mod switching;
 
 /// The CUDA source of every kernel.
 pub const SOURCE: &str = include_str!("cuda/switchyard.cu");

@@ -12,6 +12,10 @@ pub enum Error {
     /// The message already names the file and the tensor or key.
     #[error("{0}")]
     Invalid(String),
+    /// A name asked for (an expert, a tensor) that the file does not have. The message names
+    /// the file and the name, and lists the valid names where there are few.
+    #[error("{0}")]
+    NotFound(String),
     /// Well-formed input that this version does not handle (an architecture, a tensor type...).
     #[error("{0}")]
     Unsupported(String),

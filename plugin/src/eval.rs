@@ -5,10 +5,10 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use crate::build_bundle::is_linear_weight;
 use crate::bundle::{Bundle, TensorDelta};
 use crate::codec::{self, CodecParams};
 use crate::error::{Error, Result};
-use crate::pack::is_linear_weight;
 use crate::quants;
 use crate::weights::ModelWeights;
 

@@ -196,7 +196,7 @@ impl HfModel {
         let e = self
             .tensors
             .get(name)
-            .ok_or_else(|| Error::Invalid(format!("{}: no tensor '{name}'", self.dir.display())))?;
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor '{name}'", self.dir.display())))?;
         let (path, mmap) = &self.shards[e.shard];
         let bytes = &mmap[e.range.0..e.range.1];
         let n: usize = e.shape.iter().product();

@@ -5,7 +5,7 @@
 //! Two on-disk forms exist in the pinned llama.cpp (tools/imatrix/imatrix.cpp):
 //! - GGUF (`general.type = "imatrix"`): tensors `<name>.in_sum2` (F32, [n_in, n_mat]) holding raw
 //!   sums and `<name>.counts` (F32, [1, n_mat]); mean = in_sum2 / counts.
-//!   With patch 0009's `llama-imatrix --covariance`, also `<name>.in_cov` (F32, [n_in, n_in]):
+//!   With the patched `llama-imatrix --covariance`, also `<name>.in_cov` (F32, [n_in, n_in]):
 //!   the raw sum of x x^T for each dense weight, for error feedback ([`crate::codec::ErrorFeedback`]).
 //! - legacy `.dat`: i32 n_entries, then per entry i32 name length, name, i32 ncall, i32 nval,
 //!   f32[nval] holding mean * ncall; then trailing chunk count and dataset name, ignored here.

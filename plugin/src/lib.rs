@@ -7,9 +7,13 @@
 //! - [`hf`]: Hugging Face safetensors folders and the HF -> GGUF tensor mapping.
 //! - [`codec`]: the salient-aware delta codec and its baselines (BitDelta, round-to-nearest).
 //! - [`bundle`]: the bundle format (base GGUF + expert deltas) and its validation.
+//! - [`build_bundle`]: a bundle from a base GGUF and fine-tuned experts (`switchyard pack`).
+//! - [`extract`]: one expert of a bundle as a standalone GGUF (`switchyard extract`).
+//! - [`switch`]: decoding base + an expert's delta into the weights llama.cpp computes with.
 //! - [`router`]: choosing the expert for a prompt (embedding, classifier head, training).
-//! - [`moe`]: captured FFN inputs, routing traces of mixture-of-experts models and the expert
-//!   cache simulator.
+//! - [`moe`]: captured FFN inputs, routing traces of mixture-of-experts models, the expert
+//!   cache's policies and simulator, the runtime that reads experts on demand, and the
+//!   low-precision expert copies it can load instead (`switchyard moe-pack`).
 //! - `moefy` (feature `train`): a dense model refactored into a mixture of experts.
 
 pub mod error;
@@ -19,6 +23,7 @@ pub mod quants;
 
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;
+pub mod build_bundle;
 pub mod bundle;
 pub mod codec;
 pub mod convert;
@@ -29,7 +34,6 @@ pub mod imatrix;
 pub mod moe;
 #[cfg(feature = "train")]
 pub mod moefy;
-pub mod pack;
 pub mod router;
 pub mod switch;
 pub mod synth;

@@ -62,7 +62,7 @@ impl Switcher {
     /// more than once, e.g. tied embeddings duplicated as the output on another device).
     pub fn bind(&mut self, name: &str, handle: TensorHandle) -> Result<()> {
         let (_, handles) = self.managed.get_mut(name).ok_or_else(|| {
-            Error::Invalid(format!("{}: tensor '{name}' is not managed by the bundle", self.bundle.label()))
+            Error::NotFound(format!("{}: tensor '{name}' is not managed by the bundle", self.bundle.label()))
         })?;
         if !handles.contains(&handle) {
             handles.push(handle);

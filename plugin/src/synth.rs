@@ -10,9 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use safetensors::Dtype;
 
+use crate::build_bundle::is_linear_weight;
 use crate::error::Result;
 use crate::hf::{self, HfConfig, HfModel};
-use crate::pack::is_linear_weight;
 
 /// Shape of a synthetic delta, relative to the RMS of the weight it is added to.
 #[derive(Clone, Copy, Debug)]

@@ -96,7 +96,7 @@ impl ModelWeights {
 
 /// Tensor `name` of a GGUF file dequantized to f32 values in row order, with its GGUF shape.
 pub fn gguf_tensor_f32(f: &GgufFile, name: &str) -> Result<(Vec<f32>, Vec<u64>)> {
-    let t = f.tensor(name).ok_or_else(|| Error::Invalid(format!("{}: no tensor '{name}'", f.label())))?;
+    let t = f.tensor(name).ok_or_else(|| Error::NotFound(format!("{}: no tensor '{name}'", f.label())))?;
     let values = quants::dequantize_par(t.ty, f.try_tensor_data(t)?, t.n_elements() as usize, t.ne[0] as usize)
         .map_err(|e| Error::Invalid(format!("{}: tensor '{name}': {e}", f.label())))?;
     Ok((values, t.ne.clone()))

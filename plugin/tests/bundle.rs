@@ -6,17 +6,17 @@ mod common;
 use std::path::Path;
 
 use common::{listing, Tiny};
+use switchyard::build_bundle::{pack, PackOptions};
 use switchyard::bundle::{Bundle, TensorDelta};
 use switchyard::codec::relative_error;
 use switchyard::extract::{extract, ExtractType};
 use switchyard::gguf::GgufFile;
 use switchyard::hf::{HfConfig, HfModel};
-use switchyard::pack::{pack, PackOptions};
 use switchyard::{quants, GgmlType};
 
 fn no_progress(_: &str, _: u64, _: u64) {}
 
-fn pack_tiny(t: &Tiny, out: &Path) -> switchyard::Result<switchyard::pack::PackReport> {
+fn pack_tiny(t: &Tiny, out: &Path) -> switchyard::Result<switchyard::build_bundle::PackReport> {
     pack(&t.base_gguf, Some(&t.base_hf), &t.experts, &PackOptions::default(), out, &no_progress)
 }
 

@@ -1,5 +1,6 @@
-/* Exercises the switchyard C ABI from C: version check, expert listing, binding host
- * tensors, switching, and the error paths. Usage: abi_test BUNDLE TENSOR...
+/* Exercises the switchyard C ABI from C: version check, result codes, expert listing, binding
+ * host tensors, switching, the error paths, and a trace's finish and free. Usage: abi_test
+ * BUNDLE TENSOR...
  * Prints "TENSOR EXPERT CHECKSUM" lines for the Rust side to compare. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,13 @@ int main(int argc, char ** argv) {
     CHECK(argc >= 3 && argc - 2 <= MAX_TENSORS);
     CHECK(switchyard_abi_version() == SWITCHYARD_ABI_VERSION);
     CHECK(strlen(switchyard_version()) > 0);
+    /* result codes are plain integers: any value has a description, unknown ones say so */
+    CHECK(strcmp(switchyard_result_str(SWITCHYARD_RESULT_OK), "ok") == 0);
+    for (uint32_t code = SWITCHYARD_RESULT_OK; code <= SWITCHYARD_RESULT_PANIC; code++) {
+        CHECK(strcmp(switchyard_result_str(code), "unknown result code") != 0);
+    }
+    CHECK(strcmp(switchyard_result_str(SWITCHYARD_RESULT_PANIC + 1), "unknown result code") == 0);
+    CHECK(strcmp(switchyard_result_str(UINT32_MAX), "unknown result code") == 0);
 
     switchyard_model * model = NULL;
     CHECK(switchyard_model_init(NULL, &model) == SWITCHYARD_RESULT_NULL_ARGUMENT && model == NULL);
@@ -69,13 +77,16 @@ int main(int argc, char ** argv) {
 
     uint32_t n_experts = switchyard_model_n_experts(model);
     CHECK(n_experts == 2);
-    char name[64];
-    size_t name_len = 0;
-    CHECK(switchyard_model_expert_name(model, 0, name, sizeof name, &name_len) == SWITCHYARD_RESULT_OK);
-    CHECK(strcmp(name, "math") == 0 && name_len == 4);
-    CHECK(switchyard_model_expert_name(model, 1, name, 3, &name_len) == SWITCHYARD_RESULT_BUFFER_TOO_SMALL && name_len == 4);
-    CHECK(switchyard_model_expert_name(model, 2, name, sizeof name, NULL) == SWITCHYARD_RESULT_NOT_FOUND);
-    CHECK(switchyard_model_current_expert(model, name, sizeof name, NULL) == SWITCHYARD_RESULT_OK && strcmp(name, "base") == 0);
+    /* Names are lent by the model: -1 is "base", then the experts in bundle order. */
+    const char * math = switchyard_model_expert_name(model, 0);
+    CHECK(math != NULL && strcmp(math, "math") == 0);
+    CHECK(strcmp(switchyard_model_expert_name(model, 1), "code") == 0);
+    CHECK(strcmp(switchyard_model_expert_name(model, -1), "base") == 0);
+    CHECK(switchyard_model_expert_name(model, 2) == NULL && switchyard_model_expert_name(model, -2) == NULL);
+    CHECK(switchyard_model_expert_name(NULL, 0) == NULL);
+    int32_t current = 7;
+    CHECK(switchyard_model_current_expert(model, &current) == SWITCHYARD_RESULT_OK && current == -1);
+    CHECK(switchyard_model_current_expert(model, NULL) == SWITCHYARD_RESULT_NULL_ARGUMENT);
 
     int n = argc - 2;
     CHECK(switchyard_model_n_managed(model) == (uint32_t) n);
@@ -93,7 +104,7 @@ int main(int argc, char ** argv) {
         CHECK(switchyard_model_bind(model, argv[i + 2], &tensors[i]) == SWITCHYARD_RESULT_OK);
     }
     CHECK(switchyard_model_tensor_type(model, "not.a.tensor") == -1);
-    CHECK(switchyard_model_bind(model, "not.a.tensor", &tensors[0]) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_model_bind(model, "not.a.tensor", &tensors[0]) == SWITCHYARD_RESULT_NOT_FOUND);
     CHECK(switchyard_model_set_expert(model, "physics", &by_write) == SWITCHYARD_RESULT_NOT_FOUND);
     switchyard_last_error(detail, sizeof detail);
     CHECK(strstr(detail, "physics") != NULL && strstr(detail, "math") != NULL);
@@ -107,7 +118,10 @@ int main(int argc, char ** argv) {
         writes = 0;
         CHECK(switchyard_model_set_expert(model, order[k], k % 2 ? &by_memory : &by_write) == SWITCHYARD_RESULT_OK);
         CHECK(k % 2 ? writes == 0 : writes > 0);
-        CHECK(switchyard_model_current_expert(model, name, sizeof name, NULL) == SWITCHYARD_RESULT_OK && strcmp(name, order[k]) == 0);
+        CHECK(switchyard_model_current_expert(model, &current) == SWITCHYARD_RESULT_OK);
+        CHECK(strcmp(switchyard_model_expert_name(model, current), order[k]) == 0);
+        /* the name lent before the switch still reads the same */
+        CHECK(strcmp(math, "math") == 0);
         for (int i = 0; i < n; i++) {
             printf("%s %s %llu\n", argv[i + 2], order[k], checksum(&tensors[i]));
         }
@@ -127,5 +141,24 @@ int main(int argc, char ** argv) {
     for (int i = 0; i < n; i++) {
         free(tensors[i].data);
     }
+
+    /* A trace reports writing its file from _finish; _free only releases, and takes NULL. */
+    char trace_path[4096];
+    CHECK(snprintf(trace_path, sizeof trace_path, "%s.trace.jsonl", argv[1]) < (int) sizeof trace_path);
+    switchyard_trace * trace = NULL;
+    CHECK(switchyard_trace_init(trace_path, 1, 4, &trace) == SWITCHYARD_RESULT_OK && trace != NULL);
+    const int32_t picks[] = {3};
+    const float weights[] = {1.0f};
+    CHECK(switchyard_trace_layer(trace, 0, 1, 1, picks, weights, NULL) == SWITCHYARD_RESULT_OK);
+    CHECK(switchyard_trace_finish(trace) == SWITCHYARD_RESULT_OK);
+    CHECK(switchyard_trace_finish(trace) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_trace_layer(trace, 0, 1, 1, picks, weights, NULL) == SWITCHYARD_RESULT_INVALID);
+    CHECK(switchyard_trace_finish(NULL) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    switchyard_trace_free(trace);
+    switchyard_trace_free(NULL);
+    FILE * f = fopen(trace_path, "r");
+    CHECK(f != NULL);
+    CHECK(fgetc(f) != EOF);
+    fclose(f);
     return 0;
 }

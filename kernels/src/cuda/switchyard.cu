@@ -87,7 +87,7 @@ __device__ __forceinline__ long long sy_row_bytes(int ty, long long n) {
     }
 }
 
-// Code k (0..7) of an 8-code unit packed little-endian in `bits` bytes at p (codec/pack.rs).
+// Code k (0..7) of an 8-code unit packed little-endian in `bits` bytes at p (plugin/src/codec/bitpack.rs).
 __device__ __forceinline__ int sy_code(const u8 * p, int bits, int k) {
     u32 v = p[0];
     if (bits >= 2) v |= (u32) p[1] << 8;

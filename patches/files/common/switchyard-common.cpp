@@ -23,12 +23,12 @@ bool common_switchyard_init_graph_callback(const common_params & params, llama_m
         }
     }
     // --moe-cache: each MoE layer's picks are read in before they run
-    if (llama_switchyard_moe_active(model)) {
+    if (llama_switchyard_moe_cache_active(model)) {
         if (cparams.cb_eval) {
             COM_ERR("%s", "--moe-cache: the graph callback is taken (by SWITCHYARD_TRACE or this tool)\n");
             return false;
         }
-        cparams.cb_eval           = llama_switchyard_moe_eval;
+        cparams.cb_eval           = llama_switchyard_moe_cache_eval;
         cparams.cb_eval_user_data = model;
     }
     // SWITCHYARD_CAPTURE=FILE records every layer's FFN input (`switchyard moefy`)

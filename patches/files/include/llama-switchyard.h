@@ -20,7 +20,7 @@ extern "C" {
     LLAMA_API int32_t llama_switchyard_expert_name(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
 
     // The expert whose weights the model holds ("base" for the base model), or NULL when the
-    // model is not a bundle. Valid until the next switch.
+    // model is not a bundle. Valid as long as the model.
     LLAMA_API const char * llama_switchyard_current_expert(const struct llama_model * model);
 
     // Switch the model behind ctx to expert `name` ("base" for the base model): writes
@@ -65,16 +65,17 @@ extern "C" {
     // a ggml_backend_sched_eval_callback; user_data is the trace
     LLAMA_API bool llama_switchyard_trace_eval(struct ggml_tensor * t, bool ask, void * user_data);
 
-    // MoE expert offloading (--moe-cache SIZE, --moe-policy, --moe-t1, --moe-t2, --moe-skip-beta,
-    // --moe-prefetch): the model's experts are read from its file on demand into a cache of SIZE
-    // bytes. Active tells whether the model was loaded so; eval is the graph callback that makes
-    // each layer's picks resident before they run (zeroing the gate weights of picks it skips),
-    // and starts reading what the next layers' routers pick for the layer's input (user_data: the
-    // model); it must be installed for such a model to compute. One
-    // context per model: contexts sharing it would evict each other's experts. A failed read
-    // aborts (the layer cannot run without its experts).
-    LLAMA_API bool llama_switchyard_moe_active(const struct llama_model * model);
-    LLAMA_API bool llama_switchyard_moe_eval(struct ggml_tensor * t, bool ask, void * user_data);
+    // The MoE cache (--moe-cache SIZE, --moe-policy, --moe-t1, --moe-t2, --moe-skip-beta,
+    // --moe-prefetch): the model's experts stay in its file and are read on demand into a cache
+    // of SIZE bytes. Active tells whether the model was loaded so. Eval is the graph callback
+    // (user_data: the model) that forwards each MoE layer's router probabilities and input, its
+    // picks and their gate weights to the library, which reads the picks in before the layer
+    // runs, zeroes the gate weights of the picks it skips, and reads ahead what the next
+    // layers' routers pick; it must be installed for such a model to compute. One context per
+    // model: contexts sharing it would evict each other's experts. A failed read aborts (the
+    // layer cannot run without its experts).
+    LLAMA_API bool llama_switchyard_moe_cache_active(const struct llama_model * model);
+    LLAMA_API bool llama_switchyard_moe_cache_eval(struct ggml_tensor * t, bool ask, void * user_data);
 
     // FFN inputs for `switchyard moefy` (installed when SWITCHYARD_CAPTURE=FILE is set): a graph
     // callback recording every layer's normalised hidden state entering the feed-forward block

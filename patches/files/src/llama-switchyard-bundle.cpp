@@ -15,10 +15,9 @@
 #include <stdexcept>
 #include <vector>
 
+// The bundle's state lives in the library: names, the expert in place, the router.
 struct llama_switchyard {
     switchyard_model * handle = nullptr;
-    std::vector<std::string> experts;
-    std::string current = "base";
 
     ~llama_switchyard() { switchyard_model_free(handle); }
 };
@@ -39,12 +38,6 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
     if (res != SWITCHYARD_RESULT_OK) {
         throw std::runtime_error("switchyard: " + llama_switchyard_error(res));
     }
-    for (uint32_t i = 0; i < switchyard_model_n_experts(sy->handle); i++) {
-        char name[64];
-        if (switchyard_model_expert_name(sy->handle, i, name, sizeof(name), nullptr) == SWITCHYARD_RESULT_OK) {
-            sy->experts.emplace_back(name);
-        }
-    }
     switchyard_model * handle = sy->handle;
     ml.type_override = [handle](const std::string & name, ggml_type & type) {
         const int32_t t = switchyard_model_tensor_type(handle, name.c_str());
@@ -54,12 +47,13 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
         type = (ggml_type) t;
         return true;
     };
+    const int32_t n_experts = (int32_t) switchyard_model_n_experts(handle);
     std::string names;
-    for (const auto & e : sy->experts) {
-        names += (names.empty() ? "" : ", ") + e;
+    for (int32_t i = 0; i < n_experts; i++) {
+        names += std::string(names.empty() ? "" : ", ") + switchyard_model_expert_name(handle, i);
     }
-    LLAMA_LOG_INFO("%s: switchyard bundle, %zu experts (%s), %u weights switchable\n", __func__,
-        sy->experts.size(), names.c_str(), switchyard_model_n_managed(handle));
+    LLAMA_LOG_INFO("%s: switchyard bundle, %d experts (%s), %u weights switchable\n", __func__,
+        n_experts, names.c_str(), switchyard_model_n_managed(handle));
     return sy.release();
 }
 
@@ -124,22 +118,29 @@ void llama_switchyard_free(llama_switchyard * sy) {
 }
 
 int32_t llama_switchyard_n_experts(const llama_model * model) {
-    return model && model->switchyard ? (int32_t) model->switchyard->experts.size() : 0;
+    return model && model->switchyard ? (int32_t) switchyard_model_n_experts(model->switchyard->handle) : 0;
 }
 
 int32_t llama_switchyard_expert_name(const llama_model * model, int32_t i, char * buf, size_t buf_size) {
-    if (!model || !model->switchyard || i < 0 || i >= (int32_t) model->switchyard->experts.size()) {
+    const char * name = model && model->switchyard && i >= 0 ? switchyard_model_expert_name(model->switchyard->handle, i) : nullptr;
+    if (!name) {
         return -1;
     }
-    const std::string & name = model->switchyard->experts[i];
     if (buf && buf_size > 0) {
-        snprintf(buf, buf_size, "%s", name.c_str());
+        snprintf(buf, buf_size, "%s", name);
     }
-    return (int32_t) name.size();
+    return (int32_t) strlen(name);
+}
+
+// The name of the expert the weights hold (lent by the library; "base" is index -1).
+static const char * llama_switchyard_current_name(const llama_switchyard * sy) {
+    int32_t current = -1;
+    return switchyard_model_current_expert(sy->handle, &current) == SWITCHYARD_RESULT_OK
+        ? switchyard_model_expert_name(sy->handle, current) : nullptr;
 }
 
 const char * llama_switchyard_current_expert(const llama_model * model) {
-    return model && model->switchyard ? model->switchyard->current.c_str() : nullptr;
+    return model && model->switchyard ? llama_switchyard_current_name(model->switchyard) : nullptr;
 }
 
 static int32_t llama_switchyard_switch(llama_context * ctx, const char * name, bool clear_memory) {
@@ -153,6 +154,8 @@ static int32_t llama_switchyard_switch(llama_context * ctx, const char * name, b
     }
     llama_switchyard * sy = model->switchyard;
     llama_synchronize(ctx);
+    const char * current = llama_switchyard_current_name(sy);
+    const std::string before = current ? current : "";
     const int64_t t_start = ggml_time_us();
     const switchyard_result res = switchyard_model_set_expert(sy->handle, name, &switchyard_llama_host);
     if (res != SWITCHYARD_RESULT_OK) {
@@ -162,10 +165,9 @@ static int32_t llama_switchyard_switch(llama_context * ctx, const char * name, b
     if (clear_memory) {
         llama_memory_clear(llama_get_memory(ctx), true);
     }
-    if (sy->current != name) {
-        LLAMA_LOG_INFO("%s: switched from '%s' to '%s' in %.2f ms\n", __func__, sy->current.c_str(), name,
+    if (before != name) {
+        LLAMA_LOG_INFO("%s: switched from '%s' to '%s' in %.2f ms\n", __func__, before.c_str(), name,
             (ggml_time_us() - t_start) / 1000.0);
-        sy->current = name;
     }
     return 0;
 }
@@ -217,5 +219,5 @@ const char * llama_switchyard_route_text(const llama_model * model, const char *
     if (expert < -1) {
         return nullptr;
     }
-    return expert == -1 ? "base" : model->switchyard->experts[expert].c_str();
+    return switchyard_model_expert_name(model->switchyard->handle, expert);
 }

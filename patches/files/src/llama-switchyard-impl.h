@@ -33,18 +33,18 @@ void llama_switchyard_bind(llama_switchyard * sy, llama_model & model);
 
 void llama_switchyard_free(llama_switchyard * sy);
 
-struct llama_switchyard_moe;
+struct llama_switchyard_moe_cache;
 
 // When the loader's overrides ask for it (switchyard.moe_cache, set by --moe-cache): open the
-// MoE file's experts for offloading and install the loader hook that allocates the expert
-// tensors unread; nullptr otherwise. Throws on a model or setting that cannot be used.
-llama_switchyard_moe * llama_switchyard_moe_attach(llama_model_loader & ml, const std::string & fname, size_t n_splits, bool is_bundle);
+// MoE file as a MoE cache and install the loader hook that allocates the expert tensors unread;
+// nullptr otherwise. Throws on a model or setting that cannot be used.
+llama_switchyard_moe_cache * llama_switchyard_moe_cache_attach(llama_model_loader & ml, const std::string & fname, size_t n_splits, bool is_bundle);
 
-// After the weights are created: hand the expert tensors' memory to the library.
-void llama_switchyard_moe_bind(llama_switchyard_moe * moe, llama_model & model);
+// After the weights are created: hand the expert tensors' memory to the cache.
+void llama_switchyard_moe_cache_bind(llama_switchyard_moe_cache * cache, llama_model & model);
 
 // Logs what the cache did and releases it.
-void llama_switchyard_moe_free(llama_switchyard_moe * moe);
+void llama_switchyard_moe_cache_free(llama_switchyard_moe_cache * cache);
 
 // "<what the code means>: <which file, tensor or key>", for a failed library call.
 inline std::string llama_switchyard_error(switchyard_result res) {

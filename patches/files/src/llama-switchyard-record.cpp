@@ -49,10 +49,15 @@ void llama_switchyard_trace_close(llama_switchyard_trace * trace) {
     if (!trace) {
         return;
     }
-    const switchyard_result res = switchyard_trace_free(trace->handle);
-    if (res != SWITCHYARD_RESULT_OK) {
-        LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
+    // finishing writes the file and says whether that worked; freeing without it (after a failure,
+    // already logged) abandons the recording: the batches completed so far are kept
+    if (!trace->failed) {
+        const switchyard_result res = switchyard_trace_finish(trace->handle);
+        if (res != SWITCHYARD_RESULT_OK) {
+            LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
+        }
     }
+    switchyard_trace_free(trace->handle);
     delete trace;
 }
 
@@ -158,10 +163,15 @@ void llama_switchyard_capture_close(llama_switchyard_capture * capture) {
     if (!capture) {
         return;
     }
-    const switchyard_result res = switchyard_capture_free(capture->handle);
-    if (res != SWITCHYARD_RESULT_OK) {
-        LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
+    // finishing writes the file and says whether that worked; freeing without it (after a failure,
+    // already logged) abandons the recording: nothing is written
+    if (!capture->failed) {
+        const switchyard_result res = switchyard_capture_finish(capture->handle);
+        if (res != SWITCHYARD_RESULT_OK) {
+            LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
+        }
     }
+    switchyard_capture_free(capture->handle);
     delete capture;
 }
 

@@ -172,7 +172,7 @@ impl TensorDelta {
         if n_in % 8 != 0 {
             crate::bail_invalid!("{what}: base width {n_in} is not a multiple of 8");
         }
-        expect("codes", codes_info, GgmlType::I8, &[codec::pack::packed_len(n_in, bits) as u64, n_out as u64])?;
+        expect("codes", codes_info, GgmlType::I8, &[codec::bitpack::packed_len(n_in, bits) as u64, n_out as u64])?;
         let steps_ne = match layout {
             StepLayout::Matrix => vec![1],
             StepLayout::Groups { group } => vec![n_in.div_ceil(group) as u64, n_out as u64],

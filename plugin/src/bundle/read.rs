@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::codec::{CodecParams, Method};
 use crate::error::{Error, Result};
@@ -17,7 +18,9 @@ use super::naming::{
 use super::write::ExpertInfo;
 
 pub struct Bundle {
-    pub file: GgufFile,
+    /// Shared with a router opened from this bundle ([`crate::router::PromptRouter::from_bundle`]),
+    /// which reads its token embeddings from the same mapping.
+    pub file: Arc<GgufFile>,
     pub experts: Vec<ExpertInfo>,
     pub fingerprint: String,
     /// Per expert: base tensor name -> part name -> index into `file.tensors`.
@@ -101,7 +104,7 @@ impl Bundle {
             }
             index[e].entry(base.to_string()).or_default().insert(part.to_string(), ti);
         }
-        Ok(Bundle { file, experts, fingerprint, index })
+        Ok(Bundle { file: Arc::new(file), experts, fingerprint, index })
     }
 
     pub fn label(&self) -> &str {
@@ -117,7 +120,7 @@ impl Bundle {
     pub fn expert_index(&self, name: &str) -> Result<usize> {
         self.experts.iter().position(|e| e.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.experts.iter().map(|e| e.name.as_str()).collect();
-            Error::Invalid(format!("{}: no expert '{name}' (experts: base, {})", self.label(), names.join(", ")))
+            Error::NotFound(format!("{}: no expert '{name}' (experts: base, {})", self.label(), names.join(", ")))
         })
     }
 

@@ -3,8 +3,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::bitpack;
 use super::feedback::ErrorFeedback;
-use super::pack;
 use super::quantizer::{fit_step, stored, Effort, Grid};
 use super::{CodecParams, CompressedDelta, Method, SalientValues, StepLayout};
 use crate::error::Result;
@@ -114,10 +114,10 @@ impl ChannelWeights {
 
 fn bitdelta(d: &[f32], n_in: usize, n_out: usize) -> CompressedDelta {
     let mean_abs = (d.par_iter().map(|&x| x.abs() as f64).sum::<f64>() / d.len() as f64) as f32;
-    let mut codes = vec![0u8; pack::packed_len(n_in, 1) * n_out];
-    codes.par_chunks_mut(pack::packed_len(n_in, 1)).zip(d.par_chunks(n_in)).for_each(|(out, row)| {
+    let mut codes = vec![0u8; bitpack::packed_len(n_in, 1) * n_out];
+    codes.par_chunks_mut(bitpack::packed_len(n_in, 1)).zip(d.par_chunks(n_in)).for_each(|(out, row)| {
         let signs: Vec<u8> = row.iter().map(|&x| (x >= 0.0) as u8).collect();
-        pack::pack(&signs, 1, out);
+        bitpack::pack(&signs, 1, out);
     });
     CompressedDelta {
         n_in,
@@ -192,7 +192,7 @@ fn grouped(
     fitted: Option<&[f16]>,
 ) -> CompressedDelta {
     let grid = Grid::new(bits);
-    let row_bytes = pack::packed_len(n_in, bits);
+    let row_bytes = bitpack::packed_len(n_in, bits);
     let groups = n_in.div_ceil(group);
     let is_salient = salient_mask(salient, n_in);
 
@@ -215,7 +215,7 @@ fn grouped(
                     *c = grid.code(x, inv) as u8;
                 }
             }
-            pack::pack(&q, bits, code_row);
+            bitpack::pack(&q, bits, code_row);
         },
     );
 

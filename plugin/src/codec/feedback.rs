@@ -1,5 +1,5 @@
-//! Error feedback from calibration covariances, as GPTQ does it (Frantar et al., ICLR 2023;
-//! DeltaZip applies it to deltas): a row's channels are quantized in order, and each channel's
+//! Error feedback from calibration covariances, as GPTQ does it (Frantar et al., ICLR 2023,
+//! arXiv 2210.17323; DeltaZip, arXiv 2312.05215, applies it to deltas): a row's channels are quantized in order, and each channel's
 //! rounding error is spread over the channels not yet quantized, in proportion to how the
 //! calibration inputs correlate them. What is minimised is then the row's output error
 //! ||X (d - q)||^2 over calibration inputs X, not each channel's own error, which is all that a

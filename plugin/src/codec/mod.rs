@@ -2,21 +2,22 @@
 //! channels, ggml layout) is stored as one [`CompressedDelta`]; the three methods differ only in
 //! how they fill it, so storage, bit accounting and decompression are shared:
 //!
-//! - [`Method::Salient`] (ME-Switch): the few input channels whose quantization error, weighted
-//!   by activation statistics, is largest are kept at 16 (or 8) bits; the rest are quantized to
-//!   1-4 bits with one step per group of input channels in each row, steps refined by search
-//!   and closed-form least squares. With [`ErrorFeedback`] (calibration input covariances), each
+//! - [`Method::Salient`] (ME-Switch's salient-aware mixed precision, arXiv 2406.09041): the few
+//!   input channels whose quantization error, weighted by activation statistics, is largest are
+//!   kept at 16 (or 8) bits; the rest are quantized to 1-4 bits with one step per group of input
+//!   channels in each row, steps refined by search and closed-form least squares. With [`ErrorFeedback`] (calibration input covariances), each
 //!   row's rounding errors are passed on to its later channels, GPTQ's update, so the output
 //!   error is minimised rather than each channel's.
-//! - [`Method::BitDelta`]: sign bits and one step for the whole matrix (mean |D| init; the
-//!   paper's logit distillation of the step is not done here).
+//! - [`Method::BitDelta`] ("BitDelta: Your Fine-Tune May Only Be Worth One Bit", arXiv
+//!   2402.10193): sign bits and one step for the whole matrix (mean |D| init; the paper's logit
+//!   distillation of the step is not done here).
 //! - [`Method::Rtn`]: round-to-nearest with one step per output row and MSE-optimal clipping.
 
+pub mod bitpack;
 mod compress;
 mod decompress;
 mod feedback;
 pub mod matmul;
-pub mod pack;
 pub mod quantizer;
 
 pub use compress::{compress, compress_with_feedback};
@@ -136,7 +137,7 @@ pub struct CompressedDelta {
 
 impl CompressedDelta {
     pub fn row_code_bytes(&self) -> usize {
-        pack::packed_len(self.n_in, self.bits)
+        bitpack::packed_len(self.n_in, self.bits)
     }
 
     pub fn groups_per_row(&self) -> usize {

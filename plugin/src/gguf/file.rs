@@ -121,7 +121,7 @@ impl GgufFile {
     /// The data of the tensor called `name`, or an error naming the file and the tensor.
     pub fn tensor_data_by_name(&self, name: &str) -> Result<&[u8]> {
         let info =
-            self.tensor(name).ok_or_else(|| Error::Invalid(format!("{}: no tensor named '{name}'", self.label())))?;
+            self.tensor(name).ok_or_else(|| Error::NotFound(format!("{}: no tensor named '{name}'", self.label())))?;
         self.try_tensor_data(info)
     }
 }

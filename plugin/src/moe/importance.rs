@@ -1,13 +1,17 @@
 //! What a token's pick needs when it misses the cache, from its gate weight: the one rule the
-//! runtime and the simulator share.
+//! MoE cache and the simulator share.
 //!
-//! Picks are ranked by gate weight. HOBBIT (ANCHORS §3): the unimportance s of a pick is the
-//! share of the token's pick weight ranked above it; the top pick and any with s <= t1 need the
-//! high-precision expert, t1 < s <= t2 the low-precision copy, s > t2 may be skipped. Seed 001
-//! (ANCHORS §4): a pick after the first whose weight is below beta times the first's may be
-//! skipped too. A skippable pick costs nothing only when it misses: one in memory is used.
+//! Picks are ranked by gate weight. HOBBIT ("A Mixed Precision Expert Offloading System for
+//! Fast MoE Inference", arXiv 2411.01433): the unimportance s of a pick is the share of the
+//! token's pick weight ranked above it; the top pick and any with s <= t1 need the
+//! high-precision expert, t1 < s <= t2 the low-precision copy, s > t2 may be skipped. Dynamic
+//! skipping ("Not All Experts are Equal: Efficient Expert Pruning and Skipping for
+//! Mixture-of-Experts Large Language Models", arXiv 2402.14800): a pick after the first whose
+//! weight is below beta times the first's may be skipped too. A skippable pick costs nothing
+//! only when it misses: one in memory is used.
 
-/// HOBBIT's thresholds and seed 001's beta of the layer (0 never skips).
+/// HOBBIT's thresholds t1 and t2, and the layer's dynamic-skipping threshold beta (0 never
+/// skips).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
     pub t1: f64,

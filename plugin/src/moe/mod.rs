@@ -1,13 +1,12 @@
 //! Mixture-of-experts pieces around llama.cpp's MoE graph: captured FFN inputs (for moefy),
-//! routing traces, the expert cache's policies (HOBBIT's against LRU, LFU and Belady's optimum)
-//! with their simulator, the runtime's offloaded experts with their prefetching, and `moe-pack`'s
-//! low-precision copies and skipping thresholds for it.
+//! routing traces, the MoE cache that reads experts on demand while a model runs (`--moe-cache`)
+//! with its eviction policies (HOBBIT's against LRU, LFU and Belady's optimum), the simulator
+//! that replays traces through those policies, and `moe-pack`'s low-precision copies and
+//! skipping thresholds for the cache.
 
 pub mod cache;
 pub mod capture;
 pub mod importance;
-pub mod lookahead;
-pub mod offload;
-pub mod pack;
+pub mod low_precision;
 pub mod sim;
 pub mod trace;

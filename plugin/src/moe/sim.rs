@@ -2,7 +2,8 @@
 //! hits, bytes loaded and the precision of what was loaded.
 //!
 //! Each token visits the layers in order, and in each layer its selected experts, highest gate
-//! weight first. HOBBIT's thresholds decide what each pick needs ([`rank`]): top-1 and s <= t1
+//! weight first. HOBBIT's thresholds ("A Mixed Precision Expert Offloading System for Fast MoE
+//! Inference", arXiv 2411.01433) decide what each pick needs ([`rank`]): top-1 and s <= t1
 //! load in high precision on a miss, t1 < s <= t2 in low precision, s > t2 are skipped. A
 //! low-precision pick hits either copy; a high-precision one hits only a high-precision copy and
 //! otherwise replaces the low one (a high-precision load). The cache holds `capacity` high-precision experts' worth of bytes; a
@@ -14,8 +15,8 @@
 
 use std::collections::HashMap;
 
-use super::cache::{ExpertCache, Lookup, NextUse, Use};
-pub use super::cache::{HobbitWeights, Policy};
+use super::cache::policy::{ExpertCache, Lookup, NextUse, Use};
+pub use super::cache::policy::{HobbitWeights, Policy};
 use super::importance::{rank, Need, Thresholds};
 use super::trace::Trace;
 

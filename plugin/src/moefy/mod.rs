@@ -1,5 +1,6 @@
-//! Dense model → mixture of experts by activation statistics (Read-ME's refactorisation, seed
-//! 003, ANCHORS §5), written as a Mixtral-style GGUF that stock llama.cpp runs.
+//! Dense model → mixture of experts by activation statistics (the refactorisation of Read-ME,
+//! "Refactorizing LLMs as Router-Decoupled Mixture of Experts with System Co-Design", arXiv
+//! 2410.19123), written as a Mixtral-style GGUF that stock llama.cpp runs.
 //!
 //! Per layer, from the FFN inputs a dense run captured on calibration text
 //! ([`crate::moe::capture`]):

@@ -12,10 +12,9 @@
 //! - [`dequantize_par`] / [`dequantize_par_into`] / [`quantize_par`]: whole tensors, split
 //!   over rows with rayon (results identical to the serial functions).
 //!
-//! Supported for dequantization: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
-//! Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4. For quantization: F32, F16, BF16, Q4_0,
-//! Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, MXFP4 (the k-quants as ggml's
-//! reference quantizers make them, i.e. without an importance matrix).
+//! The types handled are listed once, in [`DEQUANTIZABLE`] and [`QUANTIZABLE`] (the k-quants
+//! as ggml's reference quantizers make them, i.e. without an importance matrix); the tests
+//! iterate those lists.
 //!
 //! Data is little-endian (as in GGUF files) regardless of the host.
 
@@ -35,34 +34,54 @@ use rayon::prelude::*;
 /// Elements handed to one rayon task by the `_par` functions (rounded to whole rows).
 const PAR_CHUNK_ELEMS: usize = 1 << 16;
 
+/// Every type [`dequantize_row`] handles.
+pub const DEQUANTIZABLE: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
+];
+
+/// Every type [`quantize_row`] handles (each of them also in [`DEQUANTIZABLE`]).
+pub const QUANTIZABLE: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+    GgmlType::MXFP4,
+];
+
 /// Whether [`dequantize_row`] handles `ty`.
 pub fn can_dequantize(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | Q8_K
-            | IQ4_NL
-            | IQ4_XS
-            | MXFP4
-    )
+    DEQUANTIZABLE.contains(&ty)
 }
 
 /// Whether [`quantize_row`] handles `ty`.
 pub fn can_quantize(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(ty, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | MXFP4)
+    QUANTIZABLE.contains(&ty)
 }
 
 /// Bytes that `n` elements of `ty` take, as usize; `what` prefixes the error message.
@@ -108,7 +127,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         IQ4_NL => nonlinear::dequant_iq4_nl(src, dst),
         IQ4_XS => nonlinear::dequant_iq4_xs(src, dst),
         MXFP4 => nonlinear::dequant_mxfp4(src, dst),
-        _ => unreachable!("can_dequantize covers {ty}"),
+        _ => unreachable!("DEQUANTIZABLE lists {ty} without a dequantizer"),
     }
     Ok(())
 }
@@ -147,7 +166,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         Q6_K => kquantize::quant_q6_k(src, dst),
         Q8_K => kquants::quant_q8_k(src, dst),
         MXFP4 => nonlinear::quant_mxfp4(src, dst),
-        _ => unreachable!("can_quantize covers {ty}"),
+        _ => unreachable!("QUANTIZABLE lists {ty} without a quantizer"),
     }
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! reads the base's rows from the bundle file, so the route does not depend on the expert in
 //! place.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::quants::dequantize_row;
@@ -19,7 +21,7 @@ use crate::GgmlType;
 pub const TOKEN_EMBD: &str = "token_embd.weight";
 
 pub struct TokenEmbedding {
-    file: GgufFile,
+    file: Arc<GgufFile>,
     ty: GgmlType,
     dim: usize,
     n_vocab: usize,
@@ -45,7 +47,8 @@ pub fn feature_dim_of(file: &GgufFile) -> Result<usize> {
 }
 
 impl TokenEmbedding {
-    pub fn new(file: GgufFile) -> Result<TokenEmbedding> {
+    pub fn new(file: impl Into<Arc<GgufFile>>) -> Result<TokenEmbedding> {
+        let file = file.into();
         let label = file.label().to_string();
         let info = table(&file)?;
         let (dim, n_vocab) = (info.ne[0] as usize, info.ne[1] as usize);

@@ -1,4 +1,6 @@
-//! Model-level routing (ME-Switch, docs/ROUTING.md): pick the expert for a prompt before it runs.
+//! Model-level routing: pick the expert for a prompt before it runs (the model-level router of
+//! ME-Switch, "A Memory-Efficient Expert Switching Framework for Large Language Models", arXiv
+//! 2406.09041, recast as domain classification).
 //!
 //! The prompt's embedding pools the bundle base model's token embeddings (its layer 0) over the
 //! prompt's llama.cpp tokens by mean and by max, read straight from the bundle file; a
@@ -34,16 +36,17 @@ pub struct PromptRouter {
 impl PromptRouter {
     /// The router stored in the bundle at `path`; None when the bundle has none.
     pub fn open(path: &Path) -> Result<Option<PromptRouter>> {
-        Self::from_bundle(Bundle::open(path)?)
+        Self::from_bundle(&Bundle::open(path)?)
     }
 
-    /// Takes the bundle's file: the embedding rows are read from its mapping.
-    pub fn from_bundle(bundle: Bundle) -> Result<Option<PromptRouter>> {
+    /// The router stored in `bundle`, which shares the bundle's file: the embedding rows are
+    /// read from its mapping.
+    pub fn from_bundle(bundle: &Bundle) -> Result<Option<PromptRouter>> {
         let Some(head) = RouterHead::from_metadata(&bundle.file.metadata, bundle.label())? else {
             return Ok(None);
         };
-        check_fits(&head, &bundle)?;
-        Ok(Some(PromptRouter { embedding: TokenEmbedding::new(bundle.file)?, head }))
+        check_fits(&head, bundle)?;
+        Ok(Some(PromptRouter { embedding: TokenEmbedding::new(bundle.file.clone())?, head }))
     }
 
     /// The route for a prompt's tokens (without BOS or other special tokens). `threshold`

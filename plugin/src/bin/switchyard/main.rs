@@ -1,12 +1,13 @@
 //! The `switchyard` command line tool: builds, inspects, evaluates and benchmarks bundles.
 
 mod bench;
+mod build_bundle;
 mod dev;
 mod eval;
+mod extract;
 mod inspect;
-mod moe_pack;
+mod low_precision;
 mod moefy;
-mod pack;
 mod progress;
 mod route;
 mod sim;
@@ -30,12 +31,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a bundle: the base GGUF plus each expert's compressed delta.
-    Pack(pack::PackArgs),
+    Pack(build_bundle::PackArgs),
     /// Show a bundle's experts, per-tensor bits, salient fraction, sizes and base fingerprint
     /// (or a plain GGUF's metadata and tensors).
     Inspect(inspect::InspectArgs),
     /// Write one expert (or "base") as a standalone GGUF that stock llama.cpp loads.
-    Extract(pack::ExtractArgs),
+    Extract(extract::ExtractArgs),
     /// Per-tensor and total reconstruction error of an expert: codec vs RTN and BitDelta.
     Eval(eval::EvalArgs),
     /// Fit a bundle's router (which expert serves a prompt).
@@ -50,7 +51,7 @@ enum Command {
     Moefy(moefy::MoefyArgs),
     /// Add low-precision copies of a MoE model's experts and per-layer skipping thresholds,
     /// for the patched llama.cpp's --moe-cache (--moe-t1, --moe-skip-beta).
-    MoePack(moe_pack::MoePackArgs),
+    MoePack(low_precision::MoePackArgs),
     /// Replay a MoE routing trace against each expert cache policy and Belady's optimum.
     Sim(sim::SimArgs),
     /// Benchmarks.
@@ -81,15 +82,15 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Pack(a) => pack::pack(a),
+        Command::Pack(a) => build_bundle::pack(a),
         Command::Inspect(a) => inspect::inspect(a),
-        Command::Extract(a) => pack::extract(a),
+        Command::Extract(a) => extract::extract(a),
         Command::Eval(a) => eval::eval(a),
         Command::Router(c) => route::train(c),
         Command::Route(a) => route::route(a),
         Command::Trace(a) => trace::trace(a, cli.threads),
         Command::Moefy(a) => moefy::moefy(a, cli.threads),
-        Command::MoePack(a) => moe_pack::moe_pack(a),
+        Command::MoePack(a) => low_precision::moe_pack(a),
         Command::Sim(a) => sim::sim(a),
         Command::Bench(c) => bench::run(c),
         Command::ToHf(a) => dev::to_hf(a),

@@ -1,12 +1,12 @@
 //! `switchyard moe-pack`: a MoE GGUF with low-precision copies of its experts and per-layer
-//! skipping thresholds for `--moe-cache` (see `plugin/src/moe/pack.rs`).
+//! skipping thresholds for `--moe-cache` (the library half is `switchyard::moe::low_precision`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
 use switchyard::gguf::GgufFile;
-use switchyard::moe::pack::{moe_pack as pack, MoePackOptions};
+use switchyard::moe::low_precision::{moe_pack as pack, MoePackOptions};
 use switchyard::moe::trace::Trace;
 use switchyard::GgmlType;
 

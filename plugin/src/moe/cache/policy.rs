@@ -1,16 +1,18 @@
-//! The expert cache's bookkeeping, one use at a time: which (layer, expert) entries are cached,
-//! what each costs, and which to evict when room is needed. The simulator replays traces
-//! through it and the runtime (`--moe-cache` in the patched llama.cpp) drives it while a model
-//! runs, so both use the same policies and scores. Around it they differ: the runtime serves a
+//! Which expert to evict. The expert cache's bookkeeping, one use at a time: which (layer,
+//! expert) entries are cached, what each costs, and which to evict when room is needed. The
+//! simulator (`moe::sim`) replays traces through it and the MoE cache drives it while a model
+//! runs, so both use the same policies and scores. Around it they differ: the MoE cache serves a
 //! batch at a time, numbers layers as the model does (dense ones included) and uses a skippable
 //! pick that is in memory; the simulator goes token by token over MoE layers and skips it.
 //!
 //! Policies choose the victim: least recently used; least frequently used; HOBBIT's
 //! multidimensional priority (recency, frequency and high-precision use within the sequence,
-//! and layer distance ahead of the current layer; ANCHORS §3); Belady's (the entry used again
-//! farthest in the future), the offline yardstick, which needs each use's next use; and Belady's
-//! within a window of tokens whose routes are known (LRU beyond it): what a model whose routes
-//! are decided before its layers run (Read-ME's pre-gating router, ANCHORS §5) lets a cache do.
+//! and layer distance ahead of the current layer; "A Mixed Precision Expert Offloading System
+//! for Fast MoE Inference", arXiv 2411.01433); Belady's (the entry used again farthest in the
+//! future), the offline yardstick, which needs each use's next use; and Belady's within a window
+//! of tokens whose routes are known (LRU beyond it): what a model whose routes are decided
+//! before its layers run lets a cache do (the pre-gating router of "Read-ME: Refactorizing LLMs
+//! as Router-Decoupled Mixture of Experts with System Co-Design", arXiv 2410.19123).
 
 use std::collections::HashMap;
 

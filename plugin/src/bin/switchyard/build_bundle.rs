@@ -1,14 +1,13 @@
-//! `pack` and `extract`.
+//! `switchyard pack`: a bundle from a base GGUF and fine-tuned experts (the library half is
+//! `switchyard::build_bundle`).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use switchyard::bundle::Bundle;
+use switchyard::build_bundle::{pack as pack_bundle, EmbeddingStorage, PackOptions};
 use switchyard::codec::{CodecParams, Method};
-use switchyard::extract::{extract as extract_expert, ExtractType};
-use switchyard::pack::{pack as pack_bundle, EmbeddingStorage, PackOptions};
 
 use crate::progress;
 
@@ -59,7 +58,7 @@ pub struct PackArgs {
     imatrix: Option<PathBuf>,
     /// Feed each channel's rounding error forward by the input covariance (GPTQ-style), so the
     /// output error on calibration text is what is minimised; needs an --imatrix made with
-    /// llama-imatrix --covariance (patch 0009). Salient codec only.
+    /// the patched llama-imatrix --covariance. Salient codec only.
     #[arg(long)]
     error_feedback: bool,
     /// How changed embeddings/output are stored.
@@ -98,54 +97,6 @@ pub fn pack(a: PackArgs) -> Result<()> {
     println!("wrote {} ({})", a.output.display(), crate::mib(report.bundle_bytes));
     for (name, n, bytes) in report.experts {
         println!("  expert {name}: {n} tensors changed, {} of deltas", crate::mib(bytes as u64));
-    }
-    Ok(())
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum TypeArg {
-    Auto,
-    F32,
-    F16,
-    Bf16,
-}
-
-#[derive(Args)]
-pub struct ExtractArgs {
-    bundle: PathBuf,
-    /// Expert name, or "base".
-    #[arg(long)]
-    expert: String,
-    /// Type of changed tensors: auto = F32 where the base is F32, else F16.
-    #[arg(long = "type", value_enum, default_value = "auto")]
-    ty: TypeArg,
-    #[arg(short, long)]
-    output: PathBuf,
-}
-
-pub fn extract(a: ExtractArgs) -> Result<()> {
-    let bundle = Bundle::open(&a.bundle)?;
-    bundle.verify_base()?;
-    let ty = match a.ty {
-        TypeArg::Auto => ExtractType::Auto,
-        TypeArg::F32 => ExtractType::F32,
-        TypeArg::F16 => ExtractType::F16,
-        TypeArg::Bf16 => ExtractType::BF16,
-    };
-    let pb = progress::bar("extract");
-    let report = extract_expert(&bundle, &a.expert, ty, &a.output, &|d, n| {
-        pb.set_length(n);
-        pb.set_position(d);
-    })?;
-    pb.finish_and_clear();
-    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, from, to) in &report.changed {
-        *kinds.entry(format!("{from} -> {to}")).or_default() += 1;
-    }
-    println!("wrote {} (expert '{}')", a.output.display(), a.expert);
-    println!("  {} tensors unchanged (base bytes kept)", report.unchanged);
-    for (k, n) in kinds {
-        println!("  {n} tensors reconstructed, {k}");
     }
     Ok(())
 }

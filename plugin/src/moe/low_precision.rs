@@ -1,6 +1,9 @@
-//! `switchyard moe-pack`: a mixture-of-experts GGUF with what the `--moe-cache` runtime needs
-//! besides the model: a low-precision copy of every expert (HOBBIT's mixed precision, ANCHORS
-//! §3) and, per layer, seed 001's skipping threshold beta (ANCHORS §4).
+//! Low-precision expert copies and skipping thresholds (`switchyard moe-pack`): a
+//! mixture-of-experts GGUF with what the `--moe-cache` runtime needs besides the model: a
+//! low-precision copy of every expert (the mixed-precision loading of HOBBIT, "A Mixed Precision
+//! Expert Offloading System for Fast MoE Inference", arXiv 2411.01433) and, per layer, the
+//! dynamic-skipping threshold beta of "Not All Experts are Equal: Efficient Expert Pruning and
+//! Skipping for Mixture-of-Experts Large Language Models" (arXiv 2402.14800).
 //!
 //! The copies are tensors named `switchyard.low.<name>` beside each stacked expert tensor, in a
 //! ggml quant type (Q4_0 by default: 4.5 bits against the experts' own 16 or 32). The patched

@@ -1,7 +1,8 @@
-//! Guessing later layers' experts early (HOBBIT's prefetching, ANCHORS §3): the residual stream
-//! changes little from one layer to the next, so a later layer's router applied to the current
-//! layer's gate input picks mostly the experts that layer will pick. The runtime reads those
-//! experts while the current layer computes.
+//! Guessing later layers' experts early (HOBBIT's prefetching, "A Mixed Precision Expert
+//! Offloading System for Fast MoE Inference", arXiv 2411.01433): the residual stream changes
+//! little from one layer to the next, so a later layer's router applied to the current layer's
+//! gate input picks mostly the experts that layer will pick. The MoE cache reads those experts
+//! while the current layer computes.
 
 use crate::error::Result;
 use crate::gguf::GgufFile;

@@ -1,6 +1,7 @@
-//! Building a bundle from a base GGUF and fine-tuned Hugging Face folders:
-//! D = W_expert - dequantize(W_base) for every tensor, then the codec for linear weights,
-//! 8-bit deltas for embeddings/output and whole F32 copies for norms and biases.
+//! Building a bundle (`switchyard pack`) from a base GGUF and fine-tuned experts (Hugging Face
+//! folders or GGUF files): D = W_expert - dequantize(W_base) for every tensor, then the codec
+//! for linear weights, 8-bit deltas for embeddings/output and whole F32 copies for norms and
+//! biases.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ pub struct PackOptions {
     pub params: CodecParams,
     pub imatrix: Option<PathBuf>,
     /// Feed rounding errors forward by each weight's input covariance (the salient codec only;
-    /// the imatrix must hold covariances: `llama-imatrix --covariance`, patch 0009).
+    /// the imatrix must hold covariances: the patched `llama-imatrix --covariance`).
     pub error_feedback: bool,
     pub embeddings: EmbeddingStorage,
 }
@@ -69,7 +70,7 @@ impl Calibration {
             match &imatrix {
                 None => crate::bail_invalid!("error feedback needs an imatrix with covariances (--imatrix)"),
                 Some(m) if !m.has_covariances() => crate::bail_invalid!(
-                    "{label}: has no covariances; make it with llama-imatrix --covariance (patch 0009)"
+                    "{label}: has no covariances; make it with the patched llama-imatrix --covariance"
                 ),
                 Some(_) => {}
             }
@@ -248,7 +249,7 @@ fn tensor_delta(
     Ok(Some(TensorDelta::Replace { data: d }))
 }
 
-/// What `pack` made, for the command line to print.
+/// What [`pack`] made, for the command line to print.
 #[derive(Debug)]
 pub struct PackReport {
     pub experts: Vec<(String, usize, usize)>,
