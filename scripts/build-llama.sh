@@ -9,10 +9,10 @@
 #       # builds nothing: prints a hash of what decides llama-finetune's results (the sdist, the
 #       # flags, the CPU and the trainer's own patch), which keys scripts/make-experts.sh's cache
 #
-# A build lives under $SWITCHYARD_CACHE/llama/<key>, the key hashing the sdist, the patches, the
-# cmake flags and the CPU's instruction set. A stock build is reused as it is; a patched one is
-# rebuilt incrementally (ninja + cargo), so changed Rust sources only rebuild the Rust library
-# and relink, and unchanged ones cost a few seconds.
+# A build lives under $SWITCHYARD_CACHE/llama/<key>, the key hashing the sdist, the patches and
+# patches/files/, the cmake flags and the CPU's instruction set. A stock build is reused as it
+# is; a patched one is rebuilt incrementally (ninja + cargo), so changed Rust sources only
+# rebuild the Rust library and relink, and unchanged ones cost a few seconds.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -43,7 +43,8 @@ inputs() {
     # GGML_NATIVE compiles for this CPU: a build is only reused on the same instruction set.
     grep -m1 '^flags' /proc/cpuinfo || true
     case "$variant" in
-        patched) (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch) ;;
+        patched) (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch \
+                      && find patches/files -type f | LC_ALL=C sort | xargs sha256sum) ;;
         trainer) (cd "$SWITCHYARD_ROOT" && sha256sum "patches/$TRAINER_PATCH") ;;
     esac
 }
@@ -54,24 +55,12 @@ if [ "$variant" = trainer ]; then
 fi
 build="$SWITCHYARD_CACHE/llama/$key"
 
-# switchyard's own C++ (patches/files/, laid out as in llama.cpp's tree) into the patched tree.
-# Copied on every build rather than keyed: a changed file then recompiles alone, and a file
-# that did not change keeps its time stamp, so ninja leaves it be.
-copy_files() {
-    local f
-    (cd "$SWITCHYARD_ROOT/patches/files" && find . -type f) | while read -r f; do
-        mkdir -p "$(dirname "$build/src/$f")"
-        cmp -s "$SWITCHYARD_ROOT/patches/files/$f" "$build/src/$f" || cp "$SWITCHYARD_ROOT/patches/files/$f" "$build/src/$f"
-    done
-}
-
 # Configure and build (incrementally when the folder exists). The patched build runs cargo for
 # the Rust library every time; with nothing changed, ninja and cargo do nothing.
 compile() {
     local flags=("${CMAKE_FLAGS[@]}")
     if [ "$variant" = patched ]; then
         flags+=(-DLLAMA_SWITCHYARD=ON "-DSWITCHYARD_ROOT=$SWITCHYARD_ROOT")
-        copy_files
     fi
     if command -v ccache >/dev/null; then
         # Shared between the stock and patched builds: paths under the cache folder are hashed
@@ -113,7 +102,8 @@ rm -f "$build/src/.git" # a submodule pointer into the sdist's own git folder
 
 if [ "$variant" = patched ]; then
     command -v patch >/dev/null || die "the 'patch' program is needed (apt-get install patch)"
-    copy_files
+    # switchyard's own C++, laid out as in llama.cpp's tree; the patches then hook it in
+    cp -R "$SWITCHYARD_ROOT/patches/files/." "$build/src/"
     for p in "$SWITCHYARD_ROOT"/patches/*.patch; do
         [ -e "$p" ] || continue
         log "applying $(basename "$p")"

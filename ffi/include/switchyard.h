@@ -361,7 +361,7 @@ switchyard_result switchyard_moe_cache_eval_probs(const switchyard_moe_cache *ca
                                                   size_t n_gate_input);
 
 /*
- Step 2 of MoE layer `layer` (`ffn_moe_topk`): the experts the router picked, `n_experts`
+ Step 2 of MoE layer `layer` (`ffn_moe_topk`): the experts the router picked, `n_picks`
  values, `n_used` per token. When this returns, every pick that is not skipped is in memory,
  and the experts the next layers' routers pick for the layer's input are being read in the
  background. Without step 1, every pick weighs the same. A failure means the layer cannot
@@ -372,7 +372,7 @@ switchyard_result switchyard_moe_cache_eval_topk(const switchyard_moe_cache *cac
                                                  uint32_t layer,
                                                  uint32_t n_used,
                                                  const int32_t *experts,
-                                                 size_t n_experts);
+                                                 size_t n_picks);
 
 /*
  Step 3 of MoE layer `layer` (`ffn_moe_weights`): the picks' gate weights, `n_weights`

@@ -14,7 +14,9 @@
 //! - [`switchyard_last_error`] gives the detail of the calling thread's last failure (which
 //!   file, tensor or key).
 //!
-//! Every raw pointer is checked and cast by the helpers in `ptr.rs`.
+//! Handles, strings, slices and out-pointers are checked and cast by the helpers in `ptr.rs`;
+//! the few pointers the library only passes back to the host (a tensor handle, host memory the
+//! MoE cache fills) are checked for NULL where they arrive.
 #![allow(non_camel_case_types)]
 // Every export checks its pointers itself; the attribute would only repeat that.
 #![allow(clippy::missing_safety_doc)]

@@ -160,7 +160,7 @@ pub unsafe extern "C" fn switchyard_moe_cache_eval_probs(
     })
 }
 
-/// Step 2 of MoE layer `layer` (`ffn_moe_topk`): the experts the router picked, `n_experts`
+/// Step 2 of MoE layer `layer` (`ffn_moe_topk`): the experts the router picked, `n_picks`
 /// values, `n_used` per token. When this returns, every pick that is not skipped is in memory,
 /// and the experts the next layers' routers pick for the layer's input are being read in the
 /// background. Without step 1, every pick weighs the same. A failure means the layer cannot
@@ -172,11 +172,11 @@ pub unsafe extern "C" fn switchyard_moe_cache_eval_topk(
     layer: u32,
     n_used: u32,
     experts: *const i32,
-    n_experts: usize,
+    n_picks: usize,
 ) -> switchyard_result {
     boundary(|| {
         let cache = try_ref_from_ptr!(cache);
-        let experts = try_slice!(experts, n_experts);
+        let experts = try_slice!(experts, n_picks);
         let mut cache = cache.lock();
         let res = cache.eval_topk(layer as usize, n_used as usize, experts);
         if let Some(e) = cache.take_prefetch_failure() {

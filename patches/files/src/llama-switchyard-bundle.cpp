@@ -26,9 +26,8 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
     if (gguf_find_key(ml.metadata, "switchyard.format_version") < 0) {
         return nullptr;
     }
-    if (switchyard_abi_version() != SWITCHYARD_ABI_VERSION) {
-        throw std::runtime_error(format("switchyard: library ABI %u, header ABI %u: rebuild llama.cpp",
-            switchyard_abi_version(), (unsigned) SWITCHYARD_ABI_VERSION));
+    if (const std::string mismatch = llama_switchyard_abi_mismatch(); !mismatch.empty()) {
+        throw std::runtime_error(mismatch);
     }
     if (n_splits > 1) {
         throw std::runtime_error("switchyard: split bundles are not supported: " + fname);

@@ -46,6 +46,17 @@ void llama_switchyard_moe_cache_bind(llama_switchyard_moe_cache * cache, llama_m
 // Logs what the cache did and releases it.
 void llama_switchyard_moe_cache_free(llama_switchyard_moe_cache * cache);
 
+// Empty when the library linked in implements the ABI of the header this was compiled with,
+// else what is wrong. Checked before the first call that opens a library object (a bundle, a
+// MoE cache, a trace or a capture): a mismatch is undefined behaviour, not an error code.
+inline std::string llama_switchyard_abi_mismatch() {
+    if (switchyard_abi_version() == SWITCHYARD_ABI_VERSION) {
+        return "";
+    }
+    return "switchyard: library ABI " + std::to_string(switchyard_abi_version()) + ", header ABI " +
+        std::to_string(SWITCHYARD_ABI_VERSION) + ": rebuild llama.cpp";
+}
+
 // "<what the code means>: <which file, tensor or key>", for a failed library call.
 inline std::string llama_switchyard_error(switchyard_result res) {
     char detail[2048];

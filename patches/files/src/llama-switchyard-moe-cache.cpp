@@ -37,22 +37,30 @@ llama_switchyard_moe_cache * llama_switchyard_moe_cache_attach(llama_model_loade
     if (is_bundle || n_splits > 1) {
         throw std::runtime_error("--moe-cache: not for switchyard bundles or split models: " + fname);
     }
+    if (const std::string mismatch = llama_switchyard_abi_mismatch(); !mismatch.empty()) {
+        throw std::runtime_error(mismatch);
+    }
     switchyard_moe_cache_params params = switchyard_moe_cache_default_params();
     const std::string policy = switchyard_override_str(ml, "switchyard.moe_policy", params.policy);
     params.budget = budget.c_str();
     params.policy = policy.c_str();
-    // a threshold of the wrong type becomes -1, which the library refuses by name
     const auto threshold = [&ml](const char * key, float fallback) {
         const auto it = ml.kv_overrides.find(key);
         if (it == ml.kv_overrides.end()) {
             return fallback;
         }
-        return it->second.tag == LLAMA_KV_OVERRIDE_TYPE_FLOAT ? (float) it->second.val_f64 : -1.0f;
+        if (it->second.tag != LLAMA_KV_OVERRIDE_TYPE_FLOAT) {
+            throw std::runtime_error(format("switchyard: override %s must be a number", key));
+        }
+        return (float) it->second.val_f64;
     };
     params.t1 = threshold("switchyard.moe_t1", params.t1);
     params.t2 = threshold("switchyard.moe_t2", params.t2);
     if (const auto it = ml.kv_overrides.find("switchyard.moe_skip_beta"); it != ml.kv_overrides.end()) {
-        params.skip_beta = it->second.tag == LLAMA_KV_OVERRIDE_TYPE_BOOL && it->second.val_bool;
+        if (it->second.tag != LLAMA_KV_OVERRIDE_TYPE_BOOL) {
+            throw std::runtime_error("switchyard: override switchyard.moe_skip_beta must be a boolean");
+        }
+        params.skip_beta = it->second.val_bool;
     }
     if (const auto it = ml.kv_overrides.find("switchyard.moe_prefetch"); it != ml.kv_overrides.end()) {
         if (it->second.tag != LLAMA_KV_OVERRIDE_TYPE_INT || it->second.val_i64 < 0 || it->second.val_i64 > UINT32_MAX) {

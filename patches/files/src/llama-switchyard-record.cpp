@@ -24,6 +24,10 @@ llama_switchyard_trace * llama_switchyard_trace_open(const llama_model * model, 
     if (!model || !path) {
         return nullptr;
     }
+    if (const std::string mismatch = llama_switchyard_abi_mismatch(); !mismatch.empty()) {
+        LLAMA_LOG_ERROR("%s: %s\n", __func__, mismatch.c_str());
+        return nullptr;
+    }
     const auto & hp = model->hparams;
     if (hp.n_expert == 0) {
         LLAMA_LOG_ERROR("%s: the model is not a mixture of experts: no routing to trace\n", __func__);
@@ -145,6 +149,10 @@ struct llama_switchyard_capture {
 
 llama_switchyard_capture * llama_switchyard_capture_open(const llama_model * model, const char * path) {
     if (!model || !path) {
+        return nullptr;
+    }
+    if (const std::string mismatch = llama_switchyard_abi_mismatch(); !mismatch.empty()) {
+        LLAMA_LOG_ERROR("%s: %s\n", __func__, mismatch.c_str());
         return nullptr;
     }
     const auto & hp = model->hparams;

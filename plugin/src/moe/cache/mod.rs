@@ -133,11 +133,13 @@ impl MoeCache {
             );
         }
         let n_tokens = probs.len() / n_expert;
-        if !gate_input.is_empty() && gate_input.len() != n_tokens * n_embd {
-            crate::bail_invalid!(
+        // the gate input only feeds guesses: a wrong one stops prefetching, not the layer
+        if self.prefetch > 0 && !gate_input.is_empty() && gate_input.len() != n_tokens * n_embd {
+            self.prefetch = 0;
+            self.prefetch_failure = Some(Error::Invalid(format!(
                 "{label}: layer {layer}: {} gate input values are not {n_tokens} whole rows of {n_embd}",
                 gate_input.len()
-            );
+            )));
         }
         let reads_ahead = self.prefetch > 0 && !gate_input.is_empty() && n_tokens <= PREFETCH_MAX_TOKENS;
         let pending = &mut self.pending[layer];

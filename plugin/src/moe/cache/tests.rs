@@ -170,9 +170,15 @@ fn prefetched_experts_are_read_ahead_and_serve_the_next_layer() {
     assert_eq!((s.prefetched, s.prefetch_hits, s.loads), (2, 1, 3));
     assert!(s.peak_resident <= s.budget, "{} > {}", s.peak_resident, s.budget);
     assert!(loaded(&mem, 1, 0).contains(&1));
-    let err = cache.eval_probs(0, &even(1), &[1.0, 0.5, 2.0]).unwrap_err().to_string();
-    assert!(err.contains("whole rows of 2"), "{err}");
     assert!(cache.take_prefetch_failure().is_none());
+    // a gate input that is not the batch's rows stops prefetching, not the layer
+    cache.eval_probs(0, &even(1), &[1.0, 0.5, 2.0]).unwrap();
+    cache.eval_topk(0, 1, &[2]).unwrap();
+    let err = cache.take_prefetch_failure().expect("prefetching stopped").to_string();
+    assert!(err.contains("whole rows of 2"), "{err}");
+    cache.eval_probs(0, &even(1), &[0.0, -1.0]).unwrap();
+    cache.eval_topk(0, 1, &[2]).unwrap();
+    assert_eq!(cache.stats().prefetched, 2, "no guesses once stopped");
 }
 
 #[test]
