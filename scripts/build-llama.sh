@@ -22,8 +22,9 @@ TARGETS=(llama-cli llama-completion llama-server llama-perplexity llama-imatrix 
          llama-finetune)
 # Native code without AMX: on Sapphire Rapids virtual machines (these 2-core machines, CI's
 # included) ggml's AMX matmul crashes stock llama.cpp (SIGSEGV in ggml_backend_amx_mul_mat on
-# SmolLM2's Q4_1 weights; fine with --no-repack), and AMX would also compute other weights than
-# the bundle's, which stay out of extra buffer types. An explicit -mno-* wins over -march=native.
+# SmolLM2's Q4_1 weights; fine with --no-repack; upstream issue ggml-org/llama.cpp#20824, closed
+# unfixed), and AMX would also compute other weights than the bundle's, which stay out of extra
+# buffer types. An explicit -mno-* wins over -march=native.
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
              -DLLAMA_BUILD_EXAMPLES=ON -DGGML_NATIVE=ON -DGGML_CCACHE=OFF -DBUILD_SHARED_LIBS=OFF
