@@ -49,20 +49,27 @@ llama_switchyard_trace * llama_switchyard_trace_open(const llama_model * model, 
     return trace.release();
 }
 
-void llama_switchyard_trace_close(llama_switchyard_trace * trace) {
-    if (!trace) {
+// Closes a recorder (a trace or a capture) and releases it. Finishing writes the file and says
+// whether that worked; freeing without it, after a failure already logged, abandons the
+// recording (a trace keeps the batches completed so far, a capture writes nothing).
+template <typename Recorder, typename Handle>
+static void llama_switchyard_recorder_close(Recorder * recorder, switchyard_result (*finish)(const Handle *),
+                                            void (*release)(Handle *), const char * func) {
+    if (!recorder) {
         return;
     }
-    // finishing writes the file and says whether that worked; freeing without it (after a failure,
-    // already logged) abandons the recording: the batches completed so far are kept
-    if (!trace->failed) {
-        const switchyard_result res = switchyard_trace_finish(trace->handle);
+    if (!recorder->failed) {
+        const switchyard_result res = finish(recorder->handle);
         if (res != SWITCHYARD_RESULT_OK) {
-            LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
+            LLAMA_LOG_ERROR("%s: %s\n", func, llama_switchyard_error(res).c_str());
         }
     }
-    switchyard_trace_free(trace->handle);
-    delete trace;
+    release(recorder->handle);
+    delete recorder;
+}
+
+void llama_switchyard_trace_close(llama_switchyard_trace * trace) {
+    llama_switchyard_recorder_close(trace, switchyard_trace_finish, switchyard_trace_free, __func__);
 }
 
 // Whether `t` selects the batch's output rows: ggml_get_rows(cur, out_ids).
@@ -168,19 +175,7 @@ llama_switchyard_capture * llama_switchyard_capture_open(const llama_model * mod
 }
 
 void llama_switchyard_capture_close(llama_switchyard_capture * capture) {
-    if (!capture) {
-        return;
-    }
-    // finishing writes the file and says whether that worked; freeing without it (after a failure,
-    // already logged) abandons the recording: nothing is written
-    if (!capture->failed) {
-        const switchyard_result res = switchyard_capture_finish(capture->handle);
-        if (res != SWITCHYARD_RESULT_OK) {
-            LLAMA_LOG_ERROR("%s: %s\n", __func__, llama_switchyard_error(res).c_str());
-        }
-    }
-    switchyard_capture_free(capture->handle);
-    delete capture;
+    llama_switchyard_recorder_close(capture, switchyard_capture_finish, switchyard_capture_free, __func__);
 }
 
 bool llama_switchyard_capture_eval(ggml_tensor * t, bool ask, void * user_data) {
