@@ -16,7 +16,7 @@
  The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
  other call, so a library and header from different releases are never mixed.
  */
-#define SWITCHYARD_ABI_VERSION 4
+#define SWITCHYARD_ABI_VERSION 5
 
 /*
  Outcome of a call.
@@ -70,9 +70,19 @@ typedef uint32_t switchyard_result;
 #endif // __cplusplus
 
 /*
+ The sizes of a random llama-architecture model.
+ */
+typedef struct Dims Dims;
+
+/*
  A capture being recorded.
  */
 typedef struct switchyard_capture switchyard_capture;
+
+/*
+ One converted delta; release with `switchyard_graph_delta_free`.
+ */
+typedef struct switchyard_graph_delta switchyard_graph_delta;
 
 /*
  A bundle opened for switching. Thread-safe: calls on one model are serialised.
@@ -88,6 +98,24 @@ typedef struct switchyard_moe_cache switchyard_moe_cache;
  An open trace file.
  */
 typedef struct switchyard_trace switchyard_trace;
+
+/*
+ What a converted delta holds, lent by the delta (valid until `switchyard_graph_delta_free`).
+ The graph adds `data x` (a matrix of the base weight's shape in `ggml_type`, an `enum ggml_type` value) and, when
+ `n_salient` > 0, `salient g` where g holds x's channels `salient_idx` (`n_salient` values,
+ sorted) and `salient` is an F16 matrix of `n_salient` columns and the base's rows.
+ */
+typedef struct {
+  int32_t ggml_type;
+  const void *data;
+  size_t data_size;
+  uint32_t n_salient;
+  const int32_t *salient_idx;
+  /*
+   IEEE half-precision bit patterns, row-major `[rows][n_salient]`.
+   */
+  const uint16_t *salient;
+} switchyard_graph_delta_parts;
 
 /*
  How `switchyard_model_set_expert` reaches the host's tensors (the handles given to
@@ -179,6 +207,10 @@ typedef struct {
   uint64_t prefetch_hits;
 } switchyard_moe_cache_stats;
 
+
+
+
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -238,6 +270,56 @@ const char *switchyard_result_str(uint32_t result);
  in bytes without the NUL (0 when there was none). `buf` may be NULL when `len` is 0.
  */
 size_t switchyard_last_error(char *buf, size_t len);
+
+/*
+ Whether the host applies weight `name`'s deltas in its graph (1) or switches the weight in
+ place (0: `switchyard_model_tensor_type` then gives its type; also 0 for NULL arguments or
+ a weight no expert changes).
+ */
+uint32_t switchyard_model_in_graph(const switchyard_model *model, const char *name);
+
+/*
+ The ggml type (`*out_type`) and number of salient channels (`*out_n_salient`) of expert
+ `expert`'s delta of weight `name` as `switchyard_model_graph_delta` converts it with
+ `type`, without converting it. `*out_type` is -1 when the expert leaves the weight
+ unchanged or it is not applied in the graph.
+ */
+switchyard_result switchyard_model_graph_delta_shape(const switchyard_model *model,
+                                                     uint32_t expert,
+                                                     const char *name,
+                                                     int32_t type_,
+                                                     int32_t *out_type,
+                                                     uint32_t *out_n_salient);
+
+/*
+ Convert expert `expert`'s delta of weight `name` for the graph, the codec's part in ggml
+ type `type` (-1: the library's choice). `*out` receives a handle to release with
+ `switchyard_graph_delta_free`, or NULL when the expert leaves the weight unchanged or it is
+ not applied in the graph.
+ */
+switchyard_result switchyard_model_graph_delta(const switchyard_model *model,
+                                               uint32_t expert,
+                                               const char *name,
+                                               int32_t type_,
+                                               switchyard_graph_delta **out);
+
+/*
+ Drop the bundle file's pages from the process's resident memory, once the host has
+ converted the deltas it needs: the host maps the base weights itself, and the library's
+ reads of the file would otherwise stay counted in its RSS. Never fails (NULL is ignored).
+ */
+void switchyard_model_release_resident(const switchyard_model *model);
+
+/*
+ What `delta` holds, into `*out` (pointers lent by `delta`).
+ */
+switchyard_result switchyard_graph_delta_get_parts(const switchyard_graph_delta *delta,
+                                                   switchyard_graph_delta_parts *out);
+
+/*
+ Release a delta from `switchyard_model_graph_delta`. NULL is ignored.
+ */
+void switchyard_graph_delta_free(switchyard_graph_delta *delta);
 
 /*
  Open the bundle at `path`: validates every delta and the base fingerprint. On success

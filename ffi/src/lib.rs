@@ -24,6 +24,7 @@
 mod capture;
 mod error;
 mod gpu;
+mod graph_delta;
 mod model;
 mod moe_cache;
 mod ptr;
@@ -35,6 +36,11 @@ pub use capture::{
     switchyard_capture_layer,
 };
 pub use error::{switchyard_last_error, switchyard_result, switchyard_result_str};
+pub use graph_delta::{
+    switchyard_graph_delta, switchyard_graph_delta_free, switchyard_graph_delta_get_parts,
+    switchyard_graph_delta_parts, switchyard_model_graph_delta, switchyard_model_graph_delta_shape,
+    switchyard_model_in_graph, switchyard_model_release_resident,
+};
 pub use model::{
     switchyard_host, switchyard_model, switchyard_model_bind, switchyard_model_current_expert,
     switchyard_model_expert_name, switchyard_model_free, switchyard_model_has_router, switchyard_model_init,
@@ -55,7 +61,7 @@ use std::ffi::c_char;
 
 /// The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
 /// other call, so a library and header from different releases are never mixed.
-pub const SWITCHYARD_ABI_VERSION: u32 = 4;
+pub const SWITCHYARD_ABI_VERSION: u32 = 5;
 
 /// The ABI version the library was built with.
 #[no_mangle]

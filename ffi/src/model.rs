@@ -47,7 +47,7 @@ impl switchyard_model {
         self.names.len() - 1
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Switcher> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Switcher> {
         // A panic while locked was already reported; the switcher's state stays usable
         // (a failed switch is redone by the next one).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())

@@ -12,10 +12,10 @@ use crate::GgmlType;
 /// The type changed tensors are written in. Unchanged tensors always keep the base's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtractType {
-    /// What the patched llama.cpp computes with ([`Bundle::materialized_type`]): F32 where that
-    /// is exact (1-D tensors, F32 bases, whole replacements), F16 otherwise. Every expert of a
-    /// bundle, "base" included, gets the same types, so an extracted expert runs exactly like
-    /// the bundle switched to that expert.
+    /// [`Bundle::materialized_type`]: F32 where that is exact (1-D tensors, F32 bases, whole
+    /// replacements), F16 otherwise. Every expert of a bundle, "base" included, gets the same
+    /// types. (The patched llama.cpp does not materialize: it adds each delta's product in
+    /// the graph, within a small KL divergence of this; tests/plugin_llama.rs.)
     Auto,
     F32,
     F16,

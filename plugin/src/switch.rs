@@ -1,15 +1,20 @@
-//! Switching experts in place: what a host (the llama.cpp plugin) needs to run a bundle.
+//! What a host (the llama.cpp plugin) needs to run a bundle.
 //!
-//! The host creates every weight the bundle manages in [`Switcher::managed_type`] instead of
-//! the file's type and does not load it from the file; it then binds each created tensor
-//! ([`Switcher::bind`]). [`Switcher::set_expert`] materializes W_base + D of every managed
-//! tensor and hands the bytes to the host's writer, which copies them into the tensor (on the
-//! CPU or a GPU). W_base stays in the bundle file (memory-mapped), so going back to `base` or
-//! to another expert never needs a reload.
+//! Most changed weights are applied in the host's graph ([`Switcher::in_graph`]): the host
+//! loads the base weight as the file holds it and adds the product with the expert's delta,
+//! which it gets once, converted ([`Switcher::graph_delta`]). The rest (norms, biases, tensors
+//! an expert replaces whole) are switched in place: the host creates them in
+//! [`Switcher::managed_type`] instead of the file's type, does not load them from the file, and
+//! binds each created tensor ([`Switcher::bind`]); [`Switcher::set_expert`] materializes
+//! W_base + D of each and hands the bytes to the host's writer, which copies them into the
+//! tensor (on the CPU or a GPU). W_base stays in the bundle file (memory-mapped), so going
+//! back to `base` or to another expert never needs a reload.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::bundle::delta::{layout_for, rows_of};
+use crate::bundle::in_graph::{self, GraphDelta};
 use crate::bundle::{materialize, Bundle, TensorDelta};
 use crate::codec::Output;
 use crate::error::{Error, Result};
@@ -38,8 +43,12 @@ impl Switcher {
         let bundle = Bundle::open(path)?;
         bundle.verify_base()?;
         bundle.validate_all()?;
+        // The checks read the whole file, which the host maps too (its base weights): keep
+        // those pages out of the host's RSS twice over.
+        bundle.file.release_resident();
         let managed = bundle
             .base_tensors()
+            .filter(|t| !bundle.in_graph(&t.name))
             .filter_map(|t| bundle.materialized_type(&t.name).map(|ty| (t.name.clone(), (ty, Vec::new()))))
             .collect();
         Ok(Switcher { bundle, managed, current: None, filled: false })
@@ -78,6 +87,94 @@ impl Switcher {
             }
             None => Ok(()),
         }
+    }
+
+    /// Whether the host applies weight `name`'s deltas in its graph (see the module doc).
+    pub fn in_graph(&self, name: &str) -> bool {
+        self.bundle.in_graph(name)
+    }
+
+    /// The type and number of salient channels of expert `e`'s delta of weight `name` in the
+    /// graph's form, without converting it; None when the expert leaves the weight unchanged
+    /// or the weight is not applied in the graph. `requested`: the codec deltas' type (None:
+    /// [`in_graph::codec_type`]'s choice).
+    /// Reads only the file's header, so that a host sizing its buffers first does not read
+    /// every delta twice.
+    pub fn graph_delta_shape(
+        &self,
+        e: usize,
+        name: &str,
+        requested: Option<GgmlType>,
+    ) -> Result<Option<(GgmlType, usize)>> {
+        self.check_expert(e)?;
+        if !self.bundle.in_graph(name) || !self.bundle.changes(e, name) {
+            return Ok(None);
+        }
+        if let Some(dense) = self.bundle.delta_part(e, name, "delta") {
+            return Ok(Some((dense.ty, 0)));
+        }
+        if self.bundle.replaces_whole(e, name) {
+            return Ok(Some((GgmlType::F32, 0)));
+        }
+        let n_in = self.bundle.file.tensor(name).map_or(0, |t| rows_of(&t.ne).0);
+        let params = &self.bundle.experts[e].params;
+        let n_salient = self.bundle.delta_part(e, name, "sal_idx").map_or(0, |t| t.n_elements() as usize);
+        let ty = in_graph::codec_type(params.bits, n_in, layout_for(params, n_in), requested, &self.what(e, name))?;
+        Ok(Some((ty, n_salient)))
+    }
+
+    /// Expert `e`'s delta of weight `name` converted for the graph (None as in
+    /// [`Switcher::graph_delta_shape`]).
+    pub fn graph_delta(&self, e: usize, name: &str, requested: Option<GgmlType>) -> Result<Option<GraphDelta>> {
+        match self.graph_source(e, name)? {
+            Some(d) => {
+                let converted = in_graph::graph_delta(&d, requested, &self.what(e, name))?;
+                self.release_stored_delta(e, name);
+                Ok(Some(converted))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Drop the bundle file's pages from resident memory: for a host done converting the
+    /// deltas (each conversion drops its own stored delta, but the kernel maps neighbouring
+    /// pages in with every fault, so some come back).
+    pub fn release_resident(&self) {
+        self.bundle.file.release_resident();
+    }
+
+    fn release_stored_delta(&self, e: usize, name: &str) {
+        for info in self.bundle.delta_tensors(e, name) {
+            self.bundle.file.release_tensor(info);
+        }
+    }
+
+    fn check_expert(&self, e: usize) -> Result<()> {
+        if e >= self.bundle.experts.len() {
+            return Err(Error::NotFound(format!(
+                "{}: no expert {e} (the bundle has {})",
+                self.bundle.label(),
+                self.bundle.experts.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn graph_source(&self, e: usize, name: &str) -> Result<Option<TensorDelta>> {
+        self.check_expert(e)?;
+        if !self.bundle.in_graph(name) {
+            return Ok(None);
+        }
+        self.bundle.delta(e, name)
+    }
+
+    fn what(&self, e: usize, name: &str) -> String {
+        format!("{}: expert '{}', tensor '{name}'", self.bundle.label(), self.bundle.experts[e].name)
+    }
+
+    /// Index of the expert in place (None for the base model).
+    pub fn current_index(&self) -> Option<usize> {
+        self.current
     }
 
     pub fn expert_names(&self) -> impl Iterator<Item = &str> {

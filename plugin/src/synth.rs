@@ -25,13 +25,15 @@ pub struct DeltaSpec {
     /// Fraction of input channels that are outliers, and their RMS.
     pub outlier_fraction: f32,
     pub outlier: f32,
+    /// Relative RMS of a change to the token embeddings (0: untouched).
+    pub embeddings: f32,
 }
 
 impl Default for DeltaSpec {
     /// Delta RMS of a few percent of the weights, outlier channels ~10x the rest: the regime
     /// where per-output-channel quantization breaks down.
     fn default() -> Self {
-        DeltaSpec { noise: 0.02, rank: 4, low_rank: 0.01, outlier_fraction: 0.005, outlier: 0.25 }
+        DeltaSpec { noise: 0.02, rank: 4, low_rank: 0.01, outlier_fraction: 0.005, outlier: 0.25, embeddings: 0.0 }
     }
 }
 
@@ -76,7 +78,8 @@ fn rms(v: &[f32]) -> f32 {
 }
 
 /// A synthetic expert of `base`: every linear weight gets a structured delta, norms a small
-/// change, embeddings untouched (as in most domain fine-tunes of small models). Written as F32.
+/// change, embeddings untouched unless `spec.embeddings` says (as in most domain fine-tunes of
+/// small models). Written as F32.
 pub fn make_expert(base: &HfModel, out: &Path, spec: &DeltaSpec, seed: u64) -> Result<()> {
     let mut rng = rng(seed);
     let mut tensors = Vec::new();
@@ -89,6 +92,9 @@ pub fn make_expert(base: &HfModel, out: &Path, spec: &DeltaSpec, seed: u64) -> R
         if is_linear_weight(&gguf, &ne) {
             let d = structured_delta(shape[1], shape[0], spec, rms(&w), &mut rng);
             w.iter_mut().zip(&d).for_each(|(x, y)| *x += y);
+        } else if gguf == "token_embd.weight" && spec.embeddings > 0.0 {
+            let d = gaussian(&mut rng, w.len(), spec.embeddings);
+            w.iter_mut().zip(&d).for_each(|(x, y)| *x *= 1.0 + y);
         } else if shape.len() == 1 {
             let d = gaussian(&mut rng, w.len(), 0.01);
             w.iter_mut().zip(&d).for_each(|(x, y)| *x *= 1.0 + y);
@@ -111,17 +117,41 @@ pub fn tiny_llama(out: &Path, vocab: usize, seed: u64) -> Result<()> {
     tiny_model(out, vocab, None, seed)
 }
 
+/// The sizes of a random llama-architecture model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub hidden: usize,
+    pub ff: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+}
+
+impl Dims {
+    /// For tests: two layers of width 64.
+    pub const TINY: Dims = Dims { hidden: 64, ff: 128, layers: 2, heads: 4, kv_heads: 2 };
+    /// Llama-3.2-1B's shapes (16 layers, width 2048, FFN 8192, 32 heads, 8 KV heads): the
+    /// 1B-class model benchmarks measure at besides SmolLM2-135M.
+    pub const LLAMA_3_2_1B: Dims = Dims { hidden: 2048, ff: 8192, layers: 16, heads: 32, kv_heads: 8 };
+}
+
 /// [`tiny_llama`], or with `moe` a Mixtral-style model: every layer's FFN replaced by a random
 /// router (`block_sparse_moe.gate`) over `n_expert` random experts.
 pub fn tiny_model(out: &Path, vocab: usize, moe: Option<MoeShape>, seed: u64) -> Result<()> {
+    random_model(out, vocab, Dims::TINY, moe, seed)
+}
+
+/// A llama-architecture (or, with `moe`, Mixtral-style) model of sizes `dims` with random
+/// weights (Hugging Face layout, F32).
+pub fn random_model(out: &Path, vocab: usize, dims: Dims, moe: Option<MoeShape>, seed: u64) -> Result<()> {
     let config = HfConfig {
         model_type: if moe.is_some() { "mixtral" } else { "llama" }.into(),
         architectures: vec![if moe.is_some() { "MixtralForCausalLM" } else { "LlamaForCausalLM" }.into()],
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: Some(2),
+        hidden_size: dims.hidden,
+        intermediate_size: dims.ff,
+        num_hidden_layers: dims.layers,
+        num_attention_heads: dims.heads,
+        num_key_value_heads: Some(dims.kv_heads),
         vocab_size: vocab,
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,

@@ -297,3 +297,61 @@ fn gguf_experts_pack_exactly_like_their_hugging_face_folders() {
     .to_string();
     assert!(err.contains("is a switchyard bundle"), "{err}");
 }
+
+/// What the host applies in its graph and what it switches in place partition the changed
+/// weights; the cheap shape query agrees with the conversion; each converted delta plus the
+/// base gives the expert as `extract` writes it in F32 (up to the F16 corrections' rounding).
+#[test]
+fn graph_deltas_partition_the_changed_weights_and_rebuild_each_expert() {
+    use switchyard::switch::Switcher;
+    let t = Tiny::new(GgmlType::Q8_0, None);
+    let out = t.path("bundle.gguf");
+    pack_tiny(&t, &out).unwrap();
+    let s = Switcher::open(&out).unwrap();
+    let bundle = s.bundle();
+    let base_file = GgufFile::open(&t.base_gguf).unwrap();
+    let mut n_in_graph = 0;
+    for (e, expert) in ["math", "code"].iter().enumerate() {
+        let extracted = t.path(&format!("{expert}.gguf"));
+        extract(bundle, expert, ExtractType::F32, &extracted, &|_, _| {}).unwrap();
+        let extracted = GgufFile::open(&extracted).unwrap();
+        for info in bundle.base_tensors() {
+            let name = info.name.as_str();
+            let changed = bundle.changes(e, name);
+            assert!(!(s.in_graph(name) && s.managed_type(name).is_some()), "{name}: both in the graph and switched");
+            if changed {
+                assert!(s.in_graph(name) || s.managed_type(name).is_some(), "{name}: changed but neither");
+            }
+            let shape = s.graph_delta_shape(e, name, None).unwrap();
+            let Some(d) = s.graph_delta(e, name, None).unwrap() else {
+                assert_eq!(shape, None, "{name}");
+                continue;
+            };
+            n_in_graph += 1;
+            assert_eq!(shape, Some((d.ty, d.salient_idx.len())), "{name}");
+            let n_in = info.ne[0] as usize;
+            let mut rebuilt = tensor_f32(&base_file, name);
+            let delta = quants::dequantize(d.ty, &d.data, rebuilt.len()).unwrap();
+            if bundle.replaces_whole(e, name) {
+                // a norm: the expert's own vector
+                assert_eq!(delta, tensor_f32(&extracted, name), "{expert} {name}");
+                continue;
+            }
+            for (r, row) in rebuilt.chunks_exact_mut(n_in).enumerate() {
+                for (w, x) in row.iter_mut().zip(&delta[r * n_in..(r + 1) * n_in]) {
+                    *w += x;
+                }
+                for (k, &ch) in d.salient_idx.iter().enumerate() {
+                    row[ch as usize] += d.salient[r * d.salient_idx.len() + k].to_f32();
+                }
+            }
+            let want = tensor_f32(&extracted, name);
+            let err = relative_error(&rebuilt, &want);
+            assert!(err < 2e-3, "{expert} {name}: relative error {err}");
+        }
+    }
+    assert!(n_in_graph > 0, "no weight is applied in the graph");
+    // An expert that does not exist is an error naming the bundle.
+    let err = s.graph_delta(9, "blk.0.attn_q.weight", None).unwrap_err().to_string();
+    assert!(err.contains("no expert 9"), "{err}");
+}

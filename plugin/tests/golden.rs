@@ -28,7 +28,7 @@ fn base_tensors() -> Vec<(&'static str, GgmlType, Vec<u64>)> {
 }
 
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let spec = DeltaSpec { noise: 1.0, rank: 0, low_rank: 0.0, outlier_fraction: 0.0, outlier: 0.0 };
+    let spec = DeltaSpec { noise: 1.0, rank: 0, low_rank: 0.0, outlier_fraction: 0.0, outlier: 0.0, embeddings: 0.0 };
     synth::structured_delta(n, 1, &spec, scale, &mut synth::rng(seed))
 }
 

@@ -1,6 +1,9 @@
-//! The llama.cpp plugin against llama.cpp itself: the patched build running a bundle switched
-//! to an expert must compute exactly what the same build computes on `switchyard extract`'s
-//! standalone GGUF of that expert, and the patch must not change anything for plain models.
+//! The llama.cpp plugin against llama.cpp itself: the patched build running a bundle as its
+//! base must compute exactly what it computes on the base GGUF (the base's weights are used as
+//! the file holds them); switched to an expert, whose delta the graph adds as a second product,
+//! its next-token distributions must stay within a small KL divergence of `switchyard
+//! extract`'s standalone GGUF of that expert (different arithmetic, same weights); and the
+//! patch must not change anything for plain models.
 
 mod common;
 
@@ -53,6 +56,32 @@ fn perplexity(bin: &Path, model: &Path, expert: Option<&str>) -> Vec<f64> {
     ppl
 }
 
+/// Mean KL divergence of `model`'s next-token distributions (switched to `expert`) from
+/// `reference`'s, over 3 chunks of 128 tokens (llama-perplexity --kl-divergence).
+fn kl_divergence(bin: &Path, reference: &Path, model: &Path, expert: Option<&str>, work: &Path) -> f64 {
+    let logits = work.join(format!("logits-{}.bin", reference.file_stem().unwrap().to_string_lossy()));
+    let text = ["-f", "/usr/share/common-licenses/Apache-2.0", "-c", "128", "--chunks", "3", "-t", "2", "-b", "128"];
+    if !logits.exists() {
+        let mut args = vec!["-m", reference.to_str().unwrap(), "--kl-divergence-base", logits.to_str().unwrap()];
+        args.extend(text);
+        ok(run(bin, "llama-perplexity", &args), "llama-perplexity saving logits");
+    }
+    let mut args =
+        vec!["-m", model.to_str().unwrap(), "--kl-divergence-base", logits.to_str().unwrap(), "--kl-divergence"];
+    args.extend(text);
+    if let Some(e) = expert {
+        args.extend(["--expert", e]);
+    }
+    let out = run(bin, "llama-perplexity", &args);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "llama-perplexity --kl-divergence failed:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("Mean") && l.contains("KLD:"))
+        .unwrap_or_else(|| panic!("no KLD in:\n{log}"));
+    line.split("KLD:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
 fn assert_close(a: &[f64], b: &[f64], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}");
     for (x, y) in a.iter().zip(b) {
@@ -69,7 +98,7 @@ fn fixture(smol: &Path) -> Fixture {
     let tiny = Tiny::new(GgmlType::Q8_0, Some(smol));
     let bundle = tiny.path("bundle.gguf");
     sy_ok(&tiny.pack_args(&tiny.experts, &[], &bundle));
-    for e in ["math", "code", "base"] {
+    for e in ["math", "code"] {
         sy_ok(&[
             "extract",
             bundle.to_str().unwrap(),
@@ -83,24 +112,60 @@ fn fixture(smol: &Path) -> Fixture {
 }
 
 #[test]
-fn bundle_switched_to_an_expert_computes_exactly_its_extracted_gguf() {
+fn bundle_runs_its_base_exactly_and_each_expert_within_a_small_kl_of_its_extracted_gguf() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
     let f = fixture(&smol);
-    let mut texts = Vec::new();
-    for e in ["math", "code", "base"] {
+    let work = f.tiny.dir.path();
+    // The base: the same weights and the same arithmetic as the plain base GGUF.
+    let base = f.tiny.base_gguf.clone();
+    let base_text = complete(&bin, &base, None);
+    for expert in [None, Some("base")] {
+        assert_eq!(complete(&bin, &f.bundle, expert), base_text, "completion of the bundle at {expert:?}");
+        assert_close(&perplexity(&bin, &f.bundle, expert), &perplexity(&bin, &base, None), "perplexity of the base");
+    }
+    let mut texts = vec![base_text];
+    for e in ["math", "code"] {
         let extracted = f.tiny.path(&format!("{e}.gguf"));
-        let via_bundle = complete(&bin, &f.bundle, Some(e));
-        assert_eq!(via_bundle, complete(&bin, &extracted, None), "completion of expert {e}");
-        assert_close(
-            &perplexity(&bin, &f.bundle, Some(e)),
-            &perplexity(&bin, &extracted, None),
-            &format!("perplexity of expert {e}"),
-        );
-        texts.push(via_bundle);
+        // W x + D x against (W + D) x in F16: a stated bound, and far below the distance the
+        // expert's delta makes, so a delta left out or applied twice cannot pass.
+        let kl = kl_divergence(&bin, &extracted, &f.bundle, Some(e), work);
+        let kl_base = kl_divergence(&bin, &extracted, &base, None, work);
+        assert!(kl <= 0.005 && kl <= kl_base / 20.0, "expert {e}: KL {kl} from its extracted GGUF (base: {kl_base})");
+        texts.push(complete(&bin, &f.bundle, Some(e)));
     }
     assert!(texts[0] != texts[1] || texts[1] != texts[2], "experts should not all generate the same text");
-    // Without --expert the bundle runs as its base.
-    assert_eq!(complete(&bin, &f.bundle, None), texts[2]);
+}
+
+#[test]
+fn the_delta_type_can_be_chosen_and_a_bad_one_is_refused_by_name() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    let f = fixture(&smol);
+    let bundle = f.bundle.to_str().unwrap();
+    let args = |ty: &str| {
+        let kv = format!("switchyard.delta_type=str:{ty}");
+        let a = ["-m", bundle, "-p", "hi", "-n", "4", "--temp", "0", "-no-cnv", "--no-warmup", "-t", "2", "-c", "128"];
+        let typed = ["--override-kv", kv.as_str()];
+        run(
+            &bin,
+            "llama-completion",
+            &[&a[..], &["--expert", "math", "-v"], if ty.is_empty() { &[] } else { &typed[..] }].concat(),
+        )
+    };
+    // The log (-v) says how many MiB of deltas the graph applies: Q8_0 takes more than the
+    // default (Q4_0, which holds these 2-bit codes exactly).
+    let mib = |out: &Output| -> f64 {
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        let line =
+            log.lines().find(|l| l.contains("expert deltas of")).unwrap_or_else(|| panic!("no delta line in:\n{log}"));
+        line.split("graph, ").nth(1).unwrap().split(" MiB").next().unwrap().parse().unwrap()
+    };
+    let (q8, default) = (mib(&args("q8_0")), mib(&args("")));
+    assert!(q8 > 1.5 * default, "Q8_0 deltas {q8} MiB, default {default} MiB");
+    let bad = args("q9_9");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("switchyard.delta_type") && err.contains("q9_9"), "{err}");
 }
 
 /// llama-cli's single-turn answer (it runs an in-process llama-server).
@@ -122,12 +187,16 @@ fn chat(bin: &Path, model: &Path, expert: Option<&str>) -> String {
 fn llama_cli_expert_option_runs_the_expert() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
     let f = fixture(&smol);
+    // The base exactly as the plain base GGUF answers; the experts answer otherwise.
+    let base = chat(&bin, &f.bundle, Some("base"));
+    assert_eq!(base, chat(&bin, &f.tiny.base_gguf, None), "llama-cli --expert base");
+    // (The tiny random model answers every chat alike, so the switch is read from the log.)
     for e in ["math", "code"] {
-        assert_eq!(
-            chat(&bin, &f.bundle, Some(e)),
-            chat(&bin, &f.tiny.path(&format!("{e}.gguf")), None),
-            "llama-cli --expert {e}"
-        );
+        let mut args = vec!["-m", f.bundle.to_str().unwrap(), "-p", "hi", "-n", "2", "-st", "--simple-io"];
+        args.extend(["--no-warmup", "-c", "256", "-t", "2", "-v", "--expert", e]);
+        let out = Command::new(bin.join("llama-cli")).args(&args).stdin(std::process::Stdio::null()).output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && log.contains(&format!("to '{e}'")), "llama-cli --expert {e}:\n{log}");
     }
 }
 
@@ -151,8 +220,8 @@ fn switching_in_process_matches_fresh_processes_and_unknown_experts_are_refused(
     let switched = generate(&f.bundle, &order);
     assert_eq!(switched.len(), order.len());
     for (e, tokens) in &switched {
-        let fresh = generate(&f.tiny.path(&format!("{e}.gguf")), &[]);
-        assert_eq!(&fresh[0].1, tokens, "expert {e}: tokens after switching differ from its extracted GGUF");
+        let fresh = generate(&f.bundle, &[e.as_str()]);
+        assert_eq!(&fresh[0].1, tokens, "expert {e}: tokens after switching differ from a fresh process's");
     }
     let out = Command::new(&exe).arg(&f.bundle).args(["hello", "4", "poetry"]).output().unwrap();
     assert!(!out.status.success());

@@ -136,6 +136,32 @@ int main(int argc, char ** argv) {
     CHECK(switchyard_model_has_router(model) == 0 && switchyard_model_has_router(NULL) == 0);
     CHECK(switchyard_model_route(model, tokens, 3, -1.0f, &routed, NULL) == SWITCHYARD_RESULT_NOT_FOUND);
 
+    /* The deltas a host applies in its graph: the shape without converting, then the parts. */
+    const char * w = "blk.0.attn_q.weight";
+    CHECK(switchyard_model_in_graph(model, w) == 1 && switchyard_model_in_graph(model, "token_embd.weight") == 0);
+    CHECK(switchyard_model_in_graph(NULL, w) == 0);
+    int32_t type = -2;
+    uint32_t n_salient = 999;
+    CHECK(switchyard_model_graph_delta_shape(model, 0, w, -1, &type, &n_salient) == SWITCHYARD_RESULT_OK && type >= 0);
+    CHECK(switchyard_model_graph_delta_shape(model, 0, w, -1, NULL, &n_salient) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    switchyard_graph_delta * delta = NULL;
+    CHECK(switchyard_model_graph_delta(model, 0, w, -1, &delta) == SWITCHYARD_RESULT_OK && delta != NULL);
+    switchyard_graph_delta_parts parts;
+    CHECK(switchyard_graph_delta_get_parts(delta, &parts) == SWITCHYARD_RESULT_OK);
+    CHECK(parts.ggml_type == type && parts.n_salient == n_salient && parts.data != NULL && parts.data_size > 0);
+    CHECK(parts.n_salient == 0 || (parts.salient_idx != NULL && parts.salient != NULL));
+    CHECK(switchyard_graph_delta_get_parts(NULL, &parts) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    switchyard_graph_delta_free(delta);
+    switchyard_graph_delta_free(NULL);
+    CHECK(switchyard_model_graph_delta(model, 9, w, -1, &delta) == SWITCHYARD_RESULT_NOT_FOUND);
+    CHECK(switchyard_model_graph_delta(model, 0, w, 100000, &delta) == SWITCHYARD_RESULT_INVALID);
+    /* a tensor switched in place, or unknown: no delta in the graph's form, and no error */
+    delta = (switchyard_graph_delta *) &type;
+    CHECK(switchyard_model_graph_delta(model, 0, "token_embd.weight", -1, &delta) == SWITCHYARD_RESULT_OK && delta == NULL);
+    CHECK(switchyard_model_graph_delta(model, 0, "not.a.tensor", -1, &delta) == SWITCHYARD_RESULT_OK && delta == NULL);
+    switchyard_model_release_resident(model);
+    switchyard_model_release_resident(NULL);
+
     switchyard_model_free(model);
     switchyard_model_free(NULL);
     for (int i = 0; i < n; i++) {

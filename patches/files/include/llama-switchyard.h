@@ -23,11 +23,13 @@ extern "C" {
     // model is not a bundle. Valid as long as the model.
     LLAMA_API const char * llama_switchyard_current_expert(const struct llama_model * model);
 
-    // Switch the model behind ctx to expert `name` ("base" for the base model): writes
-    // W_base + delta into every weight the experts change, then clears ctx's memory (KV cache).
-    // The expert belongs to the model, so every context of the model sees the switch: the
-    // caller must not decode on another context of the model while this runs. Waits for ctx's
-    // pending work first. Switching to the expert already in place only clears the memory.
+    // Switch the model behind ctx to expert `name` ("base" for the base model): the graph adds
+    // that expert's deltas from the next batch on (the few tensors experts replace whole, norms
+    // and biases, are rewritten), ctx's per-sequence experts are forgotten, and ctx's memory
+    // (KV cache) is cleared. The expert belongs to the model, so every context of the model
+    // sees the switch: the caller must not decode on another context of the model while this
+    // runs. Waits for ctx's pending work first. Switching to the expert already in place only
+    // clears the memory.
     // Returns 0 on success, -1 for an unknown name (the log lists the valid ones), -2 when the
     // model is not a bundle, -3 on any other failure (logged; switch again before decoding).
     LLAMA_API int32_t llama_switchyard_set_expert(struct llama_context * ctx, const char * name);
@@ -36,6 +38,20 @@ extern "C" {
     // sequence's cache with the expert that computed it (llama-server gives each slot one
     // expert and drops a slot's cache when its expert changes).
     LLAMA_API int32_t llama_switchyard_set_expert_keep_memory(struct llama_context * ctx, const char * name);
+
+    // The expert that serves sequence `seq_id` of ctx ("base" for the base model; NULL: the
+    // model's expert, as set by llama_switchyard_set_expert). Sequences of one batch may use
+    // different experts: each token's products add its own sequence's expert deltas. The
+    // experts that replace a norm or bias whole need the model's expert to be theirs:
+    // llama_switchyard_seq_experts_ok tells whether a model can mix experts in a batch.
+    // Leaves the memory alone (a host keeps each sequence's cache with the expert that
+    // computed it). Returns 0 on success, -1 for an unknown name, -2 when the model is not a
+    // bundle.
+    LLAMA_API int32_t llama_switchyard_set_seq_expert(struct llama_context * ctx, llama_seq_id seq_id, const char * name);
+
+    // Whether sequences of one batch can run different experts on this model (no expert
+    // replaces a tensor whole, which is switched for the model, not per token).
+    LLAMA_API bool llama_switchyard_seq_experts_ok(const struct llama_model * model);
 
     // Whether the bundle carries a router (`switchyard router train`), so "auto" can pick experts.
     LLAMA_API bool llama_switchyard_has_router(const struct llama_model * model);

@@ -8,6 +8,8 @@
 
 #include "gguf.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -15,12 +17,37 @@
 #include <stdexcept>
 #include <vector>
 
-// The bundle's state lives in the library: names, the expert in place, the router.
-struct llama_switchyard {
-    switchyard_model * handle = nullptr;
+std::string llama_switchyard_override_str(const llama_model_loader & ml, const char * key, const char * fallback) {
+    const auto it = ml.kv_overrides.find(key);
+    if (it == ml.kv_overrides.end()) {
+        return fallback;
+    }
+    if (it->second.tag != LLAMA_KV_OVERRIDE_TYPE_STR) {
+        throw std::runtime_error(format("switchyard: override %s must be a string", key));
+    }
+    return it->second.val_str;
+}
 
-    ~llama_switchyard() { switchyard_model_free(handle); }
-};
+// The ggml type named `name` (as ggml_type_name spells it, any case), or -1 for "".
+static int32_t llama_switchyard_type_by_name(const std::string & name) {
+    if (name.empty()) {
+        return -1;
+    }
+    std::string known;
+    for (int t = 0; t < GGML_TYPE_COUNT; t++) {
+        const char * tn = ggml_type_name((ggml_type) t);
+        if (tn == nullptr || ggml_type_size((ggml_type) t) == 0) {
+            continue; // removed types
+        }
+        const bool same = strlen(tn) == name.size() && std::equal(name.begin(), name.end(), tn,
+            [](char a, char b) { return tolower((unsigned char) a) == tolower((unsigned char) b); });
+        if (same) {
+            return t;
+        }
+        known += std::string(known.empty() ? "" : ", ") + tn;
+    }
+    throw std::runtime_error("switchyard: switchyard.delta_type: unknown ggml type '" + name + "' (types: " + known + ")");
+}
 
 llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::string & fname, size_t n_splits) {
     if (gguf_find_key(ml.metadata, "switchyard.format_version") < 0) {
@@ -37,6 +64,7 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
     if (res != SWITCHYARD_RESULT_OK) {
         throw std::runtime_error("switchyard: " + llama_switchyard_error(res));
     }
+    sy->delta_type = llama_switchyard_type_by_name(llama_switchyard_override_str(ml, "switchyard.delta_type", ""));
     switchyard_model * handle = sy->handle;
     ml.type_override = [handle](const std::string & name, ggml_type & type) {
         const int32_t t = switchyard_model_tensor_type(handle, name.c_str());
@@ -51,7 +79,7 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
     for (int32_t i = 0; i < n_experts; i++) {
         names += std::string(names.empty() ? "" : ", ") + switchyard_model_expert_name(handle, i);
     }
-    LLAMA_LOG_INFO("%s: switchyard bundle, %d experts (%s), %u weights switchable\n", __func__,
+    LLAMA_LOG_INFO("%s: switchyard bundle, %d experts (%s), %u weights switched in place, the rest applied in the graph\n", __func__,
         n_experts, names.c_str(), switchyard_model_n_managed(handle));
     return sy.release();
 }
@@ -110,6 +138,7 @@ void llama_switchyard_bind(llama_switchyard * sy, llama_model & model) {
     if (res != SWITCHYARD_RESULT_OK) {
         throw std::runtime_error("switchyard: " + llama_switchyard_error(res));
     }
+    llama_switchyard_load_deltas(sy, model);
 }
 
 void llama_switchyard_free(llama_switchyard * sy) {
@@ -162,6 +191,8 @@ static int32_t llama_switchyard_switch(llama_context * ctx, const char * name, b
         return res == SWITCHYARD_RESULT_NOT_FOUND ? -1 : -3;
     }
     if (clear_memory) {
+        // every sequence starts over with the model's expert
+        sy->seq_experts.erase(ctx);
         llama_memory_clear(llama_get_memory(ctx), true);
     }
     if (before != name) {
@@ -177,6 +208,35 @@ int32_t llama_switchyard_set_expert(llama_context * ctx, const char * name) {
 
 int32_t llama_switchyard_set_expert_keep_memory(llama_context * ctx, const char * name) {
     return llama_switchyard_switch(ctx, name, false);
+}
+
+int32_t llama_switchyard_set_seq_expert(llama_context * ctx, llama_seq_id seq_id, const char * name) {
+    const llama_model * model = ctx ? llama_get_model(ctx) : nullptr;
+    if (!model || !model->switchyard) {
+        LLAMA_LOG_ERROR("%s: the model was not loaded from a switchyard bundle\n", __func__);
+        return -2;
+    }
+    llama_switchyard * sy = model->switchyard;
+    if (name == nullptr) {
+        sy->seq_experts[ctx].erase(seq_id);
+        return 0;
+    }
+    int32_t index = -1;
+    if (strcmp(name, "base") != 0) {
+        const uint32_t n = switchyard_model_n_experts(sy->handle);
+        for (index = 0; index < (int32_t) n && strcmp(switchyard_model_expert_name(sy->handle, index), name) != 0; index++) {
+        }
+        if (index == (int32_t) n) {
+            LLAMA_LOG_ERROR("%s: no expert '%s'\n", __func__, name);
+            return -1;
+        }
+    }
+    sy->seq_experts[ctx][seq_id] = index;
+    return 0;
+}
+
+bool llama_switchyard_seq_experts_ok(const llama_model * model) {
+    return model && model->switchyard && switchyard_model_n_managed(model->switchyard->handle) == 0;
 }
 
 bool llama_switchyard_has_router(const llama_model * model) {

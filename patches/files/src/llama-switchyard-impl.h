@@ -4,12 +4,14 @@
 // loader's hooks, and the helpers the bundle, recording and MoE-cache files share.
 //
 //   llama-switchyard-bundle.cpp     bundles: attach at load, bind the weights, switch, route
+//   llama-switchyard-graph.cpp      bundles: the experts' deltas, loaded and applied in the graph
 //   llama-switchyard-record.cpp     routing traces and FFN-input captures (graph callbacks)
 //   llama-switchyard-moe-cache.cpp  --moe-cache: experts read on demand (graph callback)
 
 #include "llama-switchyard.h" // the public API (include/)
 
 #include "ggml-backend.h"
+#include "ggml-cpp.h"
 #include "ggml.h"
 #include "switchyard.h"
 
@@ -17,11 +19,55 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
+struct llama_context;
 struct llama_model;
 struct llama_model_loader;
-struct llama_switchyard;
+struct llm_graph_context;
+struct llm_graph_params;
+struct llama_switchyard_graph_input;
+
+// One expert's delta of one weight, as the graph applies it: y = W x + a x + salient x[salient_idx]
+// (switchyard_graph_delta_parts in switchyard.h).
+struct llama_switchyard_delta {
+    ggml_tensor * a           = nullptr; // the weight's shape, in a ggml type (a view of `stack` when there is one)
+    ggml_tensor * salient_idx = nullptr; // I32 [n_salient], or nullptr
+    ggml_tensor * salient     = nullptr; // F16 [n_salient, the weight's rows...]
+};
+
+// Every expert's deltas of one weight.
+struct llama_switchyard_weight {
+    std::vector<llama_switchyard_delta> experts; // one per expert (a == nullptr: unchanged)
+    // a 2-D weight whose experts' deltas share one type: all of them stacked, [ne0, ne1, n_experts]
+    // (zeros for an expert that leaves it unchanged), so that one ggml_mul_mat_id applies each
+    // token's own expert in a batch of mixed experts
+    ggml_tensor * stack = nullptr;
+    // a norm's weight: F32 [ne0, 1 + n_experts], the base's row then each expert's
+    ggml_tensor * rows = nullptr;
+};
+
+// Which expert serves each sequence of a context (llama_switchyard_set_seq_expert).
+using llama_switchyard_seq_experts = std::unordered_map<int32_t, int32_t>;
+
+// A bundle loaded into a model. Its state (names, the expert in place, the router) lives in
+// the library; the deltas the graph applies live in ggml buffers here.
+struct llama_switchyard {
+    switchyard_model * handle = nullptr;
+
+    std::unordered_map<std::string, llama_switchyard_weight> weights; // by weight name
+    std::vector<ggml_context_ptr>        delta_ctxs;
+    std::vector<ggml_backend_buffer_ptr> delta_bufs;
+
+    // the codec deltas' ggml type (--override-kv switchyard.delta_type=str:TYPE), -1: the library's choice
+    int32_t delta_type = -1;
+
+    // per context: the sequences given an expert of their own
+    std::unordered_map<const llama_context *, llama_switchyard_seq_experts> seq_experts;
+
+    ~llama_switchyard() { switchyard_model_free(handle); }
+};
 
 // If the file being loaded is a switchyard bundle, open it and install the loader hook that
 // creates the weights it manages in the plugin's type; nullptr for any other model. Throws on
@@ -32,6 +78,32 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
 void llama_switchyard_bind(llama_switchyard * sy, llama_model & model);
 
 void llama_switchyard_free(llama_switchyard * sy);
+
+// Convert every expert's deltas of the weights applied in the graph and load them next to
+// their weights (on the weight's device). Throws naming the tensor on failure.
+void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model);
+
+// The bundle, the context's per-sequence experts and the expert in place, into a graph's
+// parameters (llama_context::graph_params). Which experts a batch's tokens use is the graph's
+// structure: a graph is reused only for a batch with the same experts.
+void llama_switchyard_graph_params(const llama_context & lctx, const llama_model & model, llm_graph_params & params);
+
+// Graph nodes the deltas add at most (llama_context::graph_max_nodes).
+uint32_t llama_switchyard_graph_nodes(const llama_model & model);
+
+// res = W cur (ids: W is a MoE weight and res = mul_mat_id(W, cur, ids)) plus, for each token,
+// the delta of W of the token's expert times cur; res unchanged where no token has an expert
+// that changes W.
+ggml_tensor * llama_switchyard_build_mm(const llm_graph_context & g, ggml_tensor * w, ggml_tensor * cur,
+        ggml_tensor * ids, ggml_tensor * res);
+
+// cur times the norm weight W, each token's expert's where the bundle's experts replace W.
+ggml_tensor * llama_switchyard_build_norm(const llm_graph_context & g, ggml_tensor * w, ggml_tensor * cur);
+
+// embd = rows `tokens` of W plus the same rows of each token's expert's delta of W (the token
+// embeddings).
+ggml_tensor * llama_switchyard_build_rows(const llm_graph_context & g, ggml_tensor * w, ggml_tensor * tokens,
+        ggml_tensor * embd);
 
 struct llama_switchyard_moe_cache;
 
@@ -45,6 +117,10 @@ void llama_switchyard_moe_cache_bind(llama_switchyard_moe_cache * cache, llama_m
 
 // Logs what the cache did and releases it.
 void llama_switchyard_moe_cache_free(llama_switchyard_moe_cache * cache);
+
+// The string the command line's --override-kv gives `key` (the --moe-* options and
+// switchyard.delta_type are such overrides), else `fallback`. Throws when it is not a string.
+std::string llama_switchyard_override_str(const llama_model_loader & ml, const char * key, const char * fallback);
 
 // Empty when the library linked in implements the ABI of the header this was compiled with,
 // else what is wrong. Checked before the first call that opens a library object (a bundle, a

@@ -18,19 +18,8 @@ struct llama_switchyard_moe_cache {
     switchyard_moe_cache * handle = nullptr;
 };
 
-static std::string switchyard_override_str(const llama_model_loader & ml, const char * key, const char * fallback) {
-    const auto it = ml.kv_overrides.find(key);
-    if (it == ml.kv_overrides.end()) {
-        return fallback;
-    }
-    if (it->second.tag != LLAMA_KV_OVERRIDE_TYPE_STR) {
-        throw std::runtime_error(format("switchyard: override %s must be a string", key));
-    }
-    return it->second.val_str;
-}
-
 llama_switchyard_moe_cache * llama_switchyard_moe_cache_attach(llama_model_loader & ml, const std::string & fname, size_t n_splits, bool is_bundle) {
-    const std::string budget = switchyard_override_str(ml, "switchyard.moe_cache", "");
+    const std::string budget = llama_switchyard_override_str(ml, "switchyard.moe_cache", "");
     if (budget.empty()) {
         return nullptr;
     }
@@ -41,7 +30,7 @@ llama_switchyard_moe_cache * llama_switchyard_moe_cache_attach(llama_model_loade
         throw std::runtime_error(mismatch);
     }
     switchyard_moe_cache_params params = switchyard_moe_cache_default_params();
-    const std::string policy = switchyard_override_str(ml, "switchyard.moe_policy", params.policy);
+    const std::string policy = llama_switchyard_override_str(ml, "switchyard.moe_policy", params.policy);
     params.budget = budget.c_str();
     params.policy = policy.c_str();
     const auto threshold = [&ml](const char * key, float fallback) {

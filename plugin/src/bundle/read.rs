@@ -169,6 +169,35 @@ impl Bundle {
         changed.then_some(if needs_f32 { GgmlType::F32 } else { GgmlType::F16 })
     }
 
+    /// The file's tensor holding part `part` (`codes`, `sal_idx`, `delta`, ...) of expert `e`'s
+    /// delta of base tensor `base`.
+    pub fn delta_part(&self, e: usize, base: &str, part: &str) -> Option<&TensorInfo> {
+        self.index[e].get(base)?.get(part).map(|&ti| &self.file.tensors[ti])
+    }
+
+    /// The file's tensors that hold expert `e`'s delta of base tensor `base` (none when unchanged).
+    pub fn delta_tensors(&self, e: usize, base: &str) -> impl Iterator<Item = &TensorInfo> {
+        self.index[e].get(base).into_iter().flat_map(|parts| parts.values()).map(|&ti| &self.file.tensors[ti])
+    }
+
+    /// Whether expert `e` stores base tensor `base` whole (a `replace` delta) instead of a difference.
+    pub fn replaces_whole(&self, e: usize, base: &str) -> bool {
+        self.index[e].get(base).is_some_and(|parts| parts.contains_key("full"))
+    }
+
+    /// Whether the host applies the experts' deltas of base tensor `base` in its graph
+    /// ([`super::in_graph`]) rather than switching the tensor in place: some expert changes it,
+    /// and it is a norm's weight, or the graph reaches it through a hooked product and no
+    /// expert replaces it whole.
+    pub fn in_graph(&self, base: &str) -> bool {
+        let Some(info) = self.file.tensor(base) else { return false };
+        let changed = (0..self.experts.len()).any(|e| self.changes(e, base));
+        let replaced = (0..self.experts.len()).any(|e| self.replaces_whole(e, base));
+        changed
+            && (super::in_graph::is_norm_weight(base, &info.ne)
+                || (super::in_graph::applies_in_graph(base, &info.ne) && !replaced))
+    }
+
     /// Bytes the stored deltas of expert `e` take in the file.
     pub fn expert_bytes(&self, e: usize) -> u64 {
         self.index[e].values().flat_map(|p| p.values()).map(|&ti| self.file.tensors[ti].n_bytes()).sum()

@@ -149,7 +149,25 @@ pub fn add_delta_row(delta: &CompressedDelta, r: usize, row: &mut [f32]) {
     for (s, &c) in saved.iter_mut().zip(&delta.salient_idx) {
         *s = row[c as usize];
     }
+    add_codes_row(delta, r, row);
+    for ((&c, &b), k) in delta.salient_idx.iter().zip(saved.iter()).zip(0..) {
+        row[c as usize] = b + salient_value(delta, r, k);
+    }
+}
 
+/// The delta's value at row `r`, salient channel `k` (the k-th of `salient_idx`).
+#[inline]
+pub fn salient_value(delta: &CompressedDelta, r: usize, k: usize) -> f32 {
+    let n_sal = delta.salient_idx.len();
+    match &delta.salient {
+        SalientValues::F16(v) => v[r * n_sal + k].to_f32(),
+        SalientValues::Q8 { values, steps } => values[r * n_sal + k] as f32 * steps[k].to_f32(),
+    }
+}
+
+/// Add row `r` of the low-bit codes, every channel decoded from its code (salient channels
+/// included, whose codes the full delta ignores), to `row`.
+pub fn add_codes_row(delta: &CompressedDelta, r: usize, row: &mut [f32]) {
     let rb = delta.row_code_bytes();
     let codes = &delta.codes[r * rb..(r + 1) * rb];
     let (group, steps) = match delta.layout {
@@ -176,19 +194,6 @@ pub fn add_delta_row(delta: &CompressedDelta, r: usize, row: &mut [f32]) {
             3 => add_3bit(cg, s, rg),
             4 => add_lut(cg, &l.b4, s, rg),
             _ => unreachable!("validated"),
-        }
-    }
-
-    match &delta.salient {
-        SalientValues::F16(v) => {
-            for ((&c, &b), &x) in delta.salient_idx.iter().zip(saved.iter()).zip(&v[r * n_sal..(r + 1) * n_sal]) {
-                row[c as usize] = b + x.to_f32();
-            }
-        }
-        SalientValues::Q8 { values, steps } => {
-            for (k, (&c, &b)) in delta.salient_idx.iter().zip(saved.iter()).enumerate() {
-                row[c as usize] = b + values[r * n_sal + k] as f32 * steps[k].to_f32();
-            }
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod matmul;
 pub mod quantizer;
 
 pub use compress::{compress, compress_with_feedback};
-pub use decompress::{add_delta_row, decompress_f32, reconstruct_into, Output};
+pub use decompress::{add_codes_row, add_delta_row, decompress_f32, reconstruct_into, salient_value, Output};
 pub use feedback::ErrorFeedback;
 
 use half::f16;

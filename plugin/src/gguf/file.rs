@@ -76,6 +76,32 @@ impl GgufFile {
         &self.mmap
     }
 
+    /// Drop the file's pages from this process's resident memory (they stay in the page cache
+    /// and are read back on the next access). For a host that maps the same file itself, pages
+    /// read through both maps would otherwise count twice in its RSS.
+    pub fn release_resident(&self) {
+        self.release_range(0, self.mmap.len());
+    }
+
+    /// [`GgufFile::release_resident`] for one tensor's bytes.
+    pub fn release_tensor(&self, info: &TensorInfo) {
+        if let (Ok(start), Ok(len)) = (usize::try_from(self.data_offset + info.offset), usize::try_from(info.n_bytes()))
+        {
+            if start.checked_add(len).is_some_and(|end| end <= self.mmap.len()) {
+                self.release_range(start, len);
+            }
+        }
+    }
+
+    fn release_range(&self, _start: usize, _len: usize) {
+        // SAFETY: the map is a read-only shared file map: MADV_DONTNEED only drops its page
+        // table entries, and the next access reads the same bytes from the page cache.
+        #[cfg(unix)]
+        if _len > 0 {
+            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, _start, _len) };
+        }
+    }
+
     /// O(1) lookup. The fields are public, so the index is confirmed against `tensors` and a
     /// linear search is the fallback if the caller has edited the list.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {

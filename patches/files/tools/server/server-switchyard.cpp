@@ -110,8 +110,34 @@ bool server_switchyard_request_expert(const llama_model * model, const std::vect
     return true;
 }
 
+bool server_switchyard_mixes_experts(const llama_model * model) {
+#ifdef LLAMA_SWITCHYARD
+    return llama_switchyard_seq_experts_ok(model);
+#else
+    GGML_UNUSED(model);
+    return false;
+#endif
+}
+
+bool server_switchyard_assign_slot(llama_context * ctx, int32_t seq_id, const std::string & expert) {
+#ifdef LLAMA_SWITCHYARD
+    if (expert.empty() || !llama_switchyard_seq_experts_ok(llama_get_model(ctx))) {
+        return true;
+    }
+    if (llama_switchyard_set_seq_expert(ctx, seq_id, expert.c_str()) == 0) {
+        return true;
+    }
+    SRV_ERR("cannot give slot %d expert '%s'\n", seq_id, expert.c_str());
+    return false;
+#else
+    GGML_UNUSED(ctx);
+    GGML_UNUSED(seq_id);
+    return expert.empty();
+#endif
+}
+
 bool server_switchyard_prepare_batch(llama_context * ctx, const std::string & expert) {
-    if (expert.empty()) {
+    if (expert.empty() || server_switchyard_mixes_experts(llama_get_model(ctx))) {
         return true;
     }
 #ifdef LLAMA_SWITCHYARD

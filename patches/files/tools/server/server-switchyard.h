@@ -30,7 +30,16 @@ bool server_switchyard_request_expert(const llama_model * model, const std::vect
                                       const std::set<std::string> & model_aliases, const json & data,
                                       std::string & expert, std::string & error, error_type & error_kind);
 
-// Puts `expert` ("base" or a name) into the weights before a batch of its slots decodes; each
-// slot keeps its own KV cache. Nothing to do for an empty expert (not a bundle). Returns false
-// (logged) when the switch failed: the weights may then hold a mix of experts.
+// Whether one batch can hold slots of different experts: each token's products add its own
+// sequence's expert deltas (llama_switchyard_seq_experts_ok). False for any other model.
+bool server_switchyard_mixes_experts(const llama_model * model);
+
+// Gives slot (sequence) `seq_id` its task's expert for every batch it joins, on a model that
+// mixes experts; nothing to do otherwise. Returns false (logged) for an expert the model lacks.
+bool server_switchyard_assign_slot(llama_context * ctx, int32_t seq_id, const std::string & expert);
+
+// On a bundle that cannot mix experts in a batch: puts `expert` ("base" or a name) in place
+// before a batch of its slots decodes; each slot keeps its own KV cache. Nothing to do for an
+// empty expert (not a bundle) or a model that mixes experts. Returns false (logged) when the
+// switch failed: the replaced tensors may then hold a mix of experts.
 bool server_switchyard_prepare_batch(llama_context * ctx, const std::string & expert);

@@ -77,7 +77,7 @@ fn synthetic_job(a: &DecompressArgs) -> Result<Job> {
     let w = synth::structured_delta(
         a.cols,
         a.rows,
-        &DeltaSpec { noise: 1.0, rank: 0, low_rank: 0.0, outlier_fraction: 0.0, outlier: 0.0 },
+        &DeltaSpec { noise: 1.0, rank: 0, low_rank: 0.0, outlier_fraction: 0.0, outlier: 0.0, embeddings: 0.0 },
         0.02,
         &mut rng,
     );

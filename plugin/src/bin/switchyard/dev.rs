@@ -70,12 +70,16 @@ pub fn from_hf(a: FromHfArgs) -> Result<()> {
 
 #[derive(Subcommand)]
 pub enum SynthCommand {
-    /// A tiny random llama model (Hugging Face folder) with a given vocabulary size; with
-    /// --experts, a Mixtral-style mixture of experts.
-    Tiny {
+    /// A random llama model (Hugging Face folder, F32) with a given vocabulary size, tiny or of
+    /// a real model's shapes; with --experts, a Mixtral-style mixture of experts.
+    #[command(alias = "tiny")]
+    Model {
         /// Take the vocabulary size from this GGUF's tokenizer.
         #[arg(long)]
         vocab_from: PathBuf,
+        /// tiny (2 layers of width 64, for tests) or llama-3.2-1b (16 layers of width 2048).
+        #[arg(long, default_value = "tiny")]
+        shape: String,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Experts per layer (a Mixtral-style model).
@@ -96,6 +100,9 @@ pub enum SynthCommand {
         /// Scale of the whole delta relative to the default structure.
         #[arg(long, default_value_t = 1.0)]
         strength: f32,
+        /// Relative RMS of a change to the token embeddings (default: untouched).
+        #[arg(long, default_value_t = 0.0)]
+        embeddings: f32,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -103,7 +110,12 @@ pub enum SynthCommand {
 
 pub fn synth(c: SynthCommand) -> Result<()> {
     match c {
-        SynthCommand::Tiny { vocab_from, seed, experts, used, output } => {
+        SynthCommand::Model { vocab_from, shape, seed, experts, used, output } => {
+            let dims = match shape.as_str() {
+                "tiny" => synth::Dims::TINY,
+                "llama-3.2-1b" => synth::Dims::LLAMA_3_2_1B,
+                _ => anyhow::bail!("--shape {shape}: expected tiny or llama-3.2-1b"),
+            };
             let tok = GgufFile::open(&vocab_from)?;
             let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens")?.len();
             if let Some(n) = experts {
@@ -112,15 +124,16 @@ pub fn synth(c: SynthCommand) -> Result<()> {
                 }
             }
             let moe = experts.map(|n_expert| synth::MoeShape { n_expert, n_used: used });
-            synth::tiny_model(&output, vocab, moe, seed)?;
+            synth::random_model(&output, vocab, dims, moe, seed)?;
             println!("wrote {} (vocab {vocab})", output.display());
         }
-        SynthCommand::Expert { base, seed, strength, output } => {
+        SynthCommand::Expert { base, seed, strength, embeddings, output } => {
             let d = DeltaSpec::default();
             let spec = DeltaSpec {
                 noise: d.noise * strength,
                 low_rank: d.low_rank * strength,
                 outlier: d.outlier * strength,
+                embeddings,
                 ..d
             };
             synth::make_expert(&HfModel::open(&base)?, &output, &spec, seed)?;
