@@ -212,17 +212,20 @@ struct llama_switchyard_graph_input : public llm_graph_input_i {
     llama_switchyard_graph_input(const llama_switchyard_seq_experts * seq, int32_t dflt, const std::vector<int32_t> & tokens)
         : seq(seq), dflt(dflt), sig(tokens) {}
 
+    // An input no product of this graph reads was never allocated.
+    static bool used(const ggml_tensor * t) { return t && t->buffer; }
+
     void set_input(const llama_ubatch * ub) override {
         const std::vector<int32_t> tokens = llama_switchyard_token_experts(*ub, seq, dflt);
         const size_t n = tokens.size();
-        if (ids) {
+        if (used(ids)) {
             std::vector<int32_t> v(n);
             for (size_t i = 0; i < n; i++) {
                 v[i] = tokens[i] < 0 ? sig.experts[0] : tokens[i]; // masked off below
             }
             ggml_backend_tensor_set(ids, v.data(), 0, n * sizeof(int32_t));
         }
-        if (rows) {
+        if (used(rows)) {
             std::vector<int32_t> v(n);
             for (size_t i = 0; i < n; i++) {
                 v[i] = 1 + tokens[i];
@@ -230,7 +233,7 @@ struct llama_switchyard_graph_input : public llm_graph_input_i {
             ggml_backend_tensor_set(rows, v.data(), 0, n * sizeof(int32_t));
         }
         auto fill = [&](ggml_tensor * t, auto pick) {
-            if (t) {
+            if (used(t)) {
                 std::vector<float> v(n);
                 for (size_t i = 0; i < n; i++) {
                     v[i] = pick(tokens[i]) ? 1.0f : 0.0f;
@@ -376,9 +379,11 @@ ggml_tensor * llama_switchyard_build_mm(const llm_graph_context & g, ggml_tensor
     if (!ids) {
         x = ggml_reshape_2d(ctx0, ggml_is_contiguous(cur) ? cur : ggml_cont(ctx0, cur), cur->ne[0], n_cols);
     }
+    // a batch of mixed experts: each column with its own expert's delta in one product (a
+    // batch of one expert takes that expert's slice: ggml_mul_mat is the cheaper op)
+    const bool stacked = weight->stack && ids == nullptr && sig.mixed();
     ggml_tensor * dx = nullptr;
-    if (weight->stack && ids == nullptr) {
-        // each column with its own expert's delta in one product
+    if (stacked) {
         ggml_tensor * t = ggml_mul_mat_id(ctx0, weight->stack, ggml_reshape_3d(ctx0, x, x->ne[0], 1, n_cols),
             llama_switchyard_per_column(g, inp->ids, n_cols));
         dx = masked(ggml_reshape_2d(ctx0, t, t->ne[0], n_cols), inp->has_expert);
@@ -389,7 +394,7 @@ ggml_tensor * llama_switchyard_build_mm(const llm_graph_context & g, ggml_tensor
             continue;
         }
         ggml_tensor * mask = sig.mixed() ? inp->masks[k] : nullptr;
-        if (!weight->stack || ids) {
+        if (!stacked) {
             dx = llama_switchyard_sum(ctx0, dx, masked(ids ? ggml_mul_mat_id(ctx0, d.a, x, ids) : ggml_mul_mat(ctx0, d.a, x), mask));
         }
         if (d.salient) {
