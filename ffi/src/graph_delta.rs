@@ -37,7 +37,8 @@ pub struct switchyard_graph_delta_parts {
 }
 
 /// The codec deltas' type a host asked for: an `enum ggml_type` value, or -1 for the library's
-/// choice (Q4_0 where it holds the codes exactly, else Q8_0).
+/// choice (Q2_K where it takes the codes as they are, else Q4_0 where it holds them exactly,
+/// else Q8_0: `switchyard::bundle::in_graph::codec_type`).
 fn requested_type(ty: i32) -> Result<Option<GgmlType>, switchyard_result> {
     if ty < 0 {
         return Ok(None);

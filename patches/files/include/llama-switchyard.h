@@ -24,9 +24,9 @@ extern "C" {
     LLAMA_API const char * llama_switchyard_current_expert(const struct llama_model * model);
 
     // Switch the model behind ctx to expert `name` ("base" for the base model): the graph adds
-    // that expert's deltas from the next batch on (the few tensors experts replace whole, norms
-    // and biases, are rewritten), ctx's per-sequence experts are forgotten, and ctx's memory
-    // (KV cache) is cleared. The expert belongs to the model, so every context of the model
+    // that expert's deltas from the next batch on (tensors the graph cannot apply per token,
+    // such as biases an expert replaces, are rewritten), ctx's per-sequence experts are
+    // forgotten, and ctx's memory (KV cache) is cleared. The expert belongs to the model, so every context of the model
     // sees the switch: the caller must not decode on another context of the model while this
     // runs. Waits for ctx's pending work first. Switching to the expert already in place only
     // clears the memory.
@@ -42,11 +42,12 @@ extern "C" {
     // The expert that serves sequence `seq_id` of ctx ("base" for the base model; NULL: the
     // model's expert, as set by llama_switchyard_set_expert). Sequences of one batch may use
     // different experts: each token's products add its own sequence's expert deltas. The
-    // experts that replace a norm or bias whole need the model's expert to be theirs:
-    // llama_switchyard_seq_experts_ok tells whether a model can mix experts in a batch.
-    // Leaves the memory alone (a host keeps each sequence's cache with the expert that
-    // computed it). Returns 0 on success, -1 for an unknown name, -2 when the model is not a
-    // bundle.
+    // experts that replace a tensor the graph cannot apply per token (a bias) need the
+    // model's expert to be theirs: llama_switchyard_seq_experts_ok tells whether a model can
+    // mix experts in a batch. Leaves the memory alone (a host keeps each sequence's cache
+    // with the expert that computed it). Call from the thread that decodes on ctx. Returns 0
+    // on success, -1 for an unknown name, -2 when the model is not a bundle, -3 when it
+    // cannot mix experts.
     LLAMA_API int32_t llama_switchyard_set_seq_expert(struct llama_context * ctx, llama_seq_id seq_id, const char * name);
 
     // Whether sequences of one batch can run different experts on this model (no expert

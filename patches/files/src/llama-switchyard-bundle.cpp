@@ -59,6 +59,14 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
     if (n_splits > 1) {
         throw std::runtime_error("switchyard: split bundles are not supported: " + fname);
     }
+    // The deltas are applied where llama.cpp multiplies by a weight through build_lora_mm and
+    // friends; these architectures do so for every weight a bundle changes (others multiply by
+    // some, e.g. the output, directly, and would silently run without that delta).
+    static const char * const in_graph_archs[] = { "llama", "qwen2" };
+    const std::string arch = ml.get_arch_name();
+    if (std::find(std::begin(in_graph_archs), std::end(in_graph_archs), arch) == std::end(in_graph_archs)) {
+        throw std::runtime_error("switchyard: " + fname + ": bundles of architecture '" + arch + "' are not supported (supported: llama, qwen2)");
+    }
     auto sy = std::make_unique<llama_switchyard>();
     const switchyard_result res = switchyard_model_init(fname.c_str(), &sy->handle);
     if (res != SWITCHYARD_RESULT_OK) {
@@ -192,7 +200,7 @@ static int32_t llama_switchyard_switch(llama_context * ctx, const char * name, b
     }
     if (clear_memory) {
         // every sequence starts over with the model's expert
-        sy->seq_experts.erase(ctx);
+        llama_switchyard_forget_context(*model, ctx);
         llama_memory_clear(llama_get_memory(ctx), true);
     }
     if (before != name) {
@@ -217,6 +225,11 @@ int32_t llama_switchyard_set_seq_expert(llama_context * ctx, llama_seq_id seq_id
         return -2;
     }
     llama_switchyard * sy = model->switchyard;
+    if (!llama_switchyard_seq_experts_ok(model)) {
+        LLAMA_LOG_ERROR("%s: this bundle's experts replace tensors switched for the whole model: one expert per batch\n", __func__);
+        return -3;
+    }
+    std::lock_guard<std::mutex> lock(sy->seq_experts_mutex);
     if (name == nullptr) {
         sy->seq_experts[ctx].erase(seq_id);
         return 0;

@@ -1,9 +1,9 @@
 // A bundle's experts in the graph: every changed weight stays as the file holds it (mapped,
-// in its own type) and each expert's delta is a second, compressed matrix next to it; the
-// graph adds the delta's product where llama.cpp multiplies by the weight (build_lora_mm,
-// build_lora_mm_id) and looks up token embeddings. Each token gets the delta of its own
-// sequence's expert, so one batch can mix experts. What a delta holds and in which type is
-// decided by the library (switchyard_model_graph_delta, plugin/src/bundle/in_graph.rs).
+// in its own type) and each expert's delta is a second, compressed matrix next to it
+// (llama-switchyard-deltas.cpp loads them); the graph adds the delta's product where
+// llama.cpp multiplies by the weight (build_lora_mm, build_lora_mm_id), looks up token
+// embeddings and applies a norm's weight. Each token gets the delta of its own sequence's
+// expert, so one batch can mix experts.
 #include "llama-switchyard-impl.h"
 
 #include "llama-batch.h"
@@ -17,162 +17,6 @@
 #include <memory>
 #include <stdexcept>
 #include <vector>
-
-// Deltas go to the default buffer type of the device their weight lives on: never to a CPU
-// "extra" type (repacked layouts), which only takes the types it repacks.
-static ggml_backend_buffer_type_t llama_switchyard_delta_buft(const ggml_tensor * w) {
-    ggml_backend_dev_t dev = w->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(w->buffer)) : nullptr;
-    if (dev == nullptr) {
-        dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    }
-    return ggml_backend_dev_buffer_type(dev);
-}
-
-static std::runtime_error llama_switchyard_failure(switchyard_result res) {
-    return std::runtime_error("switchyard: " + llama_switchyard_error(res));
-}
-
-void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
-    const uint32_t n_experts = switchyard_model_n_experts(sy->handle);
-    std::map<ggml_backend_buffer_type_t, ggml_context *> ctx_of;
-    struct pending { std::string name; uint32_t expert; int32_t type; llama_switchyard_delta * d; };
-    std::vector<pending> todo;
-    struct pending_norm { std::string name; const ggml_tensor * w; ggml_tensor * rows; };
-    std::vector<pending_norm> norms;
-
-    // First the tensors' shapes, so that every buffer is allocated once.
-    for (auto & [name, w] : model.tensors_by_name) {
-        if (!switchyard_model_in_graph(sy->handle, name.c_str()) || sy->weights.count(name)) {
-            continue;
-        }
-        llama_switchyard_weight & weight = sy->weights[name];
-        weight.experts.resize(n_experts);
-        ggml_backend_buffer_type_t buft = llama_switchyard_delta_buft(w);
-        ggml_context *& ctx = ctx_of[buft];
-        if (ctx == nullptr) {
-            // per weight, a stack and three tensors per expert at most
-            ggml_init_params params = { (1 + 3 * n_experts) * model.tensors_by_name.size() * ggml_tensor_overhead(), nullptr, true };
-            sy->delta_ctxs.emplace_back(ggml_init(params));
-            ctx = sy->delta_ctxs.back().get();
-        }
-        if (ggml_n_dims(w) == 1) {
-            // a norm's weight: the experts replace it whole
-            if (w->type != GGML_TYPE_F32) {
-                throw std::runtime_error("switchyard: norm weight " + name + " is " + ggml_type_name(w->type) + ", not f32");
-            }
-            weight.rows = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, w->ne[0], 1 + n_experts);
-            ggml_format_name(weight.rows, "switchyard.%s", name.c_str());
-            norms.push_back({ name, w, weight.rows });
-            continue;
-        }
-        std::vector<int32_t> types(n_experts, -1);
-        std::vector<uint32_t> n_salient(n_experts, 0);
-        for (uint32_t e = 0; e < n_experts; e++) {
-            // every expert in the first one's type where the library can, so that they stack
-            const int32_t want = e > 0 && types[0] >= 0 && sy->delta_type < 0 ? types[0] : sy->delta_type;
-            switchyard_result res = switchyard_model_graph_delta_shape(sy->handle, e, name.c_str(), want, &types[e], &n_salient[e]);
-            if (res == SWITCHYARD_RESULT_UNSUPPORTED && want != sy->delta_type) {
-                res = switchyard_model_graph_delta_shape(sy->handle, e, name.c_str(), sy->delta_type, &types[e], &n_salient[e]);
-            }
-            if (res != SWITCHYARD_RESULT_OK) {
-                throw llama_switchyard_failure(res);
-            }
-        }
-        int32_t stack_type = -1;
-        for (int32_t t : types) {
-            stack_type = t < 0 ? stack_type : stack_type < 0 || stack_type == t ? t : -2;
-        }
-        if (stack_type >= 0 && ggml_n_dims(w) <= 2) {
-            weight.stack = ggml_new_tensor_3d(ctx, (ggml_type) stack_type, w->ne[0], w->ne[1], n_experts);
-            ggml_format_name(weight.stack, "switchyard.%s", name.c_str());
-        }
-        for (uint32_t e = 0; e < n_experts; e++) {
-            if (types[e] < 0) {
-                continue;
-            }
-            llama_switchyard_delta & d = weight.experts[e];
-            if (weight.stack) {
-                d.a = ggml_view_2d(ctx, weight.stack, w->ne[0], w->ne[1], weight.stack->nb[1], e * weight.stack->nb[2]);
-            } else {
-                d.a = ggml_new_tensor(ctx, (ggml_type) types[e], GGML_MAX_DIMS, w->ne);
-            }
-            ggml_format_name(d.a, "switchyard.%u.%s", e, name.c_str());
-            if (n_salient[e] > 0) {
-                d.salient_idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_salient[e]);
-                d.salient = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_salient[e], w->ne[1], w->ne[2], w->ne[3]);
-            }
-            todo.push_back({ name, e, types[e], &d });
-        }
-    }
-    for (auto & [buft, ctx] : ctx_of) {
-        if (ggml_get_first_tensor(ctx) == nullptr) {
-            continue;
-        }
-        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft);
-        if (buf == nullptr) {
-            throw std::runtime_error(format("switchyard: cannot allocate the experts' deltas in %s", ggml_backend_buft_name(buft)));
-        }
-        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-        ggml_backend_buffer_clear(buf, 0); // a stack's slice of an expert that leaves its weight unchanged
-        sy->delta_bufs.emplace_back(buf);
-    }
-
-    // Then each delta converted by the library and copied in, one at a time.
-    size_t n_bytes = 0;
-    const int64_t t_start = ggml_time_us();
-    for (const pending & p : todo) {
-        switchyard_graph_delta * delta = nullptr;
-        switchyard_result res = switchyard_model_graph_delta(sy->handle, p.expert, p.name.c_str(), p.type, &delta);
-        if (res != SWITCHYARD_RESULT_OK) {
-            throw llama_switchyard_failure(res);
-        }
-        switchyard_graph_delta_parts parts;
-        res = switchyard_graph_delta_get_parts(delta, &parts);
-        if (res != SWITCHYARD_RESULT_OK) {
-            switchyard_graph_delta_free(delta);
-            throw llama_switchyard_failure(res);
-        }
-        if (parts.ggml_type != p.d->a->type || parts.data_size != ggml_nbytes(p.d->a) ||
-                (p.d->salient_idx ? ggml_nelements(p.d->salient_idx) : 0) != parts.n_salient) {
-            switchyard_graph_delta_free(delta);
-            throw std::runtime_error("switchyard: the delta of " + p.name + " does not have the shape announced for it");
-        }
-        ggml_backend_tensor_set(p.d->a, parts.data, 0, parts.data_size);
-        n_bytes += parts.data_size;
-        if (p.d->salient_idx) {
-            ggml_backend_tensor_set(p.d->salient_idx, parts.salient_idx, 0, ggml_nbytes(p.d->salient_idx));
-            ggml_backend_tensor_set(p.d->salient, parts.salient, 0, ggml_nbytes(p.d->salient));
-            n_bytes += ggml_nbytes(p.d->salient_idx) + ggml_nbytes(p.d->salient);
-        }
-        switchyard_graph_delta_free(delta);
-    }
-    for (const pending_norm & p : norms) {
-        std::vector<float> base(p.w->ne[0]);
-        ggml_backend_tensor_get(p.w, base.data(), 0, ggml_nbytes(p.w));
-        ggml_backend_tensor_set(p.rows, base.data(), 0, ggml_nbytes(p.w));
-        for (uint32_t e = 0; e < n_experts; e++) {
-            switchyard_graph_delta * delta = nullptr;
-            switchyard_result res = switchyard_model_graph_delta(sy->handle, e, p.name.c_str(), -1, &delta);
-            switchyard_graph_delta_parts parts = {};
-            if (res == SWITCHYARD_RESULT_OK && delta) {
-                res = switchyard_graph_delta_get_parts(delta, &parts);
-            }
-            if (res != SWITCHYARD_RESULT_OK) {
-                switchyard_graph_delta_free(delta);
-                throw llama_switchyard_failure(res);
-            }
-            if (delta && (parts.ggml_type != GGML_TYPE_F32 || parts.data_size != ggml_nbytes(p.w))) {
-                switchyard_graph_delta_free(delta);
-                throw std::runtime_error("switchyard: expert " + std::to_string(e) + "'s " + p.name + " is not an f32 vector of its size");
-            }
-            ggml_backend_tensor_set(p.rows, delta ? parts.data : base.data(), (1 + e) * ggml_nbytes(p.w), ggml_nbytes(p.w));
-            switchyard_graph_delta_free(delta);
-        }
-    }
-    switchyard_model_release_resident(sy->handle);
-    LLAMA_LOG_INFO("%s: %zu expert deltas of %zu weights applied in the graph, %.1f MiB, converted in %.2f s\n", __func__,
-        todo.size(), sy->weights.size(), n_bytes / 1048576.0, (ggml_time_us() - t_start) / 1e6);
-}
 
 // The expert of each token of a batch: its (first) sequence's, else the model's.
 static std::vector<int32_t> llama_switchyard_token_experts(const llama_ubatch & ub, const llama_switchyard_seq_experts * seq, int32_t dflt) {
@@ -272,16 +116,26 @@ void llama_switchyard_graph_params(const llama_context & lctx, const llama_model
         if (switchyard_model_current_expert(sy->handle, &current) == SWITCHYARD_RESULT_OK) {
             params.switchyard_expert = current;
         }
+        std::lock_guard<std::mutex> lock(sy->seq_experts_mutex);
         const auto it = sy->seq_experts.find(&lctx);
         params.switchyard_seq = it == sy->seq_experts.end() || it->second.empty() ? nullptr : &it->second;
     }
 }
 
+void llama_switchyard_forget_context(const llama_model & model, const llama_context * lctx) {
+    if (llama_switchyard * sy = model.switchyard) {
+        std::lock_guard<std::mutex> lock(sy->seq_experts_mutex);
+        sy->seq_experts.erase(lctx);
+    }
+}
+
 uint32_t llama_switchyard_graph_nodes(const llama_model & model) {
-    // per weight and expert: the delta's product, its mask and sum, the salient channels'
-    // gather (reshape, transpose, cont, get_rows, transpose, cont, reshape), product, mask and sum
+    // per weight: the input's reshape/cont, the stacked product and its reshape, mask and
+    // output-row selection; per weight and expert: the product, its mask, selection and sum,
+    // the salient channels' gather (reshape, transpose, cont, get_rows, transpose, cont,
+    // reshape), product, mask and sum; then the final reshape and sum. 32 covers all of them.
     const llama_switchyard * sy = model.switchyard;
-    return sy ? 16u * (uint32_t) (sy->weights.size() * std::max<size_t>(1, switchyard_model_n_experts(sy->handle))) + 64u : 0u;
+    return sy ? 32u * (uint32_t) (sy->weights.size() * std::max<size_t>(1, switchyard_model_n_experts(sy->handle))) + 64u : 0u;
 }
 
 // The batch's per-token inputs, created with the graph's first use.
@@ -324,7 +178,8 @@ static ggml_tensor * llama_switchyard_per_column(const llm_graph_context & g, gg
             return ggml_get_rows(g.ctx0, t, out->out_ids);
         }
     }
-    throw std::runtime_error(format("switchyard: a product over %lld columns in a batch of %lld tokens", (long long) n_cols, (long long) t->ne[1]));
+    // (an architecture that selects rows some other way: refused at load, see llama_switchyard_attach)
+    GGML_ABORT("switchyard: a product over %lld columns in a batch of %lld tokens", (long long) n_cols, (long long) t->ne[1]);
 }
 
 // x's salient channels (rows salient_idx of x's transpose), shaped like x with n_salient rows.

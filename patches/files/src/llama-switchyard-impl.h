@@ -4,7 +4,8 @@
 // loader's hooks, and the helpers the bundle, recording and MoE-cache files share.
 //
 //   llama-switchyard-bundle.cpp     bundles: attach at load, bind the weights, switch, route
-//   llama-switchyard-graph.cpp      bundles: the experts' deltas, loaded and applied in the graph
+//   llama-switchyard-deltas.cpp     bundles: the experts' deltas, loaded next to their weights
+//   llama-switchyard-graph.cpp      bundles: the deltas applied in the graph, per token
 //   llama-switchyard-record.cpp     routing traces and FFN-input captures (graph callbacks)
 //   llama-switchyard-moe-cache.cpp  --moe-cache: experts read on demand (graph callback)
 
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -63,8 +65,11 @@ struct llama_switchyard {
     // the codec deltas' ggml type (--override-kv switchyard.delta_type=str:TYPE), -1: the library's choice
     int32_t delta_type = -1;
 
-    // per context: the sequences given an expert of their own
+    // per context: the sequences given an expert of their own. Written by
+    // llama_switchyard_set_seq_expert and read when a graph is built, both from the thread
+    // that drives that context; the lock is for contexts of one model on different threads.
     std::unordered_map<const llama_context *, llama_switchyard_seq_experts> seq_experts;
+    std::mutex seq_experts_mutex;
 
     ~llama_switchyard() { switchyard_model_free(handle); }
 };
@@ -87,6 +92,9 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model);
 // parameters (llama_context::graph_params). Which experts a batch's tokens use is the graph's
 // structure: a graph is reused only for a batch with the same experts.
 void llama_switchyard_graph_params(const llama_context & lctx, const llama_model & model, llm_graph_params & params);
+
+// Drops a context's per-sequence experts (~llama_context).
+void llama_switchyard_forget_context(const llama_model & model, const llama_context * lctx);
 
 // Graph nodes the deltas add at most (llama_context::graph_max_nodes).
 uint32_t llama_switchyard_graph_nodes(const llama_model & model);

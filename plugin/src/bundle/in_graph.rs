@@ -7,8 +7,9 @@
 //!   expert's value and what that matrix holds there ([`GraphDelta::salient`], F16): the graph
 //!   adds D_low x + D_sal x[salient], which is the codec's delta up to the chosen type's rounding.
 //!   The codes go into the type without a search: 1-2 bit codes into Q2_K (rows of a multiple
-//!   of 256 values: each 16-value block's step becomes d * scale with a 4-bit scale, the only
-//!   rounding), else 1-3 bit codes into Q4_0, exactly (a level (2c - 2^b + 1) * step/2 is a
+//!   of 256 values: each 16-value block's step becomes d * scale with a 4-bit scale, d the
+//!   256-value block's largest step / 15, so a step moves by up to d/2 and one below d/2 of
+//!   the block's largest becomes 0), else 1-3 bit codes into Q4_0, exactly (a level (2c - 2^b + 1) * step/2 is a
 //!   Q4_0 value with d = step/2); any other type (`requested`) requantizes the decoded codes.
 //! - A dense delta (embeddings, output) is already a ggml matrix and is used as stored.
 //! - A norm's weight, which experts replace whole, is the expert's vector (F32): the graph
@@ -175,7 +176,8 @@ fn write_q2_k_row(c: &CompressedDelta, r: usize, dst: &mut [u8]) {
     for (b, (block, out)) in codes.chunks_exact(QK).zip(dst.chunks_exact_mut(84)).enumerate() {
         let steps: [f32; 16] = std::array::from_fn(|j| step_at(c, r, b * QK + 16 * j));
         let max = steps.iter().fold(0.0f32, |m, &s| m.max(s));
-        let d = f16::from_f32(max / 15.0);
+        // d with an even mantissa, so that dmin = 1.5 d is exact in f16 too
+        let d = f16::from_bits((f16::from_f32(max / 15.0).to_bits() + 1) & !1);
         let df = d.to_f32();
         out.fill(0);
         for (j, &s) in steps.iter().enumerate() {
@@ -266,7 +268,7 @@ mod tests {
             let g = graph_delta(&TensorDelta::Codec(c.clone()), None, "t").unwrap();
             let want = codec::decompress_f32(&c);
             let got = applied(&g, 512, 4);
-            // 4-bit scales of the largest step: each step within 1/30 of itself
+            // 4-bit scales of each block's largest step: a step moves by up to 1/30 of that
             let err = codec::relative_error(&got, &want);
             assert!(err < 0.04, "{bits} bits, groups of {group}: relative error {err}");
         }

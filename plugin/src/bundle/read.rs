@@ -193,9 +193,11 @@ impl Bundle {
         let Some(info) = self.file.tensor(base) else { return false };
         let changed = (0..self.experts.len()).any(|e| self.changes(e, base));
         let replaced = (0..self.experts.len()).any(|e| self.replaces_whole(e, base));
+        // (rows of a multiple of 32 values: the smallest block of the types the graph's deltas
+        // take; a narrower weight is switched in place)
         changed
             && (super::in_graph::is_norm_weight(base, &info.ne)
-                || (super::in_graph::applies_in_graph(base, &info.ne) && !replaced))
+                || (super::in_graph::applies_in_graph(base, &info.ne) && !replaced && info.ne[0] % 32 == 0))
     }
 
     /// Bytes the stored deltas of expert `e` take in the file.
