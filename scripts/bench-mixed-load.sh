@@ -34,7 +34,10 @@ tree_rss() {
         i=$((i + 1))
     done
     for p in "${pids[@]}"; do
-        total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+        # (a child may exit between listing and reading)
+        local kib
+        kib=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${kib:-0}))
     done
     echo "$total"
 }

@@ -132,7 +132,8 @@ fn check_server(bin: &Path, bundle: &Path) {
     // take its own slot's expert), each get their expert's tokens. (A batch shared with other
     // requests changes the low bits of the probabilities against a request served alone, so
     // only the text is compared.)
-    let server = Server::start(&bin, &bundle, 3);
+    let log = bundle.with_extension("server.log");
+    let server = Server::start_logged(&bin, &bundle, 3, &["--verbose"], &log);
     std::thread::scope(|s| {
         let workers: Vec<_> = ["base", "math", "code"]
             .into_iter()
@@ -152,4 +153,9 @@ fn check_server(bin: &Path, bundle: &Path) {
             .collect();
         workers.into_iter().for_each(|w| w.join().unwrap());
     });
+    drop(server);
+    // and they did share batches
+    let log = std::fs::read_to_string(&log).unwrap();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    assert!(log.contains("mixes 2 experts"), "no batch mixed experts; the log ends:\n{}", tail.join("\n"));
 }

@@ -156,6 +156,8 @@ static llama_switchyard_graph_input * llama_switchyard_input(const llm_graph_con
             ggml_set_input(inp->has_expert);
         }
         if (inp->sig.mixed()) {
+            LLAMA_LOG_DEBUG("%s: a batch of %lld tokens mixes %zu experts%s\n", __func__, (long long) n,
+                inp->sig.experts.size(), inp->sig.has_base ? " and the base" : "");
             for (size_t k = 0; k < inp->sig.experts.size(); k++) {
                 inp->masks.push_back(ggml_new_tensor_2d(g.ctx0, GGML_TYPE_F32, 1, n));
                 ggml_set_input(inp->masks.back());

@@ -20,6 +20,15 @@ impl Server {
 
     /// Like [`Server::start`], with more llama-server arguments.
     pub fn start_with(bin: &Path, model: &Path, parallel: u32, extra: &[&str]) -> Server {
+        Self::spawn(bin, model, parallel, extra, Stdio::null())
+    }
+
+    /// Like [`Server::start_with`], the server's log (stderr) written to `log`.
+    pub fn start_logged(bin: &Path, model: &Path, parallel: u32, extra: &[&str], log: &Path) -> Server {
+        Self::spawn(bin, model, parallel, extra, std::fs::File::create(log).unwrap().into())
+    }
+
+    fn spawn(bin: &Path, model: &Path, parallel: u32, extra: &[&str], stderr: Stdio) -> Server {
         // A free port: bind, read it, release it for the server.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(bin.join("llama-server"))
@@ -27,7 +36,7 @@ impl Server {
             .args(["-c", &(256 * parallel).to_string(), "--parallel", &parallel.to_string(), "-t", "2", "--no-warmup"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let server = Server { child, port };
