@@ -28,6 +28,32 @@ fn answer(v: &Value) -> (Value, Value) {
     (v["content"].clone(), v["completion_probabilities"].clone())
 }
 
+/// A batch shared with other requests changes the low bits of the logits against a request
+/// served alone (stock llama.cpp's kernels sum in another order for another batch size), so a
+/// greedy choice between two tokens of nearly equal probability may flip, after which the texts
+/// go their own ways. Accept `answer` when its tokens are the reference's (`reference`: its
+/// completion_probabilities) or first differ where the reference's probabilities of the two
+/// tokens are within 10% of each other; anything else (another expert's tokens) is an error.
+fn same_tokens_up_to_a_near_tie(answer: &Value, reference: &Value) -> Result<(), String> {
+    let got = answer["completion_probabilities"].as_array().ok_or("no completion_probabilities")?;
+    let want = reference.as_array().ok_or("no reference probabilities")?;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if !g["id"].is_i64() || !w["id"].is_i64() {
+            return Err(format!("token {i}: no token id in {g} or {w}"));
+        }
+        if g["id"] == w["id"] {
+            continue;
+        }
+        let top = w["top_logprobs"].as_array().ok_or_else(|| format!("token {i}: no top_logprobs in {w}"))?;
+        let lp = |id: &Value| top.iter().find(|t| t["id"] == *id).and_then(|t| t["logprob"].as_f64());
+        return match (lp(&w["id"]), lp(&g["id"])) {
+            (Some(a), Some(b)) if (a - b).abs() < 0.1 => Ok(()),
+            _ => Err(format!("token {i}: {} where the reference has {} (no near tie: {top:?})", g["token"], w["token"])),
+        };
+    }
+    if got.len() == want.len() { Ok(()) } else { Err(format!("{} tokens, the reference {}", got.len(), want.len())) }
+}
+
 /// Pack `experts` (name, Hugging Face folder) over `base_gguf` into `dir/bundle.gguf`.
 fn pack(dir: &Path, base_gguf: &Path, base_hf: &Path, experts: &[(String, std::path::PathBuf)]) -> std::path::PathBuf {
     let bundle = dir.join("bundle.gguf");
@@ -129,9 +155,8 @@ fn check_server(bin: &Path, bundle: &Path) {
     drop(single);
 
     // Concurrent requests for different experts, which share batches (each token's products
-    // take its own slot's expert), each get their expert's tokens. (A batch shared with other
-    // requests changes the low bits of the probabilities against a request served alone, so
-    // only the text is compared.)
+    // take its own slot's expert), each get their expert's tokens, up to a near tie (see
+    // same_tokens_up_to_a_near_tie).
     let log = bundle.with_extension("server.log");
     let server = Server::start_logged(&bin, &bundle, 3, &["--verbose"], &log);
     std::thread::scope(|s| {
@@ -146,7 +171,9 @@ fn check_server(bin: &Path, bundle: &Path) {
                         let p = prompts[(i + round) % 2];
                         let (status, v) = server.post("/completion", completion(Some(e), p));
                         assert_eq!(status, 200, "{v}");
-                        assert_eq!(v["content"], reference[&(e, p)].0, "concurrent: expert {e}, prompt {p:?}");
+                        if let Err(why) = same_tokens_up_to_a_near_tie(&v, &reference[&(e, p)].1) {
+                            panic!("concurrent: expert {e}, prompt {p:?}: {why}");
+                        }
                     }
                 })
             })
