@@ -48,10 +48,16 @@ fn same_tokens_up_to_a_near_tie(answer: &Value, reference: &Value) -> Result<(),
         let lp = |id: &Value| top.iter().find(|t| t["id"] == *id).and_then(|t| t["logprob"].as_f64());
         return match (lp(&w["id"]), lp(&g["id"])) {
             (Some(a), Some(b)) if (a - b).abs() < 0.1 => Ok(()),
-            _ => Err(format!("token {i}: {} where the reference has {} (no near tie: {top:?})", g["token"], w["token"])),
+            _ => {
+                Err(format!("token {i}: {} where the reference has {} (no near tie: {top:?})", g["token"], w["token"]))
+            }
         };
     }
-    if got.len() == want.len() { Ok(()) } else { Err(format!("{} tokens, the reference {}", got.len(), want.len())) }
+    if got.len() == want.len() {
+        Ok(())
+    } else {
+        Err(format!("{} tokens, the reference {}", got.len(), want.len()))
+    }
 }
 
 /// Pack `experts` (name, Hugging Face folder) over `base_gguf` into `dir/bundle.gguf`.
