@@ -158,10 +158,15 @@ fn codec_graph_delta(c: &CompressedDelta, ty: GgmlType) -> Result<GraphDelta> {
 
 /// The step of row `r`'s channel `ch`.
 fn step_at(c: &CompressedDelta, r: usize, ch: usize) -> f32 {
-    match c.layout {
-        StepLayout::Matrix => c.steps[0].to_f32(),
-        StepLayout::Groups { group } => c.steps[r * c.groups_per_row() + ch / group].to_f32(),
-    }
+    let (group, steps) = c.row_steps(r);
+    steps[ch / group].to_f32()
+}
+
+/// Row `r`'s codes, one per byte.
+fn unpacked_row(c: &CompressedDelta, r: usize) -> Vec<u8> {
+    let mut codes = vec![0u8; c.n_in];
+    bitpack::unpack(c.packed_row(r), c.bits, &mut codes);
+    codes
 }
 
 /// Row `r` of a 1-2 bit codec delta as Q2_K blocks: a Q2_K value is d * s * q - dmin * m for
@@ -169,9 +174,7 @@ fn step_at(c: &CompressedDelta, r: usize, ch: usize) -> f32 {
 /// dmin = d * (2^bits - 1)/2 it is (q - (2^bits - 1)/2) * d * s, the code's level at step d * s.
 fn write_q2_k_row(c: &CompressedDelta, r: usize, dst: &mut [u8]) {
     const QK: usize = 256;
-    let rb = c.row_code_bytes();
-    let mut codes = vec![0u8; c.n_in];
-    bitpack::unpack(&c.codes[r * rb..(r + 1) * rb], c.bits, &mut codes);
+    let codes = unpacked_row(c, r);
     let half = ((1u32 << c.bits) - 1) as f32 / 2.0;
     for (b, (block, out)) in codes.chunks_exact(QK).zip(dst.chunks_exact_mut(84)).enumerate() {
         let steps: [f32; 16] = std::array::from_fn(|j| step_at(c, r, b * QK + 16 * j));
@@ -198,9 +201,7 @@ fn write_q2_k_row(c: &CompressedDelta, r: usize, dst: &mut [u8]) {
 /// q = 2k - 2^bits + 9 (within 1..15).
 fn write_q4_0_row(c: &CompressedDelta, r: usize, dst: &mut [u8]) {
     const QK: usize = 32;
-    let rb = c.row_code_bytes();
-    let mut codes = vec![0u8; c.n_in];
-    bitpack::unpack(&c.codes[r * rb..(r + 1) * rb], c.bits, &mut codes);
+    let codes = unpacked_row(c, r);
     let offset = 9 - (1i32 << c.bits);
     for (b, (block, out)) in codes.chunks_exact(QK).zip(dst.chunks_exact_mut(18)).enumerate() {
         // Halving an f16 is exact (bar subnormals, which no fitted step is).

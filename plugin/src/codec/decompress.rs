@@ -8,7 +8,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{CompressedDelta, SalientValues, StepLayout};
+use super::{CompressedDelta, SalientValues};
 use crate::error::{Error, Result};
 use crate::quants;
 use crate::GgmlType;
@@ -168,15 +168,8 @@ pub fn salient_value(delta: &CompressedDelta, r: usize, k: usize) -> f32 {
 /// Add row `r` of the low-bit codes, every channel decoded from its code (salient channels
 /// included, whose codes the full delta ignores), to `row`.
 pub fn add_codes_row(delta: &CompressedDelta, r: usize, row: &mut [f32]) {
-    let rb = delta.row_code_bytes();
-    let codes = &delta.codes[r * rb..(r + 1) * rb];
-    let (group, steps) = match delta.layout {
-        StepLayout::Matrix => (delta.n_in, &delta.steps[..1]),
-        StepLayout::Groups { group } => {
-            let g = delta.groups_per_row();
-            (group, &delta.steps[r * g..(r + 1) * g])
-        }
-    };
+    let codes = delta.packed_row(r);
+    let (group, steps) = delta.row_steps(r);
     let group_bytes = group * delta.bits as usize / 8;
     let l = luts();
     let avx2 = delta.bits == 2 && have_avx2();

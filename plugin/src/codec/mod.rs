@@ -147,6 +147,24 @@ impl CompressedDelta {
         }
     }
 
+    /// Row `r`'s packed codes.
+    pub fn packed_row(&self, r: usize) -> &[u8] {
+        let rb = self.row_code_bytes();
+        &self.codes[r * rb..(r + 1) * rb]
+    }
+
+    /// Row `r`'s steps and the channels each covers: channel c of the row has step
+    /// `steps[c / group]`.
+    pub fn row_steps(&self, r: usize) -> (usize, &[f16]) {
+        match self.layout {
+            StepLayout::Matrix => (self.n_in, &self.steps[..1]),
+            StepLayout::Groups { group } => {
+                let g = self.groups_per_row();
+                (group, &self.steps[r * g..(r + 1) * g])
+            }
+        }
+    }
+
     /// Stored bits, everything counted (codes, steps, salient indices and values), per delta
     /// parameter.
     pub fn bits_per_param(&self) -> f64 {
