@@ -28,11 +28,7 @@ ppl -m "$FULL" --kl-divergence-base "$work/logits" > "$work/full.log" || { cat "
 # "label|arguments" for each model
 runs=()
 for t in "${TYPES[@]}"; do
-    if [ "$t" = default ]; then
-        runs+=("bundle, $EXPERT, delta default|-m $BUNDLE --expert $EXPERT")
-    else
-        runs+=("bundle, $EXPERT, delta $t|-m $BUNDLE --expert $EXPERT --override-kv switchyard.delta_type=str:$t")
-    fi
+    runs+=("bundle, $EXPERT, delta $t|$(expert_args "$BUNDLE" "$EXPERT" "$t")")
 done
 for f in "$@"; do
     runs+=("$(basename "$f") ($(du -m "$f" | cut -f1) MiB)|-m $f")

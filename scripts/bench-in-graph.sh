@@ -27,7 +27,7 @@ PROMPT="The three primary colors are"
 measure() {
     local log
     log=$(mktemp)
-    /usr/bin/time -f "RSS %M %e" "$BIN/llama-completion" -m "$@" -p "$PROMPT" -n 64 --temp 0 -no-cnv \
+    /usr/bin/time -f "RSS %M %e" "$BIN/llama-completion" "$@" -p "$PROMPT" -n 64 --temp 0 -no-cnv \
         --no-warmup --simple-io -t 2 -c 256 --ignore-eos > /dev/null 2> "$log" || { cat "$log" >&2; die "llama-completion failed: $*"; }
     awk '/^RSS/ {rss = $2 / 1024; wall = $3}
          /common_perf_print: +eval time/ {for (i = 1; i <= NF; i++) if ($i == "tokens") tps = $(i-1)}
@@ -35,18 +35,13 @@ measure() {
     rm -f "$log"
 }
 
-names=("plain base") args=("$BASE")
-names+=("bundle, base"); args+=("$BUNDLE --expert base")
+names=("plain base") args=("-m $BASE")
+names+=("bundle, base"); args+=("$(expert_args "$BUNDLE" base default)")
 for t in "${TYPES[@]}"; do
-    names+=("bundle, $EXPERT, delta $t")
-    if [ "$t" = default ]; then
-        args+=("$BUNDLE --expert $EXPERT")
-    else
-        args+=("$BUNDLE --expert $EXPERT --override-kv switchyard.delta_type=str:$t")
-    fi
+    names+=("bundle, $EXPERT, delta $t"); args+=("$(expert_args "$BUNDLE" "$EXPERT" "$t")")
 done
 if [ -n "$EXPERT_GGUF" ]; then
-    names+=("$EXPERT standalone ($(basename "$EXPERT_GGUF"))"); args+=("$EXPERT_GGUF")
+    names+=("$EXPERT standalone ($(basename "$EXPERT_GGUF"))"); args+=("-m $EXPERT_GGUF")
 fi
 
 declare -A results
@@ -57,7 +52,6 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
-median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF {print $c}' | median; }
 base_rss=$(col 0 1) base_tps=$(col 0 3)
 echo "| model | peak RSS MiB | x plain base | wall s | decode tok/s | x plain base |"

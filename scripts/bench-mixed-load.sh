@@ -84,7 +84,6 @@ EOF
     echo "$result $((peak / 1024))"
 }
 
-median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 declare -A out
 for _ in $(seq "$ROUNDS"); do
     out[bundle]+="$(run_load "$PATCHED/llama-server" -m "$BUNDLE")"$'\n'

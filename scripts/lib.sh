@@ -10,6 +10,15 @@ mkdir -p "$SWITCHYARD_CACHE"
 log() { echo "[$(basename "$0")] $*" >&2; }
 die() { echo "[$(basename "$0")] error: $*" >&2; exit 1; }
 
+# The median of the numbers on standard input, one per line (benchmarks).
+median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
+# expert_args BUNDLE EXPERT TYPE: llama.cpp's arguments for BUNDLE serving EXPERT, its codec
+# deltas in ggml type TYPE ("default": the library's choice).
+expert_args() {
+    echo "-m $1 --expert $2${3:+$([ "$3" = default ] || echo " --override-kv switchyard.delta_type=str:$3")}"
+}
+
 # need_space DIR BYTES WHAT: stop with a named error, before writing anything, unless the file
 # system holding DIR has BYTES free; a full disk halfway through a 540 MB write says far less.
 need_space() {
