@@ -57,24 +57,20 @@ fn perplexity(bin: &Path, model: &Path, expert: Option<&str>) -> Vec<f64> {
 }
 
 /// Mean KL divergence of `model`'s next-token distributions (switched to `expert`) from
-/// `reference`'s, over 3 chunks of 128 tokens (llama-perplexity --kl-divergence).
+/// `reference`'s, over common::llama_perplexity_run's text (llama-perplexity --kl-divergence).
 fn kl_divergence(bin: &Path, reference: &Path, model: &Path, expert: Option<&str>, work: &Path) -> f64 {
     let logits = work.join(format!("logits-{}.bin", reference.file_stem().unwrap().to_string_lossy()));
-    let text = ["-f", "/usr/share/common-licenses/Apache-2.0", "-c", "128", "--chunks", "3", "-t", "2", "-b", "128"];
-    if !logits.exists() {
-        let mut args = vec!["-m", reference.to_str().unwrap(), "--kl-divergence-base", logits.to_str().unwrap()];
-        args.extend(text);
-        ok(run(bin, "llama-perplexity", &args), "llama-perplexity saving logits");
+    let logits = logits.to_str().unwrap();
+    if !Path::new(logits).exists() {
+        let (ok, log) = common::llama_perplexity_run(bin, reference, &["--kl-divergence-base", logits]);
+        assert!(ok, "llama-perplexity saving logits failed:\n{log}");
     }
-    let mut args =
-        vec!["-m", model.to_str().unwrap(), "--kl-divergence-base", logits.to_str().unwrap(), "--kl-divergence"];
-    args.extend(text);
+    let mut extra = vec!["--kl-divergence-base", logits, "--kl-divergence"];
     if let Some(e) = expert {
-        args.extend(["--expert", e]);
+        extra.extend(["--expert", e]);
     }
-    let out = run(bin, "llama-perplexity", &args);
-    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "llama-perplexity --kl-divergence failed:\n{log}");
+    let (ok, log) = common::llama_perplexity_run(bin, model, &extra);
+    assert!(ok, "llama-perplexity --kl-divergence failed:\n{log}");
     let line = log
         .lines()
         .find(|l| l.starts_with("Mean") && l.contains("KLD:"))
