@@ -27,6 +27,27 @@ static std::runtime_error llama_switchyard_failure(switchyard_result res) {
     return std::runtime_error("switchyard: " + llama_switchyard_error(res));
 }
 
+// One expert's delta of one weight as the library converts it (`parts`, all zero when the
+// expert leaves the weight unchanged), released with this holder.
+struct llama_switchyard_converted {
+    switchyard_graph_delta * delta = nullptr;
+    switchyard_graph_delta_parts parts = {};
+
+    llama_switchyard_converted(switchyard_model * handle, uint32_t expert, const std::string & name, int32_t type) {
+        switchyard_result res = switchyard_model_graph_delta(handle, expert, name.c_str(), type, &delta);
+        if (res == SWITCHYARD_RESULT_OK && delta) {
+            res = switchyard_graph_delta_get_parts(delta, &parts);
+        }
+        if (res != SWITCHYARD_RESULT_OK) {
+            switchyard_graph_delta_free(delta);
+            throw llama_switchyard_failure(res);
+        }
+    }
+    ~llama_switchyard_converted() { switchyard_graph_delta_free(delta); }
+    llama_switchyard_converted(const llama_switchyard_converted &) = delete;
+    llama_switchyard_converted & operator=(const llama_switchyard_converted &) = delete;
+};
+
 void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
     const uint32_t n_experts = switchyard_model_n_experts(sy->handle);
     std::map<ggml_backend_buffer_type_t, ggml_context *> ctx_of;
@@ -115,20 +136,10 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
     size_t n_bytes = 0;
     const int64_t t_start = ggml_time_us();
     for (const pending & p : todo) {
-        switchyard_graph_delta * delta = nullptr;
-        switchyard_result res = switchyard_model_graph_delta(sy->handle, p.expert, p.name.c_str(), p.type, &delta);
-        if (res != SWITCHYARD_RESULT_OK) {
-            throw llama_switchyard_failure(res);
-        }
-        switchyard_graph_delta_parts parts;
-        res = switchyard_graph_delta_get_parts(delta, &parts);
-        if (res != SWITCHYARD_RESULT_OK) {
-            switchyard_graph_delta_free(delta);
-            throw llama_switchyard_failure(res);
-        }
-        if (parts.ggml_type != p.d->a->type || parts.data_size != ggml_nbytes(p.d->a) ||
+        const llama_switchyard_converted converted(sy->handle, p.expert, p.name, p.type);
+        const switchyard_graph_delta_parts & parts = converted.parts;
+        if (converted.delta == nullptr || parts.ggml_type != p.d->a->type || parts.data_size != ggml_nbytes(p.d->a) ||
                 (p.d->salient_idx ? ggml_nelements(p.d->salient_idx) : 0) != parts.n_salient) {
-            switchyard_graph_delta_free(delta);
             throw std::runtime_error("switchyard: the delta of " + p.name + " does not have the shape announced for it");
         }
         ggml_backend_tensor_set(p.d->a, parts.data, 0, parts.data_size);
@@ -138,29 +149,18 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
             ggml_backend_tensor_set(p.d->salient, parts.salient, 0, ggml_nbytes(p.d->salient));
             n_bytes += ggml_nbytes(p.d->salient_idx) + ggml_nbytes(p.d->salient);
         }
-        switchyard_graph_delta_free(delta);
     }
     for (const pending_norm & p : norms) {
         std::vector<float> base(p.w->ne[0]);
         ggml_backend_tensor_get(p.w, base.data(), 0, ggml_nbytes(p.w));
         ggml_backend_tensor_set(p.rows, base.data(), 0, ggml_nbytes(p.w));
         for (uint32_t e = 0; e < n_experts; e++) {
-            switchyard_graph_delta * delta = nullptr;
-            switchyard_result res = switchyard_model_graph_delta(sy->handle, e, p.name.c_str(), -1, &delta);
-            switchyard_graph_delta_parts parts = {};
-            if (res == SWITCHYARD_RESULT_OK && delta) {
-                res = switchyard_graph_delta_get_parts(delta, &parts);
-            }
-            if (res != SWITCHYARD_RESULT_OK) {
-                switchyard_graph_delta_free(delta);
-                throw llama_switchyard_failure(res);
-            }
-            if (delta && (parts.ggml_type != GGML_TYPE_F32 || parts.data_size != ggml_nbytes(p.w))) {
-                switchyard_graph_delta_free(delta);
+            const llama_switchyard_converted converted(sy->handle, e, p.name, -1);
+            const switchyard_graph_delta_parts & parts = converted.parts;
+            if (converted.delta && (parts.ggml_type != GGML_TYPE_F32 || parts.data_size != ggml_nbytes(p.w))) {
                 throw std::runtime_error("switchyard: expert " + std::to_string(e) + "'s " + p.name + " is not an f32 vector of its size");
             }
-            ggml_backend_tensor_set(p.rows, delta ? parts.data : base.data(), (1 + e) * ggml_nbytes(p.w), ggml_nbytes(p.w));
-            switchyard_graph_delta_free(delta);
+            ggml_backend_tensor_set(p.rows, converted.delta ? parts.data : base.data(), (1 + e) * ggml_nbytes(p.w), ggml_nbytes(p.w));
         }
     }
     switchyard_model_release_resident(sy->handle);
