@@ -30,6 +30,11 @@ CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
              -DLLAMA_BUILD_EXAMPLES=ON -DGGML_NATIVE=ON -DGGML_CCACHE=OFF -DBUILD_SHARED_LIBS=OFF
              "-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
 
+# The patched build also builds ggml's RPC backend and its server (ggml-rpc-server), so a bundle
+# served through --rpc (llama.cpp's own scale-out) is tested; the stock build stays as it was.
+PATCHED_FLAGS=(-DGGML_RPC=ON)
+PATCHED_TARGETS=(ggml-rpc-server)
+
 variant=patched
 case "${1:-}" in
     --stock) variant=stock ;;
@@ -44,7 +49,8 @@ inputs() {
     # GGML_NATIVE compiles for this CPU: a build is only reused on the same instruction set.
     grep -m1 '^flags' /proc/cpuinfo || true
     case "$variant" in
-        patched) (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch \
+        patched) echo "patched flags ${PATCHED_FLAGS[*]} targets ${PATCHED_TARGETS[*]}"
+                 (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch \
                       && find patches/files -type f | LC_ALL=C sort | xargs sha256sum) ;;
         trainer) (cd "$SWITCHYARD_ROOT" && sha256sum "patches/$TRAINER_PATCH") ;;
     esac
@@ -59,9 +65,10 @@ build="$SWITCHYARD_CACHE/llama/$key"
 # Configure and build (incrementally when the folder exists). The patched build runs cargo for
 # the Rust library every time; with nothing changed, ninja and cargo do nothing.
 compile() {
-    local flags=("${CMAKE_FLAGS[@]}")
+    local flags=("${CMAKE_FLAGS[@]}") targets=("${TARGETS[@]}")
     if [ "$variant" = patched ]; then
-        flags+=(-DLLAMA_SWITCHYARD=ON "-DSWITCHYARD_ROOT=$SWITCHYARD_ROOT")
+        flags+=(-DLLAMA_SWITCHYARD=ON "-DSWITCHYARD_ROOT=$SWITCHYARD_ROOT" "${PATCHED_FLAGS[@]}")
+        targets+=("${PATCHED_TARGETS[@]}")
     fi
     if command -v ccache >/dev/null; then
         # Shared between the stock and patched builds: paths under the cache folder are hashed
@@ -72,13 +79,13 @@ compile() {
     local jobs="${SWITCHYARD_BUILD_JOBS:-$(nproc)}"
     cmake -S "$build/src" -B "$build/cmake" -G Ninja "${flags[@]}" >"$build/configure.log" 2>&1 \
         || { tail -n 40 "$build/configure.log" >&2; die "cmake configure failed (log: $build/configure.log)"; }
-    log "building ${TARGETS[*]} ($variant) with $jobs jobs"
-    cmake --build "$build/cmake" -j "$jobs" --target "${TARGETS[@]}" >"$build/build.log" 2>&1 \
+    log "building ${targets[*]} ($variant) with $jobs jobs"
+    cmake --build "$build/cmake" -j "$jobs" --target "${targets[@]}" >"$build/build.log" 2>&1 \
         || { tail -n 40 "$build/build.log" >&2; die "build failed (log: $build/build.log)"; }
     mkdir -p "$build/bin"
     # replaced by rename, so a tool still running from the old build (a test, a benchmark) keeps
     # its file and the copy does not fail with "text file busy"
-    for t in "${TARGETS[@]}"; do
+    for t in "${targets[@]}"; do
         cp "$build/cmake/bin/$t" "$build/bin/.$t.tmp" && mv -f "$build/bin/.$t.tmp" "$build/bin/$t"
     done
 }

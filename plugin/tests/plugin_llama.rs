@@ -24,12 +24,20 @@ fn ok(out: Output, what: &str) -> String {
 
 /// Greedy completion text of `model` (optionally switched to `expert`).
 fn complete(bin: &Path, model: &Path, expert: Option<&str>) -> String {
+    complete_with(bin, model, expert, &[]).0
+}
+
+/// [`complete`] with more llama-completion arguments; also returns its log (stderr).
+fn complete_with(bin: &Path, model: &Path, expert: Option<&str>, extra: &[&str]) -> (String, String) {
     let mut args = vec!["-m", model.to_str().unwrap(), "-p", "The three primary colors are", "-n", "24", "--temp", "0"];
     args.extend(["-no-cnv", "--no-warmup", "--simple-io", "-t", "2", "-c", "256", "--seed", "1"]);
     if let Some(e) = expert {
         args.extend(["--expert", e]);
     }
-    ok(run(bin, "llama-completion", &args), &format!("llama-completion {expert:?}"))
+    args.extend(extra);
+    let out = run(bin, "llama-completion", &args);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    (ok(out, &format!("llama-completion {expert:?} {extra:?}")), log)
 }
 
 /// Every per-chunk perplexity llama-perplexity prints and the final one. They expose the
@@ -223,6 +231,65 @@ fn switching_in_process_matches_fresh_processes_and_unknown_experts_are_refused(
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("poetry") && err.contains("math, code"), "{err}");
+}
+
+/// llama.cpp's own scale-out: with `--rpc` to ggml-rpc-server (loopback here) the bundle's
+/// weights and every expert's deltas live on the remote device and its graph runs there, and
+/// each expert gives the tokens the same build computes locally. Both sides run ggml's CPU
+/// kernels on plain buffers (`--no-repack` locally, as the RPC server's are), so the
+/// arithmetic is the same.
+#[test]
+fn a_bundle_served_through_rpc_gives_the_tokens_it_gives_locally() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    let tiny = Tiny::new(GgmlType::Q8_0, Some(&smol));
+    let bundle = tiny.path("bundle.gguf");
+    sy_ok(&tiny.pack_args(&tiny.experts, &[], &bundle));
+    let rpc = RpcServer::start(&bin);
+    let mut texts = Vec::new();
+    for expert in [Some("math"), Some("code"), None] {
+        let (local, _) = complete_with(&bin, &bundle, expert, &["--no-repack"]);
+        let (remote, log) = complete_with(&bin, &bundle, expert, &["--rpc", &rpc.endpoint, "-ngl", "99", "-v"]);
+        // the deltas were placed on the remote device, beside their weights
+        let placed = log.lines().find(|l| l.contains("expert deltas of")).unwrap_or_default();
+        assert!(placed.contains("RPC0"), "the deltas are not on the RPC device: {placed:?}\nlog:\n{log}");
+        assert_eq!(remote, local, "expert {expert:?} through RPC");
+        texts.push(local);
+    }
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "experts should not all generate the same text");
+}
+
+/// ggml-rpc-server on a free loopback port, killed on drop.
+struct RpcServer {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl RpcServer {
+    fn start(bin: &Path) -> RpcServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let exe = bin.join("ggml-rpc-server");
+        assert!(exe.exists(), "{} is missing (rebuild: scripts/build-llama.sh)", exe.display());
+        let child = Command::new(exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string(), "-t", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = RpcServer { child, endpoint: format!("127.0.0.1:{port}") };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "ggml-rpc-server did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! llama-server with a bundle: the request's "model" picks the expert, and every answer (tokens
 //! and top probabilities at temperature 0) equals what the same build answers when serving the
-//! bundle with that expert alone (`--expert NAME`, one slot), in sequence, after switching back
-//! and forth, and (text only) under concurrent requests for different experts sharing batches. (How close an expert in the
-//! bundle is to its extracted GGUF is tests/plugin_llama.rs's job.) Loopback only.
+//! bundle with that expert alone (`--expert NAME`, one slot): in sequence, after switching back
+//! and forth, with the prompt cache (never reused across experts), under concurrent requests
+//! for different experts sharing batches (text only), and through router mode. (How close an
+//! expert in the bundle is to its extracted GGUF is tests/plugin_llama.rs's job.) Loopback only.
 
 mod common;
 
@@ -148,15 +149,27 @@ fn check_server(bin: &Path, bundle: &Path) {
     let msg = v["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("poetry") && msg.contains("base, math, code"), "{v}");
 
-    // One slot with prompt caching on: the slot's cache must be dropped when its expert
-    // changes (reusing math's KV for code's prompt would change code's answer).
+    // One slot with prompt caching on: the slot's KV and llama-server's RAM prompt cache (which
+    // keeps the prompt a slot moves away from) are keyed by expert. A prompt computed by one
+    // expert is never reused for another (math's KV under code's prompt would change code's
+    // answer); each expert gets its own back from the RAM cache.
     let single = Server::start(&bin, &bundle, 1);
-    for e in ["math", "code", "math"] {
+    for (round, e) in ["math", "code", "math", "code"].into_iter().enumerate() {
         let mut req = completion(Some(e), prompts[0]);
         req["cache_prompt"] = json!(true);
         let (status, v) = single.post("/completion", req);
         assert_eq!(status, 200, "{v}");
-        assert_eq!(answer(&v), reference[&(e, prompts[0])], "cached slot, expert {e}");
+        let cached = v["timings"]["cache_n"].as_i64().unwrap_or_else(|| panic!("no timings.cache_n in {v}"));
+        if round < 2 {
+            assert_eq!(cached, 0, "expert {e} reused {cached} prompt tokens computed by another expert");
+            assert_eq!(answer(&v), reference[&(e, prompts[0])], "cached slot, expert {e}");
+        } else {
+            assert!(cached > 0, "expert {e}: its own prompt was not reused from the prompt cache");
+            // a cache hit evaluates fewer tokens per batch: the near-tie rule
+            if let Err(why) = same_tokens_up_to_a_near_tie(&v, &reference[&(e, prompts[0])].1) {
+                panic!("expert {e} from the prompt cache: {why}");
+            }
+        }
     }
     drop(single);
 
@@ -191,4 +204,53 @@ fn check_server(bin: &Path, bundle: &Path) {
     let log = std::fs::read_to_string(&log).unwrap();
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
     assert!(log.contains("mixes 2 experts"), "no batch mixed experts; the log ends:\n{}", tail.join("\n"));
+}
+
+/// llama-server's router mode (`--models-dir`, one child server per model, started on demand):
+/// a bundle in the directory lists its experts as models beside it, and a request naming an
+/// expert reaches the bundle's server, which answers with that expert exactly as a server
+/// started for it alone; the bundle's own name serves its base, and a plain model beside it
+/// still serves.
+#[test]
+fn router_mode_lists_a_bundles_experts_and_reaches_each_by_name() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    let tiny = Tiny::new(GgmlType::Q8_0, Some(&smol));
+    let models = tiny.dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let bundle = pack(&models, &tiny.base_gguf, &tiny.base_hf, &tiny.experts);
+    std::fs::copy(&tiny.base_gguf, models.join("plain.gguf")).unwrap();
+    let prompt = "The three primary colors are";
+
+    let mut reference = std::collections::HashMap::new();
+    for e in ["math", "code", "base"] {
+        let server = Server::start_with(&bin, &bundle, 1, &["--expert", e]);
+        let (status, v) = server.post("/completion", completion(None, prompt));
+        assert_eq!(status, 200, "{v}");
+        reference.insert(e, answer(&v));
+    }
+    assert_ne!(reference["math"], reference["code"], "experts must differ");
+
+    let router = Server::start_router(&bin, &models, 1, &["--models-max", "1"]);
+    let (status, listed) = router.request("GET", "/v1/models", None).unwrap();
+    assert_eq!(status, 200, "{listed}");
+    let entries = listed["data"].as_array().unwrap();
+    let ids: Vec<&str> = entries.iter().filter_map(|m| m["id"].as_str()).collect();
+    for id in ["bundle", "math", "code", "plain"] {
+        assert!(ids.contains(&id), "/v1/models lacks {id}: {ids:?}");
+    }
+    let math = entries.iter().find(|m| m["id"] == "math").unwrap();
+    assert_eq!(math["bundle"], json!("bundle"), "{math}");
+
+    for (name, expert) in [("math", "math"), ("code", "code"), ("bundle", "base"), ("math", "math")] {
+        let (status, v) = router.post("/completion", completion(Some(name), prompt));
+        assert_eq!(status, 200, "model {name}: {v}");
+        assert_eq!(answer(&v), reference[expert], "model {name} through the router");
+        if name != "bundle" {
+            assert_eq!(v["model"], json!(name), "the response names the expert that served it");
+        }
+    }
+    let (status, v) = router.post("/completion", completion(Some("plain"), prompt));
+    assert_eq!(status, 200, "plain model beside the bundle: {v}");
+    let (status, v) = router.post("/completion", completion(Some("poetry"), prompt));
+    assert_ne!(status, 200, "an unknown model must be refused: {v}");
 }

@@ -119,10 +119,12 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
             todo.push_back({ name, e, types[e], &d });
         }
     }
+    std::string where; // the buffer types holding deltas, for the log
     for (auto & [buft, ctx] : ctx_of) {
         if (ggml_get_first_tensor(ctx) == nullptr) {
             continue;
         }
+        where += (where.empty() ? "" : ", ") + std::string(ggml_backend_buft_name(buft));
         ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft);
         if (buf == nullptr) {
             throw std::runtime_error(format("switchyard: cannot allocate the experts' deltas in %s", ggml_backend_buft_name(buft)));
@@ -164,7 +166,7 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
         }
     }
     switchyard_model_release_resident(sy->handle);
-    LLAMA_LOG_INFO("%s: %zu expert deltas of %zu weights applied in the graph, %.1f MiB, converted in %.2f s\n", __func__,
-        todo.size(), sy->weights.size(), n_bytes / 1048576.0, (ggml_time_us() - t_start) / 1e6);
+    LLAMA_LOG_INFO("%s: %zu expert deltas of %zu weights applied in the graph, %.1f MiB in %s, converted in %.2f s\n", __func__,
+        todo.size(), sy->weights.size(), n_bytes / 1048576.0, where.empty() ? "no buffer" : where.c_str(), (ggml_time_us() - t_start) / 1e6);
 }
 

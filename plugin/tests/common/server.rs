@@ -28,11 +28,25 @@ impl Server {
         Self::spawn(bin, model, parallel, extra, std::fs::File::create(log).unwrap().into())
     }
 
+    /// llama-server's router mode over the GGUF files in `models_dir`: one child server per
+    /// model, started on the first request naming it; `parallel` and `extra` reach the children.
+    pub fn start_router(bin: &Path, models_dir: &Path, parallel: u32, extra: &[&str]) -> Server {
+        let mut args = vec!["--models-dir", models_dir.to_str().unwrap()];
+        args.extend(extra);
+        Self::spawn_with(bin, &[], parallel, &args, Stdio::null(), &models_dir.display().to_string())
+    }
+
     fn spawn(bin: &Path, model: &Path, parallel: u32, extra: &[&str], stderr: Stdio) -> Server {
+        let model = model.to_str().unwrap();
+        Self::spawn_with(bin, &["-m", model], parallel, extra, stderr, model)
+    }
+
+    fn spawn_with(bin: &Path, model: &[&str], parallel: u32, extra: &[&str], stderr: Stdio, what: &str) -> Server {
         // A free port: bind, read it, release it for the server.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(bin.join("llama-server"))
-            .args(["-m", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["-c", &(256 * parallel).to_string(), "--parallel", &parallel.to_string(), "-t", "2", "--no-warmup"])
             .args(extra)
             .stdout(Stdio::null())
@@ -47,7 +61,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("llama-server on {} did not become healthy", model.display());
+        panic!("llama-server on {what} did not become healthy");
     }
 
     /// One HTTP/1.1 exchange with `Connection: close`; returns (status, JSON body).

@@ -1,10 +1,14 @@
 #include "server-switchyard.h"
 
+#include "preset.h"
+
 #ifdef LLAMA_SWITCHYARD
+#include "gguf.h"
 #include "llama-switchyard.h"
 #endif
 
 #include <algorithm>
+#include <mutex>
 
 std::vector<std::string> server_switchyard_experts(const llama_model * model) {
     std::vector<std::string> names;
@@ -149,4 +153,101 @@ bool server_switchyard_prepare_batch(llama_context * ctx, const std::string & ex
     GGML_UNUSED(ctx);
 #endif
     return false;
+}
+
+// The expert names router model `name` answers to, as server_switchyard_router_aliases last set
+// them; /v1/models lists them beside the bundle.
+static std::mutex                                      router_experts_mutex;
+static std::map<std::string, std::vector<std::string>> router_experts;
+
+#ifdef LLAMA_SWITCHYARD
+// A bundle's expert names from its GGUF header (then "auto" when it carries a router); empty for
+// any other file or one that cannot be read (the child server reports why when it loads it).
+static std::vector<std::string> server_switchyard_file_experts(const std::string & path) {
+    std::vector<std::string> names;
+    gguf_init_params params = { /*.no_alloc =*/ true, /*.ctx =*/ nullptr };
+    gguf_context * gguf = gguf_init_from_file(path.c_str(), params);
+    if (!gguf) {
+        return names;
+    }
+    const int64_t key = gguf_find_key(gguf, "switchyard.expert_names");
+    if (key >= 0 && gguf_get_kv_type(gguf, key) == GGUF_TYPE_ARRAY && gguf_get_arr_type(gguf, key) == GGUF_TYPE_STRING) {
+        for (size_t i = 0; i < gguf_get_arr_n(gguf, key); i++) {
+            names.push_back(gguf_get_arr_str(gguf, key, i));
+        }
+        if (gguf_find_key(gguf, "switchyard.router.classes") >= 0) {
+            names.push_back("auto");
+        }
+    }
+    gguf_free(gguf);
+    return names;
+}
+#endif
+
+void server_switchyard_router_aliases(const common_preset_context & ctx, std::map<std::string, common_preset> & presets) {
+    std::map<std::string, std::vector<std::string>> experts_of;
+#ifdef LLAMA_SWITCHYARD
+    // names already taken: every model's name and its own aliases
+    auto split_aliases = [](const common_preset & preset) {
+        std::vector<std::string> out;
+        std::string list;
+        if (preset.get_option("LLAMA_ARG_ALIAS", list)) {
+            for (auto & a : string_split<std::string>(list, ',')) {
+                a = string_strip(a);
+                if (!a.empty()) {
+                    out.push_back(a);
+                }
+            }
+        }
+        return out;
+    };
+    std::set<std::string> taken;
+    for (const auto & [name, preset] : presets) {
+        taken.insert(name);
+        for (const auto & a : split_aliases(preset)) {
+            taken.insert(a);
+        }
+    }
+    for (auto & [name, preset] : presets) {
+        std::string path;
+        if (!preset.get_option("LLAMA_ARG_MODEL", path) || path.empty()) {
+            continue;
+        }
+        std::vector<std::string> aliases = split_aliases(preset);
+        for (const auto & e : server_switchyard_file_experts(path)) {
+            if (!taken.insert(e).second) {
+                SRV_WRN("bundle '%s': expert '%s' is not reachable by name in router mode: another model or alias is called so\n",
+                    name.c_str(), e.c_str());
+                continue;
+            }
+            aliases.push_back(e);
+            experts_of[name].push_back(e);
+        }
+        if (experts_of.count(name)) {
+            preset.set_option(ctx, "LLAMA_ARG_ALIAS", string_join(aliases, ","));
+        }
+    }
+#else
+    GGML_UNUSED(ctx);
+    GGML_UNUSED(presets);
+#endif
+    std::lock_guard<std::mutex> lock(router_experts_mutex);
+    router_experts = std::move(experts_of);
+}
+
+json server_switchyard_router_list(const std::string & name, const json & info) {
+    json list = json::array({ info });
+    std::lock_guard<std::mutex> lock(router_experts_mutex);
+    const auto it = router_experts.find(name);
+    if (it == router_experts.end()) {
+        return list;
+    }
+    for (const auto & e : it->second) {
+        json entry       = info;
+        entry["id"]      = e;
+        entry["aliases"] = json::array();
+        entry["bundle"]  = name; // the model whose server runs this expert
+        list.push_back(entry);
+    }
+    return list;
 }

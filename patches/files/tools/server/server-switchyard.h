@@ -6,10 +6,13 @@
 
 #include "server-common.h"
 
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+struct common_preset;
+struct common_preset_context;
 struct llama_context;
 struct llama_model;
 
@@ -43,3 +46,13 @@ bool server_switchyard_assign_slot(llama_context * ctx, int32_t seq_id, const st
 // empty expert (not a bundle) or a model that mixes experts. Returns false (logged) when the
 // switch failed: the replaced tensors may then hold a mix of experts.
 bool server_switchyard_prepare_batch(llama_context * ctx, const std::string & expert);
+
+// Router mode (--models-dir, --models-preset): every bundle among `presets` is also reached by
+// its experts' names (and "auto" when it carries a router), added to the model's aliases, so a
+// request naming an expert reaches the bundle's server, which runs that expert. A name that is
+// already a model's name or alias stays theirs (logged). Nothing without LLAMA_SWITCHYARD.
+void server_switchyard_router_aliases(const common_preset_context & ctx, std::map<std::string, common_preset> & presets);
+
+// The entries /v1/models lists for router model `name`: `info` (its own entry), then, for a
+// bundle, a copy per expert named in server_switchyard_router_aliases.
+json server_switchyard_router_list(const std::string & name, const json & info);
