@@ -5,9 +5,9 @@ use std::path::Path;
 use crate::bundle::naming::PREFIX;
 use crate::bundle::{materialize, Bundle};
 use crate::codec::Output;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gguf::{GgufWriter, TensorInfoOut};
-use crate::GgmlType;
+use crate::{quants, GgmlType};
 
 /// The type changed tensors are written in. Unchanged tensors always keep the base's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,22 +17,65 @@ pub enum ExtractType {
     /// types. (The patched llama.cpp does not materialize: it adds each delta's product in
     /// the graph, within a small KL divergence of this; tests/plugin_llama.rs.)
     Auto,
-    F32,
-    F16,
-    BF16,
+    /// Each changed tensor in its base tensor's own type, so the expert has the base file's
+    /// quantization layout (a Q4_K_M base gives a Q4_K_M expert, at the base's speed).
+    /// Quantized with ggml's reference quantizers, as llama-quantize without an imatrix.
+    Base,
+    /// Every changed tensor of two or more dimensions in this type (float or quantized).
+    Type(GgmlType),
+}
+
+impl ExtractType {
+    /// `auto`, `base` or a ggml type name (`f16`, `q8_0`, `q4_K`, ...; any case).
+    pub fn parse(s: &str) -> Result<ExtractType> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(ExtractType::Auto),
+            "base" => Ok(ExtractType::Base),
+            _ => match GgmlType::from_name(s) {
+                Some(ty) if quants::QUANTIZABLE.contains(&ty) && ty != GgmlType::Q8_K => Ok(ExtractType::Type(ty)),
+                _ => Err(Error::Invalid(format!(
+                    "unknown output type '{s}': auto, base or one of {}",
+                    quants::QUANTIZABLE
+                        .iter()
+                        .filter(|&&t| t != GgmlType::Q8_K)
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            },
+        }
+    }
 }
 
 /// The type tensor `name` (changed by some expert) is written in.
 pub fn output_type(bundle: &Bundle, choice: ExtractType, name: &str) -> Option<GgmlType> {
     let auto = bundle.materialized_type(name)?;
+    let t = bundle.file.tensor(name)?;
     Some(match choice {
         ExtractType::Auto => auto,
         // 1-D tensors and whole replacements stay F32 whatever is asked: they are exact there.
-        _ if auto == GgmlType::F32 && bundle.file.tensor(name).is_some_and(|t| t.ne.len() == 1) => GgmlType::F32,
-        ExtractType::F32 => GgmlType::F32,
-        ExtractType::F16 => GgmlType::F16,
-        ExtractType::BF16 => GgmlType::BF16,
+        _ if auto == GgmlType::F32 && t.ne.len() == 1 => GgmlType::F32,
+        ExtractType::Base => t.ty,
+        ExtractType::Type(ty) => ty,
     })
+}
+
+/// Refuse, before anything is written, a tensor switchyard cannot write in type `ty`: one it
+/// does not quantize (the base's IQ types) or whose rows are not whole blocks of it.
+fn check_output_type(name: &str, ne: &[u64], ty: GgmlType) -> Result<()> {
+    if !ty.is_float() && !quants::QUANTIZABLE.contains(&ty) {
+        return Err(Error::Unsupported(format!(
+            "tensor '{name}': switchyard cannot quantize to {ty}; extract with --type f16 and run llama-quantize"
+        )));
+    }
+    if ne[0] % ty.block_size() as u64 != 0 {
+        return Err(Error::Invalid(format!(
+            "tensor '{name}': rows of {} values are not whole {ty} blocks of {}",
+            ne[0],
+            ty.block_size()
+        )));
+    }
+    Ok(())
 }
 
 /// Per-type counts of what was written, for the command line to report.
@@ -69,6 +112,7 @@ pub fn extract(
         };
         let ty = match output_type(bundle, choice, &t.name) {
             Some(ty) => {
+                check_output_type(&t.name, &t.ne, ty)?;
                 report.changed.push((t.name.clone(), t.ty, ty));
                 ty
             }
@@ -93,7 +137,8 @@ pub fn extract(
         }
         let d = d.as_ref();
         let bytes_out = info.n_bytes() as usize;
-        // u32 storage: aligned for every float type, reused across tensors.
+        // u32 storage: aligned for every float type, reused across tensors (quantized types
+        // are re-quantized row by row into it).
         scratch.resize(bytes_out.div_ceil(4), 0);
         let buf = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut scratch[..])[..bytes_out];
         materialize(t, bytes, d, Output::from_bytes(info.ty, buf)?)?;

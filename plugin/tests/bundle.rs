@@ -48,7 +48,7 @@ fn pack_then_extract_reproduces_each_expert_for_every_base_type() {
 
         for (name, dir) in &t.experts {
             let x = t.path(&format!("{name}.gguf"));
-            extract(&bundle, name, ExtractType::F32, &x, &|_, _| {}).unwrap();
+            extract(&bundle, name, ExtractType::Type(GgmlType::F32), &x, &|_, _| {}).unwrap();
             let got = GgufFile::open(&x).unwrap();
             let expert = HfModel::open(dir).unwrap();
             for bt in &base.tensors {
@@ -108,6 +108,40 @@ fn extract_auto_writes_f16_for_quantized_bases_and_f32_for_norms() {
     let f = GgufFile::open(&x).unwrap();
     assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::F16);
     assert_eq!(f.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0, "unchanged tensors keep the base type");
+}
+
+/// `--type base`: the expert in the base file's own quantization, each changed tensor
+/// re-quantized from its materialized F32 values by ggml's reference quantizer; a type whose
+/// blocks do not fit a tensor's rows is refused by tensor name before anything is written.
+#[test]
+fn extract_base_type_quantizes_changed_tensors_like_the_base() {
+    let t = Tiny::new(GgmlType::Q8_0, None);
+    let out = t.path("bundle.gguf");
+    pack_tiny(&t, &out).unwrap();
+    let bundle = Bundle::open(&out).unwrap();
+    let (q, f) = (t.path("math-q8.gguf"), t.path("math-f32.gguf"));
+    let report = extract(&bundle, "math", ExtractType::Base, &q, &|_, _| {}).unwrap();
+    extract(&bundle, "math", ExtractType::Type(GgmlType::F32), &f, &|_, _| {}).unwrap();
+    assert!(!report.changed.is_empty());
+    let (q, f, base) =
+        (GgufFile::open(&q).unwrap(), GgufFile::open(&f).unwrap(), GgufFile::open(&t.base_gguf).unwrap());
+    for bt in &base.tensors {
+        let qt = q.tensor(&bt.name).unwrap();
+        assert_eq!(qt.ty, bt.ty, "{}: the base's type", bt.name);
+        let ft = f.tensor(&bt.name).unwrap();
+        if ft.ty == GgmlType::F32 && bt.ty != GgmlType::F32 {
+            let values: &[f32] = bytemuck::cast_slice(f.tensor_data(ft));
+            let want = quants::quantize_par(bt.ty, values, bt.ne[0] as usize).unwrap();
+            assert!(q.tensor_data(qt) == want.as_slice(), "{}: not the F32 expert quantized", bt.name);
+        }
+    }
+    // The tiny model's rows (64 values) are not whole Q4_K blocks (256).
+    let bad = t.path("math-q4k.gguf");
+    let before = listing(t.dir.path());
+    let err = extract(&bundle, "math", ExtractType::Type(GgmlType::Q4_K), &bad, &|_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("tensor '") && err.contains("q4_K"), "{err}");
+    assert_eq!(listing(t.dir.path()), before, "a failed extract left files behind");
+    assert!(ExtractType::parse("q9_9").unwrap_err().to_string().contains("q4_K"));
 }
 
 /// Expect `pack` to fail with a message containing every needle, leaving no output file.
@@ -313,7 +347,7 @@ fn graph_deltas_partition_the_changed_weights_and_rebuild_each_expert() {
     let mut n_in_graph = 0;
     for (e, expert) in ["math", "code"].iter().enumerate() {
         let extracted = t.path(&format!("{expert}.gguf"));
-        extract(bundle, expert, ExtractType::F32, &extracted, &|_, _| {}).unwrap();
+        extract(bundle, expert, ExtractType::Type(GgmlType::F32), &extracted, &|_, _| {}).unwrap();
         let extracted = GgufFile::open(&extracted).unwrap();
         for info in bundle.base_tensors() {
             let name = info.name.as_str();

@@ -23,8 +23,9 @@ pub enum Output<'a> {
 
 impl<'a> Output<'a> {
     /// View `bytes` as the elements of float type `ty` (f32, f16, bf16), refusing misaligned
-    /// or odd-sized memory with an error instead of panicking. The bytes are native-endian
-    /// floats, which is GGUF's little-endian layout on every host switchyard builds for.
+    /// or odd-sized memory with an error instead of panicking, or as rows of a quantized type
+    /// (`Ggml`). The bytes are native-endian floats, which is GGUF's little-endian layout on
+    /// every host switchyard builds for.
     pub fn from_bytes(ty: GgmlType, bytes: &'a mut [u8]) -> Result<Output<'a>> {
         fn view<T: bytemuck::Pod>(b: &mut [u8]) -> Result<&mut [T]> {
             bytemuck::try_cast_slice_mut(b)
@@ -34,6 +35,7 @@ impl<'a> Output<'a> {
             GgmlType::F32 => Output::F32(view(bytes)?),
             GgmlType::F16 => Output::F16(view(bytes)?),
             GgmlType::BF16 => Output::BF16(view(bytes)?),
+            other if quants::can_quantize(other) => Output::Ggml(other, bytes),
             other => crate::bail_unsupported!("materializing into {other} is not supported"),
         })
     }

@@ -3,20 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use switchyard::bundle::Bundle;
 use switchyard::extract::{extract as extract_expert, ExtractType};
 
 use crate::progress;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum TypeArg {
-    Auto,
-    F32,
-    F16,
-    Bf16,
-}
 
 #[derive(Args)]
 pub struct ExtractArgs {
@@ -24,9 +16,11 @@ pub struct ExtractArgs {
     /// Expert name, or "base".
     #[arg(long)]
     expert: String,
-    /// Type of changed tensors: auto = F32 where the base is F32, else F16.
-    #[arg(long = "type", value_enum, default_value = "auto")]
-    ty: TypeArg,
+    /// Type of changed tensors: auto = F32 where the base is F32, else F16; base = each in its
+    /// base tensor's type (the base file's quantization, e.g. Q4_K_M's mix); or a ggml type
+    /// (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K, ...). 1-D tensors stay F32.
+    #[arg(long = "type", default_value = "auto", value_parser = parse_type)]
+    ty: ExtractType,
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -34,12 +28,7 @@ pub struct ExtractArgs {
 pub fn extract(a: ExtractArgs) -> Result<()> {
     let bundle = Bundle::open(&a.bundle)?;
     bundle.verify_base()?;
-    let ty = match a.ty {
-        TypeArg::Auto => ExtractType::Auto,
-        TypeArg::F32 => ExtractType::F32,
-        TypeArg::F16 => ExtractType::F16,
-        TypeArg::Bf16 => ExtractType::BF16,
-    };
+    let ty = a.ty;
     let pb = progress::bar("extract");
     let report = extract_expert(&bundle, &a.expert, ty, &a.output, &|d, n| {
         pb.set_length(n);
@@ -56,4 +45,8 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
         println!("  {n} tensors reconstructed, {k}");
     }
     Ok(())
+}
+
+fn parse_type(s: &str) -> std::result::Result<ExtractType, String> {
+    ExtractType::parse(s).map_err(|e| e.to_string())
 }
