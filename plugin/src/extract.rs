@@ -68,7 +68,7 @@ fn check_output_type(name: &str, ne: &[u64], ty: GgmlType) -> Result<()> {
             "tensor '{name}': switchyard cannot quantize to {ty}; extract with --type f16 and run llama-quantize"
         )));
     }
-    if ne[0] % ty.block_size() as u64 != 0 {
+    if !ne[0].is_multiple_of(ty.block_size() as u64) {
         return Err(Error::Invalid(format!(
             "tensor '{name}': rows of {} values are not whole {ty} blocks of {}",
             ne[0],
