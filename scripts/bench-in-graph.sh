@@ -6,13 +6,16 @@
 #   the bundle as its base           (--expert base: no delta in the graph)
 #   the bundle as EXPERT             (its delta applied in the graph), for each delta type in TYPES
 #   EXPERT as a standalone GGUF      (EXPERT_GGUF, e.g. extracted and requantized to the base's type)
+#   the plain base with each LoRA adapter in LORAS (--lora: llama.cpp's own low-rank product,
+#                                    the stand-in for a low-rank delta; scripts/study/lowrank_lora.py)
 #
 # Each configuration runs ROUNDS times, interleaved, and the median is printed (these machines
 # are noisy); ratios are against the plain base's median of the same run.
 #
 # Usage: scripts/bench-in-graph.sh BASE.gguf BUNDLE.gguf EXPERT [EXPERT_GGUF]
 # Environment: TYPES (default "default q2_K q8_0": the codec deltas' ggml type, "default" for
-# the library's choice), ROUNDS (default 3), SWITCHYARD_LLAMA_PATCHED_BIN (scripts/setup.sh).
+# the library's choice), LORAS (LoRA GGUF paths, default none), ROUNDS (default 3),
+# SWITCHYARD_LLAMA_PATCHED_BIN (scripts/setup.sh).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -43,6 +46,9 @@ done
 if [ -n "$EXPERT_GGUF" ]; then
     names+=("$EXPERT standalone ($(basename "$EXPERT_GGUF"))"); args+=("-m $EXPERT_GGUF")
 fi
+for lora in ${LORAS:-}; do
+    names+=("plain base + LoRA $(basename "$lora")"); args+=("-m $BASE --lora $lora")
+done
 
 declare -A results
 for r in $(seq "$ROUNDS"); do

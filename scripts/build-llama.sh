@@ -5,6 +5,12 @@
 #   scripts/build-llama.sh            # patched: patches/files/ copied in, patches/*.patch applied
 #                                     # (hooks into upstream files), -DLLAMA_SWITCHYARD=ON
 #   scripts/build-llama.sh --stock    # stock llama.cpp, for comparisons
+#   scripts/build-llama.sh --cuda ARCH
+#       # patched, with ggml's CUDA backend for one GPU architecture (90: H100/H200; 80: A100).
+#       # With no nvcc on PATH the toolkit is CUDA 13 from NVIDIA's PyPI wheels
+#       # (scripts/cuda-toolkit.sh), which compiles and links but cannot run here: the check that
+#       # switchyard's GPU glue builds. On a GPU machine its own CUDA is used. Not in CI (about
+#       # N minutes on 2 cores: see docs/DEVELOPMENT.md).
 #   scripts/build-llama.sh --trainer-key
 #       # builds nothing: prints a hash of what decides llama-finetune's results (the sdist, the
 #       # flags, the CPU and the trainer's own patch), which keys scripts/make-experts.sh's cache
@@ -39,8 +45,23 @@ variant=patched
 case "${1:-}" in
     --stock) variant=stock ;;
     --trainer-key) variant=trainer ;;
+    --cuda)
+        [[ "${2:-}" =~ ^[0-9]+[af]?$ ]] || die "usage: $0 --cuda ARCH (a CUDA architecture such as 90)"
+        variant=patched
+        PATCHED_FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$2")
+        if command -v nvcc >/dev/null; then
+            toolkit="system $(nvcc --version | tail -n1)"
+        else
+            # the wheels bring no driver library to link against (ggml's VMM pool needs it), and
+            # a compile check can leave out FlashAttention's hundreds of template instances
+            cuda_root="$("$SWITCHYARD_ROOT/scripts/cuda-toolkit.sh")"
+            toolkit="wheels $cuda_root"
+            PATCHED_FLAGS+=("-DCUDAToolkit_ROOT=$cuda_root" "-DCMAKE_CUDA_COMPILER=$cuda_root/bin/nvcc"
+                            -DGGML_CUDA_NO_VMM=ON -DGGML_CUDA_FA=OFF)
+        fi
+        ;;
     "") ;;
-    *) die "usage: $0 [--stock | --trainer-key]" ;;
+    *) die "usage: $0 [--stock | --trainer-key | --cuda ARCH]" ;;
 esac
 
 inputs() {
@@ -49,13 +70,13 @@ inputs() {
     # GGML_NATIVE compiles for this CPU: a build is only reused on the same instruction set.
     grep -m1 '^flags' /proc/cpuinfo || true
     case "$variant" in
-        patched) echo "patched flags ${PATCHED_FLAGS[*]} targets ${PATCHED_TARGETS[*]}"
+        patched) echo "patched flags ${PATCHED_FLAGS[*]} targets ${PATCHED_TARGETS[*]} ${toolkit:-}"
                  (cd "$SWITCHYARD_ROOT" && LC_ALL=C sha256sum patches/*.patch \
                       && find patches/files -type f | LC_ALL=C sort | xargs sha256sum) ;;
         trainer) (cd "$SWITCHYARD_ROOT" && sha256sum "patches/$TRAINER_PATCH") ;;
     esac
 }
-key="$variant-$(inputs | sha256sum | cut -c1-16)"
+key="$variant${toolkit:+-cuda}-$(inputs | sha256sum | cut -c1-16)"
 if [ "$variant" = trainer ]; then
     echo "$key"
     exit 0

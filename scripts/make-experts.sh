@@ -34,7 +34,8 @@
 # Environment: SWITCHYARD_EXPERT_LR (default 3e-6), SWITCHYARD_EXPERT_CTX (tokens per sample
 # for every domain; default 512 for code, 256 for math and chat), SWITCHYARD_EXPERT_CHARS
 # (train on the first N characters of each text set; default all), SWITCHYARD_THREADS (default all cores), SWITCHYARD_TEXT_DATA (the text sets;
-# default scripts/fetch-data.sh --text).
+# default scripts/fetch-data.sh --text), SWITCHYARD_EXPERTS_ONLY (train only these experts, e.g.
+# "math"; the folder is the same, the others are trained by a later run without it).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -80,7 +81,8 @@ if [ ! -f "$out/base-f32.gguf" ]; then
     mv "$out/.base-f32.gguf.tmp" "$out/base-f32.gguf"
 fi
 
-for domain in "${DOMAINS[@]}"; do
+for domain in ${SWITCHYARD_EXPERTS_ONLY:-${DOMAINS[@]}}; do
+    [[ " ${DOMAINS[*]} " == *" $domain "* ]] || die "SWITCHYARD_EXPERTS_ONLY: no expert '$domain' (${DOMAINS[*]})"
     if [ -f "$out/$domain.gguf" ] && [ -d "$out/$domain-hf" ]; then
         log "$domain: cached"
         continue
