@@ -15,7 +15,11 @@ src="$root/src" cmake="$root/cmake"
 mkdir -p "$out"
 "${CC:-cc}" -std=c11 -Wall -Wextra -Werror -O2 -c -I "$src/include" -I "$src/ggml/include" \
     "$SWITCHYARD_ROOT/examples/$name.c" -o "$out/$name.o"
-c++ "$out/$name.o" "$cmake/src/libllama.a" "$cmake/ggml/src/libggml.a" "$cmake/ggml/src/libggml-cpu.a" \
+# every backend the build registers (the CPU's, and RPC's in the patched build) links after
+# libggml.a, whose registry refers to them, and before libggml-base.a, which they use
+backends=("$cmake/ggml/src/libggml-cpu.a")
+[ -f "$cmake/ggml/src/ggml-rpc/libggml-rpc.a" ] && backends+=("$cmake/ggml/src/ggml-rpc/libggml-rpc.a")
+c++ "$out/$name.o" "$cmake/src/libllama.a" "$cmake/ggml/src/libggml.a" "${backends[@]}" \
     "$cmake/ggml/src/libggml-base.a" "$cmake/switchyard-target/release/libswitchyard_ffi.a" \
     -fopenmp -lpthread -ldl -lm -o "$out/$name"
 rm -f "$out/$name.o"
