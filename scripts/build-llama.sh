@@ -42,15 +42,21 @@ PATCHED_FLAGS=(-DGGML_RPC=ON)
 PATCHED_TARGETS=(ggml-rpc-server)
 
 variant=patched
+toolkit="" # CUDA builds: which toolkit (part of the key)
+[ $# -le 1 ] || [ "$1" = --cuda ] || die "usage: $0 [--stock | --trainer-key | --cuda ARCH]"
 case "${1:-}" in
     --stock) variant=stock ;;
     --trainer-key) variant=trainer ;;
     --cuda)
-        [[ "${2:-}" =~ ^[0-9]+[af]?$ ]] || die "usage: $0 --cuda ARCH (a CUDA architecture such as 90)"
+        [[ "${2:-}" =~ ^[0-9]+[af]?$ ]] && [ $# -eq 2 ] || die "usage: $0 --cuda ARCH (a CUDA architecture such as 90)"
         variant=patched
         PATCHED_FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$2")
-        if command -v nvcc >/dev/null; then
-            toolkit="system $(nvcc --version | tail -n1)"
+        # the machine's own CUDA where there is one (CUDACXX, PATH, the default install)
+        nvcc="${CUDACXX:-$(command -v nvcc || true)}"
+        [ -n "$nvcc" ] || [ ! -x /usr/local/cuda/bin/nvcc ] || nvcc=/usr/local/cuda/bin/nvcc
+        if [ -n "$nvcc" ]; then
+            toolkit="system $("$nvcc" --version | tail -n1)"
+            PATCHED_FLAGS+=("-DCMAKE_CUDA_COMPILER=$nvcc")
         else
             # the wheels bring no driver library to link against (ggml's VMM pool needs it), and
             # a compile check can leave out FlashAttention's hundreds of template instances

@@ -108,4 +108,5 @@ for domain in ${SWITCHYARD_EXPERTS_ONLY:-${DOMAINS[@]}}; do
     mv "$out/.$domain.gguf.tmp" "$out/$domain.gguf"
     rm -f "$out/.$domain-train.txt"
 done
+[ -z "${SWITCHYARD_EXPERTS_ONLY:-}" ] || log "only $SWITCHYARD_EXPERTS_ONLY trained in $out (SWITCHYARD_EXPERTS_ONLY)"
 echo "$out"

@@ -53,7 +53,7 @@ pub fn output_type(bundle: &Bundle, choice: ExtractType, name: &str) -> Option<G
     let t = bundle.file.tensor(name)?;
     Some(match choice {
         ExtractType::Auto => auto,
-        // 1-D tensors and whole replacements stay F32 whatever is asked: they are exact there.
+        // 1-D tensors stay F32 whatever is asked: they are exact there.
         _ if auto == GgmlType::F32 && t.ne.len() == 1 => GgmlType::F32,
         ExtractType::Base => t.ty,
         ExtractType::Type(ty) => ty,
@@ -131,7 +131,9 @@ pub fn extract(
     for (k, (((t, d), info), &managed)) in base.iter().zip(&deltas).zip(&infos).zip(&managed).enumerate() {
         progress(k as u64, base.len() as u64);
         let bytes = bundle.file.try_tensor_data(t)?;
-        if !managed {
+        // untouched by this expert and asked for in the base's own type: the base's bytes (a
+        // dequantize-requantize round trip is not the identity for every k-quant)
+        if !managed || (d.is_none() && info.ty == t.ty) {
             w.write_tensor_data(&t.name, bytes)?;
             continue;
         }

@@ -142,6 +142,13 @@ fn extract_base_type_quantizes_changed_tensors_like_the_base() {
     assert!(err.contains("tensor '") && err.contains("q4_K"), "{err}");
     assert_eq!(listing(t.dir.path()), before, "a failed extract left files behind");
     assert!(ExtractType::parse("q9_9").unwrap_err().to_string().contains("q4_K"));
+    // "base" in the base's type is the base file's tensors, byte for byte
+    let b = t.path("base-again.gguf");
+    extract(&bundle, "base", ExtractType::Base, &b, &|_, _| {}).unwrap();
+    let again = GgufFile::open(&b).unwrap();
+    for bt in &base.tensors {
+        assert!(again.tensor_data(again.tensor(&bt.name).unwrap()) == base.tensor_data(bt), "{}", bt.name);
+    }
 }
 
 /// Expect `pack` to fail with a message containing every needle, leaving no output file.

@@ -266,7 +266,7 @@ struct RpcServer {
 
 impl RpcServer {
     fn start(bin: &Path) -> RpcServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = common::server::free_port();
         let exe = bin.join("ggml-rpc-server");
         assert!(exe.exists(), "{} is missing (rebuild: scripts/build-llama.sh)", exe.display());
         let child = Command::new(exe)

@@ -173,6 +173,32 @@ fn check_server(bin: &Path, bundle: &Path) {
     }
     drop(single);
 
+    // /slots save and restore carry the expert: math's prompt, saved and restored into the slot
+    // while it serves code, is never reused by code, and is by math.
+    let slot_files = tempfile::tempdir().unwrap();
+    let single = Server::start_with(&bin, &bundle, 1, &["--slot-save-path", slot_files.path().to_str().unwrap()]);
+    let cached = |e: &str| {
+        let mut req = completion(Some(e), prompts[0]);
+        req["cache_prompt"] = json!(true);
+        let (status, v) = single.post("/completion", req);
+        assert_eq!(status, 200, "{v}");
+        (v["timings"]["cache_n"].as_i64().unwrap(), v)
+    };
+    let slot_action = |action: &str| {
+        let (status, v) = single.post(&format!("/slots/0?action={action}"), json!({"filename": "math.bin"}));
+        assert_eq!(status, 200, "{action}: {v}");
+    };
+    cached("math");
+    slot_action("save");
+    cached("code");
+    slot_action("restore");
+    let (n, v) = cached("code");
+    assert_eq!(n, 0, "code reused {n} tokens of math's restored prompt");
+    assert_eq!(answer(&v), reference[&("code", prompts[0])], "code after math's prompt was restored");
+    slot_action("restore");
+    assert!(cached("math").0 > 0, "math did not reuse its own restored prompt");
+    drop(single);
+
     // Concurrent requests for different experts, which share batches (each token's products
     // take its own slot's expert), each get their expert's tokens, up to a near tie (see
     // same_tokens_up_to_a_near_tie).
@@ -230,7 +256,12 @@ fn router_mode_lists_a_bundles_experts_and_reaches_each_by_name() {
     }
     assert_ne!(reference["math"], reference["code"], "experts must differ");
 
-    let router = Server::start_router(&bin, &models, 1, &["--models-max", "1"]);
+    let log = tiny.path("router.log");
+    let router = Server::start_router(&bin, &models, 1, &["--models-max", "1"], &log);
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
     let (status, listed) = router.request("GET", "/v1/models", None).unwrap();
     assert_eq!(status, 200, "{listed}");
     let entries = listed["data"].as_array().unwrap();
@@ -243,7 +274,7 @@ fn router_mode_lists_a_bundles_experts_and_reaches_each_by_name() {
 
     for (name, expert) in [("math", "math"), ("code", "code"), ("bundle", "base"), ("math", "math")] {
         let (status, v) = router.post("/completion", completion(Some(name), prompt));
-        assert_eq!(status, 200, "model {name}: {v}");
+        assert_eq!(status, 200, "model {name}: {v}\nrouter log:\n{}", log_tail());
         assert_eq!(answer(&v), reference[expert], "model {name} through the router");
         if name != "bundle" {
             assert_eq!(v["model"], json!(name), "the response names the expert that served it");

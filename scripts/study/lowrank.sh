@@ -28,7 +28,7 @@ patched="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama
 experts="$(SWITCHYARD_EXPERTS_ONLY=math "$SWITCHYARD_ROOT/scripts/make-experts.sh")"
 python="$SWITCHYARD_CACHE/venv-data/bin/python" # numpy, from scripts/fetch-data.sh
 [ -x "$python" ] || die "$python is missing (scripts/fetch-data.sh makes it)"
-work="${1:-$SWITCHYARD_CACHE/study-lowrank}"
+work="${1:-$SWITCHYARD_CACHE/study-lowrank/$(basename "$experts")}" # results follow the experts
 mkdir -p "$work"
 cd "$work"
 

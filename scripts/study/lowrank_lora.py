@@ -98,10 +98,9 @@ def linear_weights(config):
             yield layer, f"model.layers.{layer}.{hf}.weight", f"blk.{layer}.{gg}.weight"
 
 
-def factors(base, expert, name, rank):
+def svd_of_delta(base, expert, name):
     d = expert[name].astype(np.float64) - base[name].astype(np.float64)
-    u, sv, vt = np.linalg.svd(d, full_matrices=False)
-    return u, sv, vt, rank
+    return np.linalg.svd(d, full_matrices=False)
 
 
 def svd_study(base_dir, expert_dir, prefix, ranks):
@@ -111,7 +110,7 @@ def svd_study(base_dir, expert_dir, prefix, ranks):
     probe = [1, 4, 8, 16, 32, 64, 128, 256]
     kept, per_kind, approx = {}, {}, {r: {} for r in ranks}
     for _, name, gguf in linear_weights(config):
-        u, sv, vt, _ = factors(base, expert, name, 0)
+        u, sv, vt = svd_of_delta(base, expert, name)
         e = sv ** 2
         kind = gguf.split(".")[2]
         for r in probe:
@@ -119,7 +118,7 @@ def svd_study(base_dir, expert_dir, prefix, ranks):
                 k, t = kept.get((key, r), (0.0, 0.0))
                 kept[(key, r)] = (k + e[:r].sum(), t + e.sum())
         for r in ranks:
-            approx[r][name] = base[name].astype(np.float64) + (u[:, :r] * sv[:r]) @ vt[:r]
+            approx[r][name] = (base[name].astype(np.float64) + (u[:, :r] * sv[:r]) @ vt[:r]).astype(np.float32)
     others = [n for n in base if n not in approx[ranks[0]] and not np.array_equal(base[n], expert[n])]
     print(f"changed tensors that are not linear weights (kept whole): {len(others)}")
     print("share of ||D||^2 kept at rank r:")
@@ -132,7 +131,7 @@ def svd_study(base_dir, expert_dir, prefix, ranks):
             if f != "model.safetensors":
                 shutil.copy(os.path.join(expert_dir, f), out)
         tensors = dict(expert)
-        tensors.update({n: a.astype(np.float32) for n, a in approx[r].items()})
+        tensors.update(approx[r])
         write_safetensors(os.path.join(out, "model.safetensors"), tensors)
         print("wrote", out)
 
@@ -163,8 +162,11 @@ def main():
         expert = read_safetensors(os.path.join(expert_dir, "model.safetensors"))
 
         def make(name, _):
-            u, sv, vt, r = factors(base, expert, name, rank)
-            return vt[:r], u[:, :r] * sv[:r]
+            # the singular values split evenly between the factors: both stay well inside F16's
+            # normal range (a small fine-tune's B = U S alone would underflow to subnormals)
+            u, sv, vt = svd_of_delta(base, expert, name)
+            root = np.sqrt(sv[:rank])
+            return vt[:rank] * root[:, None], u[:, :rank] * root
         write_lora_gguf(out, "llama", lora_tensors(config, rank, make))
     elif cmd == "random" and len(sys.argv) == 6:
         config = json.load(open(sys.argv[2]))

@@ -30,10 +30,12 @@ impl Server {
 
     /// llama-server's router mode over the GGUF files in `models_dir`: one child server per
     /// model, started on the first request naming it; `parallel` and `extra` reach the children.
-    pub fn start_router(bin: &Path, models_dir: &Path, parallel: u32, extra: &[&str]) -> Server {
+    /// The router's log (stderr, its children's included) is written to `log`.
+    pub fn start_router(bin: &Path, models_dir: &Path, parallel: u32, extra: &[&str], log: &Path) -> Server {
         let mut args = vec!["--models-dir", models_dir.to_str().unwrap()];
         args.extend(extra);
-        Self::spawn_with(bin, &[], parallel, &args, Stdio::null(), &models_dir.display().to_string())
+        let stderr = std::fs::File::create(log).unwrap().into();
+        Self::spawn_with(bin, &[], parallel, &args, stderr, &models_dir.display().to_string())
     }
 
     fn spawn(bin: &Path, model: &Path, parallel: u32, extra: &[&str], stderr: Stdio) -> Server {
@@ -42,8 +44,7 @@ impl Server {
     }
 
     fn spawn_with(bin: &Path, model: &[&str], parallel: u32, extra: &[&str], stderr: Stdio, what: &str) -> Server {
-        // A free port: bind, read it, release it for the server.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new(bin.join("llama-server"))
             .args(model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -97,6 +98,11 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free loopback port: bound, read and released for a server about to start.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn dechunk(body: &str) -> String {

@@ -8,6 +8,8 @@
 #endif
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <mutex>
 
 std::vector<std::string> server_switchyard_experts(const llama_model * model) {
@@ -121,6 +123,24 @@ bool server_switchyard_mixes_experts(const llama_model * model) {
     GGML_UNUSED(model);
     return false;
 #endif
+}
+
+void server_switchyard_save_slot_expert(const std::string & filepath, const std::string & expert) {
+    const std::string path = filepath + ".expert";
+    if (expert.empty()) {
+        std::remove(path.c_str()); // a stale one from a bundle's slot saved under the same name
+        return;
+    }
+    std::ofstream(path) << expert;
+}
+
+std::string server_switchyard_restored_slot_expert(const llama_model * model, const std::string & filepath) {
+    if (server_switchyard_experts(model).empty()) {
+        return "";
+    }
+    std::string expert;
+    std::ifstream(filepath + ".expert") >> expert;
+    return expert.empty() ? std::string("\x01unknown") : expert; // never a request's expert name
 }
 
 bool server_switchyard_assign_slot(llama_context * ctx, int32_t seq_id, const std::string & expert) {
@@ -242,9 +262,7 @@ json server_switchyard_router_list(const std::string & name, const json & info) 
     if (it == router_experts.end()) {
         return list;
     }
-    for (const auto & e : it->second) {
-        json entry       = info;
-        entry["id"]      = e;
+    for (json entry : server_switchyard_model_list(it->second, info)) {
         entry["aliases"] = json::array();
         entry["bundle"]  = name; // the model whose server runs this expert
         list.push_back(entry);

@@ -37,6 +37,13 @@ bool server_switchyard_request_expert(const llama_model * model, const std::vect
 // sequence's expert deltas (llama_switchyard_seq_experts_ok). False for any other model.
 bool server_switchyard_mixes_experts(const llama_model * model);
 
+// /slots save and restore: the expert that computed a saved slot's KV is written beside its file
+// (FILE.expert) and read back on restore, so a restored prompt is only reused by its own expert.
+// A bundle's slot file without one (saved by another build) gets an expert no request names: its
+// KV is never reused. Empty for any other model.
+void        server_switchyard_save_slot_expert(const std::string & filepath, const std::string & expert);
+std::string server_switchyard_restored_slot_expert(const llama_model * model, const std::string & filepath);
+
 // Gives slot (sequence) `seq_id` its task's expert for every batch it joins, on a model that
 // mixes experts; nothing to do otherwise. Returns false (logged) for an expert the model lacks.
 bool server_switchyard_assign_slot(llama_context * ctx, int32_t seq_id, const std::string & expert);
