@@ -9,8 +9,8 @@
 #       # patched, with ggml's CUDA backend for one GPU architecture (90: H100/H200; 80: A100).
 #       # With no nvcc on PATH the toolkit is CUDA 13 from NVIDIA's PyPI wheels
 #       # (scripts/cuda-toolkit.sh), which compiles and links but cannot run here: the check that
-#       # switchyard's GPU glue builds. On a GPU machine its own CUDA is used. Not in CI (about
-#       # N minutes on 2 cores: see docs/DEVELOPMENT.md).
+#       # switchyard's GPU glue builds. On a GPU machine its own CUDA is used. Not in CI (it
+#       # compiles ggml-cuda: see docs/DEVELOPMENT.md).
 #   scripts/build-llama.sh --trainer-key
 #       # builds nothing: prints a hash of what decides llama-finetune's results (the sdist, the
 #       # flags, the CPU and the trainer's own patch), which keys scripts/make-experts.sh's cache
