@@ -9,6 +9,8 @@
 //! - [`bundle`]: the bundle format (base GGUF + expert deltas) and its validation.
 //! - [`build_bundle`]: a bundle from a base GGUF and fine-tuned experts (`switchyard pack`).
 //! - [`extract`]: one expert of a bundle as a standalone GGUF (`switchyard extract`).
+//! - [`lowrank`], [`lora_adapter`]: an expert's deltas factored to low rank, written as a
+//!   llama.cpp LoRA adapter (`switchyard extract --lora RANK`).
 //! - [`switch`]: decoding base + an expert's delta into the weights llama.cpp computes with.
 //! - [`router`]: choosing the expert for a prompt (embedding, classifier head, training).
 //! - [`moe`]: captured FFN inputs, routing traces of mixture-of-experts models, the expert
@@ -31,6 +33,8 @@ pub mod eval;
 pub mod extract;
 pub mod hf;
 pub mod imatrix;
+pub mod lora_adapter;
+pub mod lowrank;
 pub mod moe;
 #[cfg(feature = "train")]
 pub mod moefy;

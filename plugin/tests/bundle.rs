@@ -151,6 +151,38 @@ fn extract_base_type_quantizes_changed_tensors_like_the_base() {
     }
 }
 
+/// `extract --lora`: one F16 lora_a/lora_b pair per changed weight matrix, shaped as llama.cpp
+/// expects (a: [n_in, r], b: [r, n_out]), B A within the rank of the delta's best
+/// approximation, the norms named as left out; a rank of 0 is refused with nothing written.
+#[test]
+fn extract_lora_factors_each_changed_matrix() {
+    let t = Tiny::new(GgmlType::Q8_0, None);
+    let out = t.path("bundle.gguf");
+    pack_tiny(&t, &out).unwrap();
+    let bundle = Bundle::open(&out).unwrap();
+    let x = t.path("math-lora.gguf");
+    let report = switchyard::lora_adapter::extract_lora(&bundle, "math", 4, &x, &|_, _| {}).unwrap();
+    assert!(report.left_out.iter().any(|n| n.contains("norm")), "{:?}", report.left_out);
+    let f = GgufFile::open(&x).unwrap();
+    assert_eq!(f.metadata.get_str("general.type").unwrap(), "adapter");
+    assert_eq!(f.metadata.get_str("adapter.type").unwrap(), "lora");
+    assert_eq!(f.tensors.len(), 2 * report.factored.len());
+    for (name, rank, kept) in &report.factored {
+        let base = bundle.file.tensor(name).unwrap();
+        let a = f.tensor(&format!("{name}.lora_a")).unwrap();
+        let b = f.tensor(&format!("{name}.lora_b")).unwrap();
+        assert_eq!(
+            (a.ty, a.ne.clone(), b.ne.clone()),
+            (GgmlType::F16, vec![base.ne[0], *rank as u64], vec![*rank as u64, base.ne[1]])
+        );
+        assert!(*rank == 4 && *kept > 0.0 && *kept <= 1.0 + 1e-6, "{name}: rank {rank}, kept {kept}");
+    }
+    let before = listing(t.dir.path());
+    let err = switchyard::lora_adapter::extract_lora(&bundle, "math", 0, &t.path("bad.gguf"), &|_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("rank"), "{err}");
+    assert_eq!(listing(t.dir.path()), before);
+}
+
 /// Expect `pack` to fail with a message containing every needle, leaving no output file.
 fn pack_fails(t: &Tiny, experts: &[(String, std::path::PathBuf)], base_hf: &Path, needles: &[&str]) {
     let out = t.path("bad.gguf");
