@@ -96,6 +96,7 @@ EOF
 servers=(bundle router plain)
 lora_args=() lora_ids="" n=0
 for l in ${LORAS:-}; do
+    [[ "$l" =~ ^[A-Za-z0-9_-]+=.+$ ]] || die "LORAS: '$l' is not NAME=ADAPTER.gguf"
     lora_ids+="${l%%=*}:$n " # llama-server numbers adapters in --lora order
     lora_args+=(--lora "${l#*=}")
     n=$((n + 1))

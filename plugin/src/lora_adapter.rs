@@ -3,33 +3,37 @@
 //! written as llama.cpp's `<weight>.lora_a` / `.lora_b` pair (F16), for `--lora` on the base GGUF
 //! and llama-server's per-request adapters.
 //!
-//! A LoRA adapter only adds products to matrices, so what else the expert changes (norm
-//! weights, biases, token embeddings, 3-D expert stacks) is not in the adapter: the report
-//! names it, and the adapter is then an approximation of the expert beyond the rank's.
+//! An adapter holds products with 2-D weight matrices (the linear weights and the output). What
+//! else the expert changes is left at the base's and named in the report: norm weights and
+//! biases (an adapter cannot hold them), token embeddings (llama.cpp pairs them the other way
+//! round) and 3-D MoE expert stacks (not written by switchyard yet, though llama.cpp reads
+//! them).
 
 use std::path::Path;
 
 use half::f16;
 
 use crate::bundle::delta::rows_of;
-use crate::bundle::{Bundle, TensorDelta};
+use crate::bundle::in_graph::applies_in_graph;
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
-use crate::gguf::{GgufWriter, Metadata, TensorInfoOut};
+use crate::gguf::{GgufWriter, Metadata, TensorInfo, TensorInfoOut};
 use crate::lowrank::truncated_svd;
-use crate::GgmlType;
+use crate::{quants, GgmlType};
 
-/// What an adapter holds: the matrices factored, with the share of the delta's squared
-/// Frobenius norm the rank kept, and the changed tensors it cannot hold.
+/// What an adapter holds: each matrix factored with its rank and the share of its delta's
+/// squared Frobenius norm the rank kept; the changed tensors left at the base's.
 #[derive(Debug, Default)]
 pub struct LoraReport {
     pub factored: Vec<(String, usize, f64)>,
     pub left_out: Vec<String>,
 }
 
-/// Whether llama.cpp applies a LoRA pair to base tensor `name` of shape `ne` as W x + B A x
-/// (token embeddings are looked up, not multiplied: their pairs follow another convention).
+/// Whether an adapter pair for base tensor `name` of shape `ne` is applied by llama.cpp as
+/// W x + B A x: the 2-D weights the bundle's graph hooks multiply by, but the token
+/// embeddings, which are looked up.
 fn takes_lora(name: &str, ne: &[u64]) -> bool {
-    ne.len() == 2 && name.ends_with(".weight") && name != "token_embd.weight"
+    ne.len() == 2 && applies_in_graph(name, ne) && name != "token_embd.weight"
 }
 
 /// Write expert `expert` of `bundle` as a rank-`rank` LoRA adapter to `out`.
@@ -46,17 +50,18 @@ pub fn extract_lora(
     let e = bundle.expert_index(expert)?;
     let arch = bundle.file.metadata.get_str("general.architecture")?.to_string();
     let mut report = LoraReport::default();
-    let mut pending = Vec::new();
+    let mut matrices: Vec<&TensorInfo> = Vec::new();
     for t in bundle.base_tensors() {
-        match bundle.delta(e, &t.name)? {
-            None => {}
-            Some(d @ (TensorDelta::Codec(_) | TensorDelta::Dense { .. })) if takes_lora(&t.name, &t.ne) => {
-                pending.push((t.clone(), d))
-            }
-            Some(_) => report.left_out.push(t.name.clone()),
+        if bundle.delta(e, &t.name)?.is_none() {
+            continue;
+        }
+        if takes_lora(&t.name, &t.ne) {
+            matrices.push(t);
+        } else {
+            report.left_out.push(t.name.clone());
         }
     }
-    if pending.is_empty() {
+    if matrices.is_empty() {
         return Err(Error::Invalid(format!(
             "expert '{expert}' changes no weight matrix: there is nothing for a LoRA adapter to hold"
         )));
@@ -67,31 +72,50 @@ pub fn extract_lora(
     metadata.insert("general.name", format!("{expert} (switchyard, rank {rank})"));
     metadata.insert("adapter.type", "lora");
     metadata.insert("adapter.lora.alpha", 0.0f32); // 0: llama.cpp scales B A by 1, not alpha / rank
-    let mut infos = Vec::with_capacity(2 * pending.len());
-    for (t, _) in &pending {
+    let mut infos = Vec::with_capacity(2 * matrices.len());
+    for t in &matrices {
         let (n_in, n_out) = rows_of(&t.ne);
         let r = rank.min(n_in).min(n_out) as u64;
         infos.push(TensorInfoOut::new(format!("{}.lora_a", t.name), GgmlType::F16, vec![n_in as u64, r]));
         infos.push(TensorInfoOut::new(format!("{}.lora_b", t.name), GgmlType::F16, vec![r, n_out as u64]));
     }
     let mut w = GgufWriter::create(out, &metadata, &infos)?;
-    for (k, (t, d)) in pending.iter().enumerate() {
-        progress(k as u64, pending.len() as u64);
+    for (k, t) in matrices.iter().enumerate() {
+        progress(k as u64, matrices.len() as u64);
+        let d = expert_delta(bundle, e, t)?;
+        let total: f64 = d.iter().map(|v| (*v as f64).powi(2)).sum();
         let (n_in, n_out) = rows_of(&t.ne);
-        let mut dense = vec![0.0f32; n_in * n_out];
-        dense.chunks_mut(n_in).enumerate().for_each(|(r, row)| d.apply_row(r, row));
-        let f = truncated_svd(&dense, n_out, n_in, rank, k as u64);
-        let total: f64 = dense.iter().map(|v| (*v as f64).powi(2)).sum();
+        let f = truncated_svd(d, n_out, n_in, rank, k as u64);
         let kept: f64 = f.singular_values.iter().map(|s| (*s as f64).powi(2)).sum();
-        report.factored.push((t.name.clone(), f.rank, if total > 0.0 { kept / total } else { 1.0 }));
-        w.write_tensor_data(&format!("{}.lora_a", t.name), &f16_bytes(&f.a))?;
-        w.write_tensor_data(&format!("{}.lora_b", t.name), &f16_bytes(&f.b))?;
+        report.factored.push((t.name.clone(), f.rank, if total > 0.0 { (kept / total).min(1.0) } else { 1.0 }));
+        for (part, values) in [("lora_a", &f.a), ("lora_b", &f.b)] {
+            w.write_tensor_data(&format!("{}.{part}", t.name), &f16_bytes(values, expert, &t.name)?)?;
+        }
     }
-    progress(pending.len() as u64, pending.len() as u64);
+    progress(matrices.len() as u64, matrices.len() as u64);
     w.finish()?;
     Ok(report)
 }
 
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect()
+/// Expert `e`'s delta of base tensor `t`, row-major: W_expert - W_base as llama.cpp computes
+/// with them (the base dequantized), whatever form the bundle stores it in.
+fn expert_delta(bundle: &Bundle, e: usize, t: &TensorInfo) -> Result<Vec<f32>> {
+    let (n_in, n_out) = rows_of(&t.ne);
+    let delta = bundle.delta(e, &t.name)?.expect("only changed tensors are factored");
+    let base = quants::dequantize_par(t.ty, bundle.file.try_tensor_data(t)?, n_in * n_out, n_in)
+        .map_err(|err| Error::Invalid(format!("tensor '{}': {err}", t.name)))?;
+    let mut d = base.clone();
+    d.chunks_mut(n_in).enumerate().for_each(|(r, row)| delta.apply_row(r, row));
+    d.iter_mut().zip(&base).for_each(|(x, b)| *x -= b);
+    Ok(d)
+}
+
+/// F16 bytes of `v`, refusing values F16 cannot hold (they would load as infinities).
+fn f16_bytes(v: &[f32], expert: &str, tensor: &str) -> Result<Vec<u8>> {
+    if let Some(x) = v.iter().find(|x| !x.is_finite() || x.abs() > f16::MAX.to_f32()) {
+        return Err(Error::Invalid(format!(
+            "expert '{expert}', tensor '{tensor}': a LoRA factor value {x} does not fit F16"
+        )));
+    }
+    Ok(v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect())
 }

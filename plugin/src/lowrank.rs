@@ -42,31 +42,31 @@ impl Factors {
 }
 
 /// The best rank-`rank` factors of `d` (row-major n_out x n_in) that the randomized method
-/// finds, seeded for reproducibility; `rank` is capped at min(n_out, n_in).
-pub fn truncated_svd(d: &[f32], n_out: usize, n_in: usize, rank: usize, seed: u64) -> Factors {
+/// finds, seeded for reproducibility; `rank` is capped at min(n_out, n_in). `d` is taken by
+/// value: its row-major values are D^T column-major, nalgebra's layout, so nothing is copied.
+pub fn truncated_svd(d: Vec<f32>, n_out: usize, n_in: usize, rank: usize, seed: u64) -> Factors {
     assert_eq!(d.len(), n_out * n_in, "delta of {n_out} x {n_in} values");
     let rank = rank.min(n_out).min(n_in);
     let k = (rank + OVERSAMPLE).min(n_out).min(n_in);
-    let dm = DMatrix::from_row_slice(n_out, n_in, d);
+    let dt = DMatrix::from_vec(n_in, n_out, d); // D^T
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let omega = DMatrix::<f32>::from_fn(n_in, k, |_, _| StandardNormal.sample(&mut rng));
-    let mut y = &dm * omega;
+    let mut y = dt.tr_mul(&omega); // D omega, n_out x k
     for _ in 0..POWER_ITERATIONS {
         // re-orthonormalized between passes, or the small directions drown in rounding
-        let z = dm.tr_mul(&y.qr().q());
-        y = &dm * z.qr().q();
+        let z = &dt * y.qr().q(); // D^T Q
+        y = dt.tr_mul(&z.qr().q()); // D Q'
     }
     let q = y.qr().q(); // n_out x k, an orthonormal basis of D's sampled range
-    let small = q.tr_mul(&dm); // k x n_in
-    let mut svd = small.svd(true, true);
-    svd.sort_by_singular_values();
-    let (u, vt) = (q * svd.u.expect("svd computed with u"), svd.v_t.expect("svd computed with v_t"));
+                        // (Q^T D)^T = D^T Q = U' S V'^T, so D ~ Q V' S U'^T: U = Q V', V = U'
+    let svd = (&dt * &q).svd(true, true); // sorted, largest first
+    let (v, u) = (svd.u.expect("svd computed with u"), q * svd.v_t.expect("svd computed with v_t").transpose());
     let roots: Vec<f32> = svd.singular_values.iter().take(rank).map(|s| s.max(0.0).sqrt()).collect();
     let mut a = vec![0.0f32; rank * n_in];
     let mut b = vec![0.0f32; n_out * rank];
     for (j, &root) in roots.iter().enumerate() {
         for c in 0..n_in {
-            a[j * n_in + c] = vt[(j, c)] * root;
+            a[j * n_in + c] = v[(c, j)] * root;
         }
         for r in 0..n_out {
             b[r * rank + j] = u[(r, j)] * root;
@@ -113,7 +113,7 @@ mod tests {
                 }
             }
         }
-        let f = truncated_svd(&d, n_out, n_in, 3, 7);
+        let f = truncated_svd(d.clone(), n_out, n_in, 3, 7);
         assert_eq!((f.a.len(), f.b.len()), (3 * n_in, n_out * 3));
         assert!(residual(&d, &f) < 1e-4 * frobenius(&d), "residual {}", residual(&d, &f));
     }
@@ -123,7 +123,7 @@ mod tests {
         let (n_out, n_in) = (64, 40);
         let d = decaying(n_out, n_in, 2);
         for rank in [1, 4, 10] {
-            let f = truncated_svd(&d, n_out, n_in, rank, 3);
+            let f = truncated_svd(d.clone(), n_out, n_in, rank, 3);
             // the optimal rank-r error: the singular values left out, 0.5^r, 0.5^(r+1), ...
             let best = (rank..n_in).map(|i| 0.25f64.powi(i as i32)).sum::<f64>().sqrt();
             let got = residual(&d, &f);
@@ -132,7 +132,7 @@ mod tests {
             assert!(f.singular_values.windows(2).all(|w| w[0] >= w[1]));
         }
         // a rank past the matrix's is capped, and exact
-        let f = truncated_svd(&d, n_out, n_in, 100, 3);
+        let f = truncated_svd(d.clone(), n_out, n_in, 100, 3);
         assert_eq!(f.rank, n_in);
         assert!(residual(&d, &f) < 1e-4);
     }

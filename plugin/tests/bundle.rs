@@ -152,31 +152,54 @@ fn extract_base_type_quantizes_changed_tensors_like_the_base() {
 }
 
 /// `extract --lora`: one F16 lora_a/lora_b pair per changed weight matrix, shaped as llama.cpp
-/// expects (a: [n_in, r], b: [r, n_out]), B A within the rank of the delta's best
-/// approximation, the norms named as left out; a rank of 0 is refused with nothing written.
+/// expects (a: [n_in, r], b: [r, n_out]); at full rank B A is the expert's delta (W_expert -
+/// W_base, both as llama.cpp computes with them) up to F16 rounding, at a lower rank it is
+/// further; the norms are named as left out; a rank of 0 is refused with nothing written.
 #[test]
 fn extract_lora_factors_each_changed_matrix() {
     let t = Tiny::new(GgmlType::Q8_0, None);
     let out = t.path("bundle.gguf");
     pack_tiny(&t, &out).unwrap();
     let bundle = Bundle::open(&out).unwrap();
-    let x = t.path("math-lora.gguf");
-    let report = switchyard::lora_adapter::extract_lora(&bundle, "math", 4, &x, &|_, _| {}).unwrap();
-    assert!(report.left_out.iter().any(|n| n.contains("norm")), "{:?}", report.left_out);
-    let f = GgufFile::open(&x).unwrap();
-    assert_eq!(f.metadata.get_str("general.type").unwrap(), "adapter");
-    assert_eq!(f.metadata.get_str("adapter.type").unwrap(), "lora");
-    assert_eq!(f.tensors.len(), 2 * report.factored.len());
-    for (name, rank, kept) in &report.factored {
-        let base = bundle.file.tensor(name).unwrap();
-        let a = f.tensor(&format!("{name}.lora_a")).unwrap();
-        let b = f.tensor(&format!("{name}.lora_b")).unwrap();
-        assert_eq!(
-            (a.ty, a.ne.clone(), b.ne.clone()),
-            (GgmlType::F16, vec![base.ne[0], *rank as u64], vec![*rank as u64, base.ne[1]])
-        );
-        assert!(*rank == 4 && *kept > 0.0 && *kept <= 1.0 + 1e-6, "{name}: rank {rank}, kept {kept}");
+    let extracted = t.path("math-f32.gguf");
+    extract(&bundle, "math", ExtractType::Type(GgmlType::F32), &extracted, &|_, _| {}).unwrap();
+    let expert = GgufFile::open(&extracted).unwrap();
+    let mut errors = Vec::new();
+    for rank in [64, 4] {
+        let x = t.path(&format!("math-lora-{rank}.gguf"));
+        let report = switchyard::lora_adapter::extract_lora(&bundle, "math", rank, &x, &|_, _| {}).unwrap();
+        assert!(report.left_out.iter().any(|n| n.contains("norm")), "{:?}", report.left_out);
+        let f = GgufFile::open(&x).unwrap();
+        assert_eq!(f.metadata.get_str("general.type").unwrap(), "adapter");
+        assert_eq!(f.metadata.get_str("adapter.type").unwrap(), "lora");
+        assert_eq!(f.tensors.len(), 2 * report.factored.len());
+        let (mut err, mut norm) = (0.0f64, 0.0f64);
+        for (name, r, _) in &report.factored {
+            let base_t = bundle.file.tensor(name).unwrap();
+            let (n_in, n_out) = (base_t.ne[0] as usize, base_t.ne[1] as usize);
+            let a_t = f.tensor(&format!("{name}.lora_a")).unwrap();
+            let b_t = f.tensor(&format!("{name}.lora_b")).unwrap();
+            assert_eq!(
+                (a_t.ty, a_t.ne.clone(), b_t.ne.clone()),
+                (GgmlType::F16, vec![n_in as u64, *r as u64], vec![*r as u64, n_out as u64])
+            );
+            let a = quants::dequantize(GgmlType::F16, f.tensor_data(a_t), r * n_in).unwrap();
+            let b = quants::dequantize(GgmlType::F16, f.tensor_data(b_t), n_out * r).unwrap();
+            let base = quants::dequantize(base_t.ty, bundle.file.tensor_data(base_t), n_in * n_out).unwrap();
+            let want: &[f32] = bytemuck::cast_slice(expert.tensor_data(expert.tensor(name).unwrap()));
+            for row in 0..n_out {
+                for c in 0..n_in {
+                    let ba: f32 = (0..*r).map(|k| b[row * r + k] * a[k * n_in + c]).sum();
+                    let d = want[row * n_in + c] - base[row * n_in + c];
+                    err += ((ba - d) as f64).powi(2);
+                    norm += (d as f64).powi(2);
+                }
+            }
+        }
+        errors.push((err / norm).sqrt());
     }
+    assert!(errors[0] < 2e-3, "full rank: relative error {} of B A against the delta", errors[0]);
+    assert!(errors[1] > 10.0 * errors[0], "rank 4 should lose much more: {errors:?}");
     let before = listing(t.dir.path());
     let err = switchyard::lora_adapter::extract_lora(&bundle, "math", 0, &t.path("bad.gguf"), &|_, _| {}).unwrap_err();
     assert!(err.to_string().contains("rank"), "{err}");

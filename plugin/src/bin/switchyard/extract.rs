@@ -23,8 +23,8 @@ pub struct ExtractArgs {
     #[arg(long = "type", default_value = "auto", value_parser = parse_type, conflicts_with = "lora")]
     ty: ExtractType,
     /// Write the expert as a llama.cpp LoRA adapter of this rank instead (its weight matrices'
-    /// deltas factored by a truncated SVD; for --lora on the base GGUF). Norms, biases and
-    /// embeddings the expert changes cannot be in an adapter: they are listed.
+    /// deltas factored by a truncated SVD; for --lora on the base GGUF). What else the expert
+    /// changes (norms, biases, token embeddings, MoE expert stacks) is listed and left out.
     #[arg(long, value_name = "RANK")]
     lora: Option<usize>,
     #[arg(short, long)]
@@ -70,11 +70,15 @@ fn lora(bundle: &Bundle, a: &ExtractArgs, rank: usize) -> Result<()> {
     let kept: Vec<f64> = report.factored.iter().map(|(_, _, k)| *k).collect();
     let mean = kept.iter().sum::<f64>() / kept.len() as f64;
     let min = kept.iter().copied().fold(f64::INFINITY, f64::min);
-    println!("wrote {} (expert '{}' as a LoRA adapter, rank {rank})", a.output.display(), a.expert);
-    println!("  {} weight matrices factored; share of each delta kept: mean {mean:.3}, least {min:.3}", kept.len());
+    let top = report.factored.iter().map(|(_, r, _)| *r).max().unwrap_or(0);
+    println!("wrote {} (expert '{}' as a LoRA adapter, rank {top})", a.output.display(), a.expert);
+    println!(
+        "  {} weight matrices factored (rank capped at each one's smaller side); share of each delta's squared norm kept: mean {mean:.3}, least {min:.3}",
+        kept.len()
+    );
     if !report.left_out.is_empty() {
         println!(
-            "  {} changed tensors a LoRA adapter cannot hold, left at the base's: {}",
+            "  {} changed tensors not in the adapter, left at the base's: {}",
             report.left_out.len(),
             report.left_out.join(", ")
         );
