@@ -10,8 +10,10 @@
 //! them).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::f16;
+use rayon::prelude::*;
 
 use crate::bundle::delta::rows_of;
 use crate::bundle::in_graph::applies_in_graph;
@@ -42,7 +44,7 @@ pub fn extract_lora(
     expert: &str,
     rank: usize,
     out: &Path,
-    progress: &dyn Fn(u64, u64),
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<LoraReport> {
     if rank == 0 {
         return Err(Error::Invalid("--lora: the rank must be at least 1".into()));
@@ -80,19 +82,28 @@ pub fn extract_lora(
         infos.push(TensorInfoOut::new(format!("{}.lora_b", t.name), GgmlType::F16, vec![r, n_out as u64]));
     }
     let mut w = GgufWriter::create(out, &metadata, &infos)?;
-    for (k, t) in matrices.iter().enumerate() {
-        progress(k as u64, matrices.len() as u64);
-        let d = expert_delta(bundle, e, t)?;
-        let total: f64 = d.iter().map(|v| (*v as f64).powi(2)).sum();
-        let (n_in, n_out) = rows_of(&t.ne);
-        let f = truncated_svd(d, n_out, n_in, rank, k as u64);
+    // Matrices factored a few at a time in parallel (each product inside is one thread), the
+    // factors, small beside the deltas, kept until written in order.
+    let done = AtomicU64::new(0);
+    let factored = matrices
+        .par_iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let d = expert_delta(bundle, e, t)?;
+            let total: f64 = d.iter().map(|v| (*v as f64).powi(2)).sum();
+            let (n_in, n_out) = rows_of(&t.ne);
+            let f = truncated_svd(d, n_out, n_in, rank, k as u64);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, matrices.len() as u64);
+            Ok((f, total))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (t, (f, total)) in matrices.iter().zip(factored) {
         let kept: f64 = f.singular_values.iter().map(|s| (*s as f64).powi(2)).sum();
         report.factored.push((t.name.clone(), f.rank, if total > 0.0 { (kept / total).min(1.0) } else { 1.0 }));
         for (part, values) in [("lora_a", &f.a), ("lora_b", &f.b)] {
             w.write_tensor_data(&format!("{}.{part}", t.name), &f16_bytes(values, expert, &t.name)?)?;
         }
     }
-    progress(matrices.len() as u64, matrices.len() as u64);
     w.finish()?;
     Ok(report)
 }
