@@ -54,7 +54,7 @@ pub fn extract_lora(
     let mut report = LoraReport::default();
     let mut matrices: Vec<&TensorInfo> = Vec::new();
     for t in bundle.base_tensors() {
-        if bundle.delta(e, &t.name)?.is_none() {
+        if !bundle.changes(e, &t.name) {
             continue;
         }
         if takes_lora(&t.name, &t.ne) {
