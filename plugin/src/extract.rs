@@ -31,18 +31,17 @@ impl ExtractType {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(ExtractType::Auto),
             "base" => Ok(ExtractType::Base),
-            _ => match GgmlType::from_name(s) {
-                Some(ty) if quants::QUANTIZABLE.contains(&ty) && ty != GgmlType::Q8_K => Ok(ExtractType::Type(ty)),
-                _ => Err(Error::Invalid(format!(
-                    "unknown output type '{s}': auto, base or one of {}",
-                    quants::QUANTIZABLE
-                        .iter()
-                        .filter(|&&t| t != GgmlType::Q8_K)
-                        .map(|t| t.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
-            },
+            _ => {
+                // every type switchyard quantizes but Q8_K, which llama.cpp only uses inside products
+                let types = || quants::QUANTIZABLE.iter().filter(|&&t| t != GgmlType::Q8_K);
+                match GgmlType::from_name(s) {
+                    Some(ty) if types().any(|&t| t == ty) => Ok(ExtractType::Type(ty)),
+                    _ => Err(Error::Invalid(format!(
+                        "unknown output type '{s}': auto, base or one of {}",
+                        types().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                    ))),
+                }
+            }
         }
     }
 }
@@ -63,7 +62,7 @@ pub fn output_type(bundle: &Bundle, choice: ExtractType, name: &str) -> Option<G
 /// Refuse, before anything is written, a tensor switchyard cannot write in type `ty`: one it
 /// does not quantize (the base's IQ types) or whose rows are not whole blocks of it.
 fn check_output_type(name: &str, ne: &[u64], ty: GgmlType) -> Result<()> {
-    if !ty.is_float() && !quants::QUANTIZABLE.contains(&ty) {
+    if !quants::can_quantize(ty) {
         return Err(Error::Unsupported(format!(
             "tensor '{name}': switchyard cannot quantize to {ty}; extract with --type f16 and run llama-quantize"
         )));

@@ -29,18 +29,6 @@ pub struct Factors {
     pub singular_values: Vec<f32>,
 }
 
-impl Factors {
-    /// Row `r` of B A (length n_in), the delta's approximation.
-    pub fn row(&self, r: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.n_in];
-        for k in 0..self.rank {
-            let w = self.b[r * self.rank + k];
-            out.iter_mut().zip(&self.a[k * self.n_in..(k + 1) * self.n_in]).for_each(|(o, a)| *o += w * a);
-        }
-        out
-    }
-}
-
 /// The best rank-`rank` factors of `d` (row-major n_out x n_in) that the randomized method
 /// finds, seeded for reproducibility; `rank` is capped at min(n_out, n_in). `d` is taken by
 /// value: its row-major values are D^T column-major, nalgebra's layout, so nothing is copied.
@@ -83,8 +71,18 @@ mod tests {
         x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
     }
 
+    /// Row `r` of B A (length n_in), the delta's approximation.
+    fn row(f: &Factors, r: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; f.n_in];
+        for k in 0..f.rank {
+            let w = f.b[r * f.rank + k];
+            out.iter_mut().zip(&f.a[k * f.n_in..(k + 1) * f.n_in]).for_each(|(o, a)| *o += w * a);
+        }
+        out
+    }
+
     fn residual(d: &[f32], f: &Factors) -> f64 {
-        let approx: Vec<f32> = (0..f.n_out).flat_map(|r| f.row(r)).collect();
+        let approx: Vec<f32> = (0..f.n_out).flat_map(|r| row(f, r)).collect();
         frobenius(&d.iter().zip(&approx).map(|(a, b)| a - b).collect::<Vec<_>>())
     }
 

@@ -53,26 +53,27 @@ pub fn is_norm_weight(name: &str, ne: &[u64]) -> bool {
     ne.len() == 1 && name.ends_with("_norm.weight")
 }
 
-/// Whether Q4_0 holds the codes of a codec delta of `bits` bits, rows of `n_in` values and
-/// steps laid out as `layout` exactly: 1-3 bits, and one step per 32-channel block.
-fn q4_0_is_exact(bits: u8, n_in: usize, layout: StepLayout) -> bool {
-    bits <= 3
-        && n_in.is_multiple_of(32)
+/// Whether a type of `max_bits`-bit values in rows of `row_block` values with one scale per
+/// `scale_block` values holds the codes of a codec delta of `bits` bits, rows of `n_in` values
+/// and steps laid out as `layout`, as they are: each step falls on the type's scale blocks.
+fn holds_codes(max_bits: u8, row_block: usize, scale_block: usize, bits: u8, n_in: usize, layout: StepLayout) -> bool {
+    bits <= max_bits
+        && n_in.is_multiple_of(row_block)
         && match layout {
             StepLayout::Matrix => true,
-            StepLayout::Groups { group } => group == n_in || group.is_multiple_of(32),
+            StepLayout::Groups { group } => group == n_in || group.is_multiple_of(scale_block),
         }
+}
+
+/// Whether Q4_0 holds the codes exactly: 1-3 bits, and one step per 32-channel block.
+fn q4_0_is_exact(bits: u8, n_in: usize, layout: StepLayout) -> bool {
+    holds_codes(3, 32, 32, bits, n_in, layout)
 }
 
 /// Whether Q2_K takes the codes as they are (see the module doc): 1-2 bits, rows of a multiple
 /// of 256 values, and one step per 16-channel block.
 fn q2_k_takes_codes(bits: u8, n_in: usize, layout: StepLayout) -> bool {
-    bits <= 2
-        && n_in.is_multiple_of(256)
-        && match layout {
-            StepLayout::Matrix => true,
-            StepLayout::Groups { group } => group == n_in || group.is_multiple_of(16),
-        }
+    holds_codes(2, 256, 16, bits, n_in, layout)
 }
 
 /// The type a codec delta (as in [`q4_0_is_exact`]) is applied in: `requested` when given,
@@ -91,7 +92,7 @@ pub fn codec_type(
         None if q4_0_is_exact(bits, n_in, layout) => GgmlType::Q4_0,
         None => GgmlType::Q8_0,
     };
-    if !quants::can_quantize(ty) || !n_in.is_multiple_of(ty.block_size()) {
+    if !quants::can_write_rows(ty, n_in as u64) {
         return Err(Error::Unsupported(format!(
             "{what}: the delta cannot be applied as {ty} (rows of {n_in} values; types: {})",
             quants::QUANTIZABLE.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")

@@ -74,6 +74,12 @@ pub const QUANTIZABLE: &[GgmlType] = &[
     GgmlType::MXFP4,
 ];
 
+/// Whether [`quantize_row`] can write rows of `n` values in `ty`: a type it handles, and rows
+/// of whole blocks.
+pub fn can_write_rows(ty: GgmlType, n: u64) -> bool {
+    can_quantize(ty) && n.is_multiple_of(ty.block_size() as u64)
+}
+
 /// Whether [`dequantize_row`] handles `ty`.
 pub fn can_dequantize(ty: GgmlType) -> bool {
     DEQUANTIZABLE.contains(&ty)
