@@ -16,7 +16,7 @@
  The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
  other call, so a library and header from different releases are never mixed.
  */
-#define SWITCHYARD_ABI_VERSION 5
+#define SWITCHYARD_ABI_VERSION 6
 
 /*
  Outcome of a call.
@@ -101,14 +101,19 @@ typedef struct switchyard_trace switchyard_trace;
 
 /*
  What a converted delta holds, lent by the delta (valid until `switchyard_graph_delta_free`).
- The graph adds `data x` (a matrix of the base weight's shape in `ggml_type`, an `enum ggml_type` value) and, when
- `n_salient` > 0, `salient g` where g holds x's channels `salient_idx` (`n_salient` values,
- sorted) and `salient` is an F16 matrix of `n_salient` columns and the base's rows.
+ With `rank` 0 the graph adds `data x` (a matrix of the base weight's shape in `ggml_type`, an
+ `enum ggml_type` value) and, when `n_salient` > 0, `salient g` where g holds x's channels
+ `salient_idx` (`n_salient` values, sorted) and `salient` is an F16 matrix of `n_salient`
+ columns and the base's rows. With `rank` > 0 it adds `b (data x)`: `data` is `rank` rows of
+ the base's row length and `b` the base's number of rows of `rank` values, both in `ggml_type`.
  */
 typedef struct {
   int32_t ggml_type;
   const void *data;
   size_t data_size;
+  uint32_t rank;
+  const void *b;
+  size_t b_size;
   uint32_t n_salient;
   const int32_t *salient_idx;
   /*
@@ -211,6 +216,8 @@ typedef struct {
 
 
 
+
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -279,16 +286,17 @@ size_t switchyard_last_error(char *buf, size_t len);
 uint32_t switchyard_model_in_graph(const switchyard_model *model, const char *name);
 
 /*
- The ggml type (`*out_type`) and number of salient channels (`*out_n_salient`) of expert
- `expert`'s delta of weight `name` as `switchyard_model_graph_delta` converts it with
- `type`, without converting it. `*out_type` is -1 when the expert leaves the weight
- unchanged or it is not applied in the graph.
+ The ggml type (`*out_type`), rank (`*out_rank`, 0 unless low-rank) and number of salient
+ channels (`*out_n_salient`) of expert `expert`'s delta of weight `name` as
+ `switchyard_model_graph_delta` converts it with `type`, without converting it. `*out_type`
+ is -1 when the expert leaves the weight unchanged or it is not applied in the graph.
  */
 switchyard_result switchyard_model_graph_delta_shape(const switchyard_model *model,
                                                      uint32_t expert,
                                                      const char *name,
                                                      int32_t type_,
                                                      int32_t *out_type,
+                                                     uint32_t *out_rank,
                                                      uint32_t *out_n_salient);
 
 /*

@@ -22,14 +22,19 @@ impl Castable for switchyard_graph_delta {
 }
 
 /// What a converted delta holds, lent by the delta (valid until `switchyard_graph_delta_free`).
-/// The graph adds `data x` (a matrix of the base weight's shape in `ggml_type`, an `enum ggml_type` value) and, when
-/// `n_salient` > 0, `salient g` where g holds x's channels `salient_idx` (`n_salient` values,
-/// sorted) and `salient` is an F16 matrix of `n_salient` columns and the base's rows.
+/// With `rank` 0 the graph adds `data x` (a matrix of the base weight's shape in `ggml_type`, an
+/// `enum ggml_type` value) and, when `n_salient` > 0, `salient g` where g holds x's channels
+/// `salient_idx` (`n_salient` values, sorted) and `salient` is an F16 matrix of `n_salient`
+/// columns and the base's rows. With `rank` > 0 it adds `b (data x)`: `data` is `rank` rows of
+/// the base's row length and `b` the base's number of rows of `rank` values, both in `ggml_type`.
 #[repr(C)]
 pub struct switchyard_graph_delta_parts {
     pub ggml_type: i32,
     pub data: *const c_void,
     pub data_size: usize,
+    pub rank: u32,
+    pub b: *const c_void,
+    pub b_size: usize,
     pub n_salient: u32,
     pub salient_idx: *const i32,
     /// IEEE half-precision bit patterns, row-major `[rows][n_salient]`.
@@ -61,10 +66,10 @@ pub unsafe extern "C" fn switchyard_model_in_graph(model: *const switchyard_mode
     })
 }
 
-/// The ggml type (`*out_type`) and number of salient channels (`*out_n_salient`) of expert
-/// `expert`'s delta of weight `name` as `switchyard_model_graph_delta` converts it with
-/// `type`, without converting it. `*out_type` is -1 when the expert leaves the weight
-/// unchanged or it is not applied in the graph.
+/// The ggml type (`*out_type`), rank (`*out_rank`, 0 unless low-rank) and number of salient
+/// channels (`*out_n_salient`) of expert `expert`'s delta of weight `name` as
+/// `switchyard_model_graph_delta` converts it with `type`, without converting it. `*out_type`
+/// is -1 when the expert leaves the weight unchanged or it is not applied in the graph.
 #[no_mangle]
 pub unsafe extern "C" fn switchyard_model_graph_delta_shape(
     model: *const switchyard_model,
@@ -72,12 +77,14 @@ pub unsafe extern "C" fn switchyard_model_graph_delta_shape(
     name: *const c_char,
     type_: i32,
     out_type: *mut i32,
+    out_rank: *mut u32,
     out_n_salient: *mut u32,
 ) -> switchyard_result {
     boundary(|| {
         let m = try_ref_from_ptr!(model);
         let name = try_str!(name);
         let out_type = try_out!(out_type);
+        let out_rank = try_out!(out_rank);
         let out_n_salient = try_out!(out_n_salient);
         let requested = match requested_type(type_) {
             Ok(t) => t,
@@ -85,9 +92,9 @@ pub unsafe extern "C" fn switchyard_model_graph_delta_shape(
         };
         match m.lock().graph_delta_shape(expert as usize, name, requested) {
             Ok(shape) => {
-                let (ty, n_sal) = shape.map_or((-1, 0), |(ty, n)| (ty as i32, n as u32));
-                out_type.write(ty);
-                out_n_salient.write(n_sal);
+                out_type.write(shape.map_or(-1, |s| s.ty as i32));
+                out_rank.write(shape.map_or(0, |s| s.rank as u32));
+                out_n_salient.write(shape.map_or(0, |s| s.n_salient as u32));
                 SWITCHYARD_RESULT_OK
             }
             Err(e) => fail(&e),
@@ -146,6 +153,9 @@ pub unsafe extern "C" fn switchyard_graph_delta_get_parts(
             ggml_type: d.ty as i32,
             data: d.data.as_ptr().cast(),
             data_size: d.data.len(),
+            rank: d.rank as u32,
+            b: if d.b.is_empty() { std::ptr::null() } else { d.b.as_ptr().cast() },
+            b_size: d.b.len(),
             n_salient: d.salient_idx.len() as u32,
             salient_idx: d.salient_idx.as_ptr(),
             salient: d.salient.as_ptr().cast(),

@@ -61,7 +61,7 @@ use std::ffi::c_char;
 
 /// The ABI this header describes. A host compares it with [`switchyard_abi_version`] before any
 /// other call, so a library and header from different releases are never mixed.
-pub const SWITCHYARD_ABI_VERSION: u32 = 5;
+pub const SWITCHYARD_ABI_VERSION: u32 = 6;
 
 /// The ABI version the library was built with.
 #[no_mangle]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::bundle::fingerprint::base_fingerprint;
+use crate::bundle::low_rank::{worth_factoring, LowRankDelta};
 use crate::bundle::{write_bundle, ExpertDeltas, ExpertInfo, TensorDelta};
 use crate::codec::{self, CodecParams, ErrorFeedback, Method};
 use crate::convert::config_from_gguf;
@@ -37,6 +38,9 @@ pub struct PackOptions {
     /// the imatrix must hold covariances: the patched `llama-imatrix --covariance`).
     pub error_feedback: bool,
     pub embeddings: EmbeddingStorage,
+    /// Factor each linear weight's delta to this rank where that makes it cheaper to apply
+    /// ([`crate::bundle::low_rank::worth_factoring`]); 0: the codec for all.
+    pub rank: usize,
 }
 
 impl Default for PackOptions {
@@ -46,6 +50,7 @@ impl Default for PackOptions {
             imatrix: None,
             error_feedback: false,
             embeddings: EmbeddingStorage::Q8_0,
+            rank: 0,
         }
     }
 }
@@ -106,6 +111,9 @@ impl Calibration {
         Ok(Some(f))
     }
 }
+
+/// The randomized SVD's seed: a fixed one, so that packing twice writes the same bytes.
+const SVD_SEED: u64 = 0x5eed;
 
 /// Progress callback: (what, done, total).
 pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
@@ -185,15 +193,20 @@ pub fn expert_deltas(
         }
     }
     let total: u64 = base.tensors.len() as u64;
-    let mut out = Vec::new();
-    for (k, t) in base.tensors.iter().enumerate() {
-        progress(&format!("{}: {}", info.name, t.name), k as u64, total);
-        if let Some(d) = tensor_delta(base, t, expert, &label, &info, calib, opts)? {
-            out.push((t.name.clone(), d));
-        }
-    }
+    let done = std::sync::atomic::AtomicU64::new(0);
+    // tensors in parallel (the codec and the SVD are parallel inside too, but not throughout)
+    let deltas = base
+        .tensors
+        .par_iter()
+        .map(|t| {
+            let d = tensor_delta(base, t, expert, &label, &info, calib, opts)?;
+            let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress(&format!("{}: {}", info.name, t.name), k, total);
+            Ok(d.map(|d| (t.name.clone(), d)))
+        })
+        .collect::<Result<Vec<_>>>()?;
     progress(&info.name, total, total);
-    Ok(ExpertDeltas { info, tensors: out })
+    Ok(ExpertDeltas { info, tensors: deltas.into_iter().flatten().collect() })
 }
 
 fn tensor_delta(
@@ -232,6 +245,11 @@ fn tensor_delta(
         crate::bail_invalid!("{label}: tensor '{source}' has a non-finite value at element {bad}");
     }
     let n_in = t.ne[0] as usize;
+    if is_linear_weight(&t.name, &t.ne) && t.ne.len() == 2 && worth_factoring(n_in, n / n_in, opts.rank) {
+        let what = format!("expert '{}', tensor '{}'", info.name, t.name);
+        return LowRankDelta::factor(d, n_in, n / n_in, opts.rank, SVD_SEED, &what)
+            .map(|l| Some(TensorDelta::LowRank(l)));
+    }
     if is_linear_weight(&t.name, &t.ne) {
         let feedback = calib.feedback(t)?;
         let c =
@@ -293,6 +311,7 @@ pub fn pack(
             name: name.clone(),
             params: opts.params,
             imatrix: opts.imatrix.as_ref().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()),
+            rank: opts.rank,
         };
         deltas.push(expert_deltas(&base, &model, info, &calib, opts, progress)?);
     }

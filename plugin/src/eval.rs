@@ -104,9 +104,10 @@ pub fn eval(bundle: &Bundle, expert: &str, reference: &Path, progress: &dyn Fn(u
                 let bits = c.bits_per_param();
                 (codec::decompress_f32(&c), bits)
             }
+            Some(TensorDelta::LowRank(l)) => (l.to_f32(), l.bits_per_param()),
             Some(other) => {
                 crate::bail_invalid!(
-                    "{}: linear tensor '{}' is stored as '{}', not by the codec",
+                    "{}: linear tensor '{}' is stored as '{}', neither by the codec nor factored",
                     bundle.label(),
                     t.name,
                     other.kind()

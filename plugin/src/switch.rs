@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::bundle::delta::{layout_for, rows_of};
-use crate::bundle::in_graph::{self, GraphDelta};
+use crate::bundle::in_graph::{self, GraphDelta, GraphDeltaShape};
 use crate::bundle::{materialize, Bundle, TensorDelta};
 use crate::codec::Output;
 use crate::error::{Error, Result};
@@ -105,22 +105,26 @@ impl Switcher {
         e: usize,
         name: &str,
         requested: Option<GgmlType>,
-    ) -> Result<Option<(GgmlType, usize)>> {
+    ) -> Result<Option<GraphDeltaShape>> {
         self.check_expert(e)?;
         if !self.bundle.in_graph(name) || !self.bundle.changes(e, name) {
             return Ok(None);
         }
+        let whole = |ty| Some(GraphDeltaShape { ty, rank: 0, n_salient: 0 });
         if let Some(dense) = self.bundle.delta_part(e, name, "delta") {
-            return Ok(Some((dense.ty, 0)));
+            return Ok(whole(dense.ty));
         }
         if self.bundle.replaces_whole(e, name) {
-            return Ok(Some((GgmlType::F32, 0)));
+            return Ok(whole(GgmlType::F32));
+        }
+        if let Some(a) = self.bundle.delta_part(e, name, "lr_a") {
+            return Ok(Some(GraphDeltaShape { ty: a.ty, rank: a.ne[1] as usize, n_salient: 0 }));
         }
         let n_in = self.bundle.file.tensor(name).map_or(0, |t| rows_of(&t.ne).0);
         let params = &self.bundle.experts[e].params;
         let n_salient = self.bundle.delta_part(e, name, "sal_idx").map_or(0, |t| t.n_elements() as usize);
         let ty = in_graph::codec_type(params.bits, n_in, layout_for(params, n_in), requested, &self.what(e, name))?;
-        Ok(Some((ty, n_salient)))
+        Ok(Some(GraphDeltaShape { ty, rank: 0, n_salient }))
     }
 
     /// Expert `e`'s delta of weight `name` converted for the graph (None as in

@@ -130,6 +130,9 @@ pub struct Dims {
 impl Dims {
     /// For tests: two layers of width 64.
     pub const TINY: Dims = Dims { hidden: 64, ff: 128, layers: 2, heads: 4, kv_heads: 2 };
+    /// For tests of low-rank deltas: the narrowest shapes where rank-32 factors cost at most
+    /// half a dense delta's multiply-adds (`bundle::low_rank::worth_factoring`).
+    pub const SMALL: Dims = Dims { hidden: 256, ff: 512, layers: 2, heads: 4, kv_heads: 2 };
     /// Llama-3.2-1B's shapes (16 layers, width 2048, FFN 8192, 32 heads, 8 KV heads): the
     /// 1B-class model benchmarks measure at besides SmolLM2-135M.
     pub const LLAMA_3_2_1B: Dims = Dims { hidden: 2048, ff: 8192, layers: 16, heads: 32, kv_heads: 8 };

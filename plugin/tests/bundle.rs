@@ -7,6 +7,7 @@ use std::path::Path;
 
 use common::{listing, Tiny};
 use switchyard::build_bundle::{pack, PackOptions};
+use switchyard::bundle::in_graph::GraphDeltaShape;
 use switchyard::bundle::{Bundle, TensorDelta};
 use switchyard::codec::relative_error;
 use switchyard::extract::{extract, ExtractType};
@@ -399,11 +400,41 @@ fn gguf_experts_pack_exactly_like_their_hugging_face_folders() {
 /// base gives the expert as `extract` writes it in F32 (up to the F16 corrections' rounding).
 #[test]
 fn graph_deltas_partition_the_changed_weights_and_rebuild_each_expert() {
-    use switchyard::switch::Switcher;
     let t = Tiny::new(GgmlType::Q8_0, None);
+    assert_eq!(check_graph_deltas(&t, &PackOptions::default()), 0);
+    assert_eq!(format_version(&t.path("bundle.gguf")), 1, "no low-rank deltas: readable by older switchyards");
+}
+
+fn format_version(bundle: &Path) -> u32 {
+    GgufFile::open(bundle).unwrap().metadata.get_u32(switchyard::bundle::naming::KEY_FORMAT_VERSION).unwrap()
+}
+
+/// The same with low-rank deltas (`pack --rank`): every linear weight of a model wide enough
+/// is factored, and B (A x) rebuilds the expert `extract` writes.
+#[test]
+fn low_rank_graph_deltas_rebuild_each_expert() {
+    let t = Tiny::with_dims(GgmlType::Q8_0, None, switchyard::synth::Dims::SMALL);
+    let base = GgufFile::open(&t.base_gguf).unwrap();
+    let n_linear = base.tensors.iter().filter(|t| switchyard::build_bundle::is_linear_weight(&t.name, &t.ne)).count();
+    let opts = PackOptions { rank: 32, ..PackOptions::default() };
+    assert_eq!(check_graph_deltas(&t, &opts), 2 * n_linear, "every linear weight of both experts factored");
+    let bundle = t.path("bundle.gguf");
+    assert_eq!(format_version(&bundle), 2);
+    assert!(Bundle::open(&bundle).unwrap().experts.iter().all(|e| e.rank == 32));
+    // packing is deterministic (the SVD is seeded; tensors are factored in parallel)
+    let again = t.path("again.gguf");
+    pack(&t.base_gguf, Some(&t.base_hf), &t.experts, &opts, &again, &no_progress).unwrap();
+    assert!(std::fs::read(&bundle).unwrap() == std::fs::read(&again).unwrap(), "two packs differ");
+}
+
+/// Pack `t`'s experts with `opts` and check the graph deltas as above; the number of low-rank
+/// deltas.
+fn check_graph_deltas(t: &Tiny, opts: &PackOptions) -> usize {
+    use switchyard::switch::Switcher;
     let out = t.path("bundle.gguf");
-    pack_tiny(&t, &out).unwrap();
+    pack(&t.base_gguf, Some(&t.base_hf), &t.experts, opts, &out, &no_progress).unwrap();
     let s = Switcher::open(&out).unwrap();
+    let mut n_low_rank = 0;
     let bundle = s.bundle();
     let base_file = GgufFile::open(&t.base_gguf).unwrap();
     let mut n_in_graph = 0;
@@ -424,10 +455,19 @@ fn graph_deltas_partition_the_changed_weights_and_rebuild_each_expert() {
                 continue;
             };
             n_in_graph += 1;
-            assert_eq!(shape, Some((d.ty, d.salient_idx.len())), "{name}");
+            assert_eq!(
+                shape,
+                Some(GraphDeltaShape { ty: d.ty, rank: d.rank, n_salient: d.salient_idx.len() }),
+                "{name}"
+            );
             let n_in = info.ne[0] as usize;
             let mut rebuilt = tensor_f32(&base_file, name);
-            let delta = quants::dequantize(d.ty, &d.data, rebuilt.len()).unwrap();
+            let delta = if d.rank > 0 {
+                n_low_rank += 1;
+                low_rank_product(&d, n_in, rebuilt.len() / n_in)
+            } else {
+                quants::dequantize(d.ty, &d.data, rebuilt.len()).unwrap()
+            };
             if bundle.replaces_whole(e, name) {
                 // a norm: the expert's own vector
                 assert_eq!(delta, tensor_f32(&extracted, name), "{expert} {name}");
@@ -450,4 +490,19 @@ fn graph_deltas_partition_the_changed_weights_and_rebuild_each_expert() {
     // An expert that does not exist is an error naming the bundle.
     let err = s.graph_delta(9, "blk.0.attn_q.weight", None).unwrap_err().to_string();
     assert!(err.contains("no expert 9"), "{err}");
+    n_low_rank
+}
+
+/// B A of a low-rank graph delta, row-major n_out x n_in.
+fn low_rank_product(d: &switchyard::bundle::in_graph::GraphDelta, n_in: usize, n_out: usize) -> Vec<f32> {
+    let a = quants::dequantize(d.ty, &d.data, d.rank * n_in).unwrap();
+    let b = quants::dequantize(d.ty, &d.b, n_out * d.rank).unwrap();
+    let mut out = vec![0.0f32; n_out * n_in];
+    for (r, row) in out.chunks_exact_mut(n_in).enumerate() {
+        for k in 0..d.rank {
+            let c = b[r * d.rank + k];
+            row.iter_mut().zip(&a[k * n_in..(k + 1) * n_in]).for_each(|(w, x)| *w += c * x);
+        }
+    }
+    out
 }

@@ -72,7 +72,10 @@ fn make_bundle(dir: &Path) -> PathBuf {
             };
             deltas.push((name_t.to_string(), delta));
         }
-        ExpertDeltas { info: ExpertInfo { name: name.to_string(), params: *params, imatrix: None }, tensors: deltas }
+        ExpertDeltas {
+            info: ExpertInfo { name: name.to_string(), params: *params, imatrix: None, rank: 0 },
+            tensors: deltas,
+        }
     })
     .collect::<Vec<_>>();
     let out = dir.join("bundle-v1.gguf");

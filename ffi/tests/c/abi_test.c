@@ -141,14 +141,17 @@ int main(int argc, char ** argv) {
     CHECK(switchyard_model_in_graph(model, w) == 1 && switchyard_model_in_graph(model, "token_embd.weight") == 0);
     CHECK(switchyard_model_in_graph(NULL, w) == 0);
     int32_t type = -2;
-    uint32_t n_salient = 999;
-    CHECK(switchyard_model_graph_delta_shape(model, 0, w, -1, &type, &n_salient) == SWITCHYARD_RESULT_OK && type >= 0);
-    CHECK(switchyard_model_graph_delta_shape(model, 0, w, -1, NULL, &n_salient) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    uint32_t n_salient = 999, rank = 999;
+    CHECK(switchyard_model_graph_delta_shape(model, 0, w, -1, &type, &rank, &n_salient) == SWITCHYARD_RESULT_OK && type >= 0);
+    CHECK(rank == 0); /* a codec delta */
+    CHECK(switchyard_model_graph_delta_shape(model, 0, w, -1, NULL, &rank, &n_salient) == SWITCHYARD_RESULT_NULL_ARGUMENT);
+    CHECK(switchyard_model_graph_delta_shape(model, 0, w, -1, &type, NULL, &n_salient) == SWITCHYARD_RESULT_NULL_ARGUMENT);
     switchyard_graph_delta * delta = NULL;
     CHECK(switchyard_model_graph_delta(model, 0, w, -1, &delta) == SWITCHYARD_RESULT_OK && delta != NULL);
     switchyard_graph_delta_parts parts;
     CHECK(switchyard_graph_delta_get_parts(delta, &parts) == SWITCHYARD_RESULT_OK);
     CHECK(parts.ggml_type == type && parts.n_salient == n_salient && parts.data != NULL && parts.data_size > 0);
+    CHECK(parts.rank == 0 && parts.b == NULL && parts.b_size == 0);
     CHECK(parts.n_salient == 0 || (parts.salient_idx != NULL && parts.salient != NULL));
     CHECK(switchyard_graph_delta_get_parts(NULL, &parts) == SWITCHYARD_RESULT_NULL_ARGUMENT);
     switchyard_graph_delta_free(delta);

@@ -66,8 +66,8 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
         ggml_backend_buffer_type_t buft = llama_switchyard_delta_buft(w);
         ggml_context *& ctx = ctx_of[buft];
         if (ctx == nullptr) {
-            // per weight, a stack and three tensors per expert at most
-            ggml_init_params params = { (1 + 3 * n_experts) * model.tensors_by_name.size() * ggml_tensor_overhead(), nullptr, true };
+            // per weight, two stacks and four tensors per expert at most
+            ggml_init_params params = { (2 + 4 * n_experts) * model.tensors_by_name.size() * ggml_tensor_overhead(), nullptr, true };
             sy->delta_ctxs.emplace_back(ggml_init(params));
             ctx = sy->delta_ctxs.back().get();
         }
@@ -82,24 +82,40 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
             continue;
         }
         std::vector<int32_t> types(n_experts, -1);
-        std::vector<uint32_t> n_salient(n_experts, 0);
+        std::vector<uint32_t> ranks(n_experts, 0), n_salient(n_experts, 0);
         for (uint32_t e = 0; e < n_experts; e++) {
-            const switchyard_result res = switchyard_model_graph_delta_shape(sy->handle, e, name.c_str(), sy->delta_type, &types[e], &n_salient[e]);
+            const switchyard_result res = switchyard_model_graph_delta_shape(sy->handle, e, name.c_str(), sy->delta_type, &types[e], &ranks[e], &n_salient[e]);
             if (res != SWITCHYARD_RESULT_OK) {
                 throw llama_switchyard_failure(res);
             }
+            if (ranks[e] > 0 && ggml_n_dims(w) > 2) {
+                throw std::runtime_error("switchyard: a low-rank delta of " + name + ", which is not a matrix");
+            }
         }
-        // Stacked when two or more experts change the weight in one type (experts packed with
-        // the same settings do): one ggml_mul_mat_id then serves a batch of mixed experts.
-        // Otherwise each expert's delta is its own tensor, applied to its tokens by a mask.
+        // Stacked when two or more experts change the weight in one type and rank (experts
+        // packed with the same settings do): one ggml_mul_mat_id (two for low-rank factors)
+        // then serves a batch of mixed experts. Otherwise each expert's delta is its own
+        // tensor, applied to its tokens by a mask.
         int32_t stack_type = -1, n_changing = 0;
-        for (int32_t t : types) {
-            n_changing += t >= 0;
-            stack_type = t < 0 ? stack_type : stack_type < 0 || stack_type == t ? t : -2;
+        uint32_t stack_rank = 0;
+        for (uint32_t e = 0; e < n_experts; e++) {
+            if (types[e] < 0) {
+                continue;
+            }
+            const bool same = n_changing == 0 || (stack_type == types[e] && stack_rank == ranks[e]);
+            stack_type = same ? types[e] : -2;
+            stack_rank = ranks[e];
+            n_changing++;
         }
+        // a delta's first matrix: the weight's shape, or factor A's [ne0, rank]
+        const int64_t rows_a = stack_rank > 0 ? stack_rank : w->ne[1];
         if (stack_type >= 0 && n_changing >= 2 && ggml_n_dims(w) <= 2) {
-            weight.stack = ggml_new_tensor_3d(ctx, (ggml_type) stack_type, w->ne[0], w->ne[1], n_experts);
+            weight.stack = ggml_new_tensor_3d(ctx, (ggml_type) stack_type, w->ne[0], rows_a, n_experts);
             ggml_format_name(weight.stack, "switchyard.%s", name.c_str());
+            if (stack_rank > 0) {
+                weight.stack_b = ggml_new_tensor_3d(ctx, (ggml_type) stack_type, stack_rank, w->ne[1], n_experts);
+                ggml_format_name(weight.stack_b, "switchyard.%s.b", name.c_str());
+            }
         }
         for (uint32_t e = 0; e < n_experts; e++) {
             if (types[e] < 0) {
@@ -107,11 +123,20 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
             }
             llama_switchyard_delta & d = weight.experts[e];
             if (weight.stack) {
-                d.a = ggml_view_2d(ctx, weight.stack, w->ne[0], w->ne[1], weight.stack->nb[1], e * weight.stack->nb[2]);
+                d.a = ggml_view_2d(ctx, weight.stack, w->ne[0], rows_a, weight.stack->nb[1], e * weight.stack->nb[2]);
+                if (weight.stack_b) {
+                    d.b = ggml_view_2d(ctx, weight.stack_b, stack_rank, w->ne[1], weight.stack_b->nb[1], e * weight.stack_b->nb[2]);
+                }
+            } else if (ranks[e] > 0) {
+                d.a = ggml_new_tensor_2d(ctx, (ggml_type) types[e], w->ne[0], ranks[e]);
+                d.b = ggml_new_tensor_2d(ctx, (ggml_type) types[e], ranks[e], w->ne[1]);
             } else {
                 d.a = ggml_new_tensor(ctx, (ggml_type) types[e], GGML_MAX_DIMS, w->ne);
             }
             ggml_format_name(d.a, "switchyard.%u.%s", e, name.c_str());
+            if (d.b) {
+                ggml_format_name(d.b, "switchyard.%u.%s.b", e, name.c_str());
+            }
             if (n_salient[e] > 0) {
                 d.salient_idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_salient[e]);
                 d.salient = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_salient[e], w->ne[1], w->ne[2], w->ne[3]);
@@ -141,11 +166,16 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
         const llama_switchyard_converted converted(sy->handle, p.expert, p.name, p.type);
         const switchyard_graph_delta_parts & parts = converted.parts;
         if (converted.delta == nullptr || parts.ggml_type != p.d->a->type || parts.data_size != ggml_nbytes(p.d->a) ||
-                (p.d->salient_idx ? ggml_nelements(p.d->salient_idx) : 0) != parts.n_salient) {
+                (p.d->salient_idx ? ggml_nelements(p.d->salient_idx) : 0) != parts.n_salient ||
+                (p.d->b ? p.d->b->ne[0] : 0) != parts.rank || (p.d->b ? ggml_nbytes(p.d->b) : 0) != parts.b_size) {
             throw std::runtime_error("switchyard: the delta of " + p.name + " does not have the shape announced for it");
         }
         ggml_backend_tensor_set(p.d->a, parts.data, 0, parts.data_size);
         n_bytes += parts.data_size;
+        if (p.d->b) {
+            ggml_backend_tensor_set(p.d->b, parts.b, 0, parts.b_size);
+            n_bytes += parts.b_size;
+        }
         if (p.d->salient_idx) {
             ggml_backend_tensor_set(p.d->salient_idx, parts.salient_idx, 0, ggml_nbytes(p.d->salient_idx));
             ggml_backend_tensor_set(p.d->salient, parts.salient, 0, ggml_nbytes(p.d->salient));

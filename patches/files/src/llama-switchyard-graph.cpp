@@ -241,8 +241,11 @@ ggml_tensor * llama_switchyard_build_mm(const llm_graph_context & g, ggml_tensor
     const bool stacked = weight->stack && ids == nullptr && sig.mixed();
     ggml_tensor * dx = nullptr;
     if (stacked) {
-        ggml_tensor * t = ggml_mul_mat_id(ctx0, weight->stack, ggml_reshape_3d(ctx0, x, x->ne[0], 1, n_cols),
-            llama_switchyard_per_column(g, inp->ids, n_cols));
+        ggml_tensor * col_ids = llama_switchyard_per_column(g, inp->ids, n_cols);
+        ggml_tensor * t = ggml_mul_mat_id(ctx0, weight->stack, ggml_reshape_3d(ctx0, x, x->ne[0], 1, n_cols), col_ids);
+        if (weight->stack_b) { // [rank, 1, n_cols] through each column's own B
+            t = ggml_mul_mat_id(ctx0, weight->stack_b, t, col_ids);
+        }
         dx = masked(ggml_reshape_2d(ctx0, t, t->ne[0], n_cols), inp->has_expert);
     }
     for (size_t k = 0; k < sig.experts.size(); k++) {
@@ -252,7 +255,12 @@ ggml_tensor * llama_switchyard_build_mm(const llm_graph_context & g, ggml_tensor
         }
         ggml_tensor * mask = sig.mixed() ? inp->masks[k] : nullptr;
         if (!stacked) {
-            dx = llama_switchyard_sum(ctx0, dx, masked(ids ? ggml_mul_mat_id(ctx0, d.a, x, ids) : ggml_mul_mat(ctx0, d.a, x), mask));
+            GGML_ASSERT((ids == nullptr || d.b == nullptr) && "low-rank deltas are of matrices only");
+            ggml_tensor * t = ids ? ggml_mul_mat_id(ctx0, d.a, x, ids) : ggml_mul_mat(ctx0, d.a, x);
+            if (d.b) {
+                t = ggml_mul_mat(ctx0, d.b, t);
+            }
+            dx = llama_switchyard_sum(ctx0, dx, masked(t, mask));
         }
         if (d.salient) {
             ggml_tensor * xs = llama_switchyard_gather(ctx0, x, d.salient_idx);

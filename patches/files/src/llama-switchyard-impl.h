@@ -31,10 +31,11 @@ struct llm_graph_context;
 struct llm_graph_params;
 struct llama_switchyard_graph_input;
 
-// One expert's delta of one weight, as the graph applies it: y = W x + a x + salient x[salient_idx]
-// (switchyard_graph_delta_parts in switchyard.h).
+// One expert's delta of one weight, as the graph applies it: y = W x + a x + salient x[salient_idx],
+// or y = W x + b (a x) for a low-rank delta (switchyard_graph_delta_parts in switchyard.h).
 struct llama_switchyard_delta {
-    ggml_tensor * a           = nullptr; // the weight's shape, in a ggml type (a view of `stack` when there is one)
+    ggml_tensor * a           = nullptr; // the weight's shape, in a ggml type, or factor A [ne0, rank] (a view of `stack` when there is one)
+    ggml_tensor * b           = nullptr; // factor B [rank, ne1] of a low-rank delta (a view of `stack_b`), or nullptr
     ggml_tensor * salient_idx = nullptr; // I32 [n_salient], or nullptr
     ggml_tensor * salient     = nullptr; // F16 [n_salient, the weight's rows...]
 };
@@ -46,6 +47,9 @@ struct llama_switchyard_weight {
     // (zeros for an expert that leaves it unchanged), so that one ggml_mul_mat_id applies each
     // token's own expert in a batch of mixed experts
     ggml_tensor * stack = nullptr;
+    // low-rank deltas of one rank: `stack` holds the A factors, [ne0, rank, n_experts], and this the
+    // B factors, [rank, ne1, n_experts]
+    ggml_tensor * stack_b = nullptr;
     // a norm's weight: F32 [ne0, 1 + n_experts], the base's row then each expert's
     ggml_tensor * rows = nullptr;
 };

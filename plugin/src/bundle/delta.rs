@@ -3,6 +3,7 @@
 //! | kind      | tensors (under `switchyard.<i>.<base>.`)                | used for              |
 //! |-----------|---------------------------------------------------------|-----------------------|
 //! | `Codec`   | `codes` I8, `steps` F16, [`sal_idx` I32, `sal_val` F16/I8, `sal_step` F16] | linear weights |
+//! | `LowRank` | `lr_a` Q8_0 [n_in, rank], `lr_b` Q8_0 [rank, n_out]: D ~ B A | linear weights (`pack --rank`) |
 //! | `Dense`   | `delta` in a ggml type (Q8_0), shape of the base         | embeddings, output    |
 //! | `Replace` | `full` F32, shape of the base                            | norms, biases         |
 
@@ -16,11 +17,13 @@ use crate::gguf::{TensorInfo, TensorInfoOut};
 use crate::quants;
 use crate::GgmlType;
 
+use super::low_rank::{LowRankDelta, FACTOR_TYPE};
 use super::naming::delta_tensor;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorDelta {
     Codec(CompressedDelta),
+    LowRank(LowRankDelta),
     /// W = W_base + dequantize(data): the delta itself stored in a ggml type.
     Dense {
         ty: GgmlType,
@@ -52,6 +55,7 @@ impl TensorDelta {
     pub fn kind(&self) -> &'static str {
         match self {
             TensorDelta::Codec(_) => "codec",
+            TensorDelta::LowRank(_) => "lowrank",
             TensorDelta::Dense { .. } => "dense",
             TensorDelta::Replace { .. } => "replace",
         }
@@ -60,6 +64,7 @@ impl TensorDelta {
     pub fn stored_bytes(&self) -> usize {
         match self {
             TensorDelta::Codec(c) => c.stored_bytes(),
+            TensorDelta::LowRank(l) => l.stored_bytes(),
             TensorDelta::Dense { data, .. } => data.len(),
             TensorDelta::Replace { data } => data.len() * 4,
         }
@@ -70,6 +75,7 @@ impl TensorDelta {
         let n_in = row.len();
         match self {
             TensorDelta::Codec(c) => codec::add_delta_row(c, r, row),
+            TensorDelta::LowRank(l) => l.add_row(r, row),
             TensorDelta::Dense { ty, data } => {
                 let rb = ty.row_bytes(n_in as u64).expect("validated on read") as usize;
                 let mut d = vec![0.0f32; n_in];
@@ -90,6 +96,10 @@ impl TensorDelta {
             TensorDelta::Dense { ty, data } => {
                 vec![(TensorInfoOut::new(name("delta"), *ty, base_ne.to_vec()), data.clone())]
             }
+            TensorDelta::LowRank(l) => vec![
+                (TensorInfoOut::new(name("lr_a"), FACTOR_TYPE, vec![l.n_in as u64, l.rank as u64]), l.a.clone()),
+                (TensorInfoOut::new(name("lr_b"), FACTOR_TYPE, vec![l.rank as u64, l.n_out as u64]), l.b.clone()),
+            ],
             TensorDelta::Codec(c) => {
                 let n_out = c.n_out as u64;
                 let mut out = vec![(
@@ -163,6 +173,21 @@ impl TensorDelta {
             return Ok(TensorDelta::Dense { ty: info.ty, data: bytes.to_vec() });
         }
         let (n_in, n_out) = rows_of(&base.ne);
+        if let Some((a_info, a)) = get("lr_a") {
+            let (b_info, b) = get("lr_b").ok_or_else(|| Error::Invalid(format!("{what}: 'lr_a' without 'lr_b'")))?;
+            only(&keys, &["lr_a", "lr_b"], what)?;
+            if base.ne.len() != 2 || a_info.ne.len() != 2 {
+                crate::bail_invalid!(
+                    "{what}: a low-rank delta of a {}-D tensor; only matrices are factored",
+                    base.ne.len()
+                );
+            }
+            let rank = a_info.ne[1];
+            expect("lr_a", a_info, FACTOR_TYPE, &[n_in as u64, rank])?;
+            expect("lr_b", b_info, FACTOR_TYPE, &[rank, n_out as u64])?;
+            let l = LowRankDelta::from_parts(rank as usize, n_in, n_out, a.to_vec(), b.to_vec(), what)?;
+            return Ok(TensorDelta::LowRank(l));
+        }
         let (codes_info, codes) =
             get("codes").ok_or_else(|| Error::Invalid(format!("{what}: no 'codes', 'delta' or 'full' tensor")))?;
         let (steps_info, steps) =

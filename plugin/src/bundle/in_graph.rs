@@ -11,6 +11,8 @@
 //!   256-value block's largest step / 15, so a step moves by up to d/2 and one below d/2 of
 //!   the block's largest becomes 0), else 1-3 bit codes into Q4_0, exactly (a level (2c - 2^b + 1) * step/2 is a
 //!   Q4_0 value with d = step/2); any other type (`requested`) requantizes the decoded codes.
+//! - A low-rank delta is its two factors as stored ([`super::low_rank`]): the graph adds
+//!   B (A x), with A in [`GraphDelta::data`] and B in [`GraphDelta::b`].
 //! - A dense delta (embeddings, output) is already a ggml matrix and is used as stored.
 //! - A norm's weight, which experts replace whole, is the expert's vector (F32): the graph
 //!   multiplies each token by its expert's.
@@ -26,18 +28,40 @@ use crate::error::{Error, Result};
 use crate::quants;
 use crate::GgmlType;
 
+use super::low_rank::FACTOR_TYPE;
 use super::TensorDelta;
 
 /// One expert's delta of one weight, ready for the graph.
 #[derive(Debug)]
 pub struct GraphDelta {
-    /// The type of `data`: `n_out` rows of `n_in` values, the base tensor's shape.
+    /// The type of `data` (and of `b`): `n_out` rows of `n_in` values, the base tensor's shape;
+    /// for a low-rank delta, factor A: `rank` rows of `n_in` values.
     pub ty: GgmlType,
     pub data: Vec<u8>,
+    /// A low-rank delta's rank (0: `data` is the whole delta) and its factor B: `n_out` rows of
+    /// `rank` values.
+    pub rank: usize,
+    pub b: Vec<u8>,
     /// Input channels that get a correction (sorted, distinct).
     pub salient_idx: Vec<i32>,
     /// Row-major `[n_out][salient_idx.len()]`: the expert's delta minus `data`'s value there.
     pub salient: Vec<f16>,
+}
+
+/// What a [`GraphDelta`] will hold, known without converting it: the graph's tensors are
+/// allocated from this first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GraphDeltaShape {
+    pub ty: GgmlType,
+    pub rank: usize,
+    pub n_salient: usize,
+}
+
+impl GraphDelta {
+    /// A delta that is one matrix (or vector) in `ty`, with no other part.
+    fn whole(ty: GgmlType, data: Vec<u8>) -> GraphDelta {
+        GraphDelta { ty, data, rank: 0, b: Vec::new(), salient_idx: Vec::new(), salient: Vec::new() }
+    }
 }
 
 /// Whether the product with weight `name` reaches llama.cpp's graph through the calls the
@@ -107,15 +131,11 @@ pub fn codec_type(
 pub fn graph_delta(delta: &TensorDelta, requested: Option<GgmlType>, what: &str) -> Result<GraphDelta> {
     match delta {
         TensorDelta::Codec(c) => codec_graph_delta(c, codec_type(c.bits, c.n_in, c.layout, requested, what)?),
-        TensorDelta::Dense { ty, data } => {
-            Ok(GraphDelta { ty: *ty, data: data.clone(), salient_idx: Vec::new(), salient: Vec::new() })
+        TensorDelta::LowRank(l) => {
+            Ok(GraphDelta { rank: l.rank, b: l.b.clone(), ..GraphDelta::whole(FACTOR_TYPE, l.a.clone()) })
         }
-        TensorDelta::Replace { data } => Ok(GraphDelta {
-            ty: GgmlType::F32,
-            data: bytemuck::cast_slice(data).to_vec(),
-            salient_idx: Vec::new(),
-            salient: Vec::new(),
-        }),
+        TensorDelta::Dense { ty, data } => Ok(GraphDelta::whole(*ty, data.clone())),
+        TensorDelta::Replace { data } => Ok(GraphDelta::whole(GgmlType::F32, bytemuck::cast_slice(data).to_vec())),
     }
 }
 
@@ -154,7 +174,7 @@ fn codec_graph_delta(c: &CompressedDelta, ty: GgmlType) -> Result<GraphDelta> {
         )?;
     }
     let salient_idx = c.salient_idx.iter().map(|&i| i as i32).collect();
-    Ok(GraphDelta { ty, data, salient_idx, salient })
+    Ok(GraphDelta { salient_idx, salient, ..GraphDelta::whole(ty, data) })
 }
 
 /// The step of row `r`'s channel `ch`.

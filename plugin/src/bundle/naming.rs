@@ -7,8 +7,22 @@ pub const PREFIX: &str = "switchyard.";
 pub const KEY_FORMAT_VERSION: &str = "switchyard.format_version";
 pub const KEY_BASE_FINGERPRINT: &str = "switchyard.base_fingerprint";
 pub const KEY_EXPERT_NAMES: &str = "switchyard.expert_names";
-/// The newest bundle layout this library reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest bundle layout this library reads. Version 2 added low-rank deltas (`lr_a`,
+/// `lr_b`); a bundle without them is written as version 1, which older readers still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first version with low-rank deltas.
+pub const FORMAT_VERSION_LOW_RANK: u32 = 2;
+
+/// The version a bundle of `experts` is written as: the oldest that holds its deltas.
+pub fn format_version_for(experts: &[crate::bundle::ExpertDeltas]) -> u32 {
+    let low_rank =
+        experts.iter().any(|e| e.tensors.iter().any(|(_, d)| matches!(d, crate::bundle::TensorDelta::LowRank(_))));
+    if low_rank {
+        FORMAT_VERSION_LOW_RANK
+    } else {
+        1
+    }
+}
 
 /// Names that select something other than an expert where experts are chosen by name.
 pub const RESERVED_EXPERT_NAMES: &[&str] = &["base", "auto"];

@@ -27,7 +27,7 @@ pub struct Bundle {
     index: Vec<BTreeMap<String, BTreeMap<String, usize>>>,
 }
 
-const PARTS: &[&str] = &["codes", "steps", "sal_idx", "sal_val", "sal_step", "delta", "full"];
+const PARTS: &[&str] = &["codes", "steps", "sal_idx", "sal_val", "sal_step", "lr_a", "lr_b", "delta", "full"];
 
 impl Bundle {
     pub fn open(path: &Path) -> Result<Bundle> {
@@ -71,7 +71,8 @@ impl Bundle {
             };
             params.validate().map_err(|e| Error::Invalid(format!("{label}: expert '{name}': {e}")))?;
             let imatrix = md.opt_str(&expert_key(i, "imatrix"))?.filter(|s| !s.is_empty()).map(String::from);
-            experts.push(ExpertInfo { name: name.clone(), params, imatrix });
+            let rank = md.opt_u32(&expert_key(i, "rank"))?.unwrap_or(0) as usize;
+            experts.push(ExpertInfo { name: name.clone(), params, imatrix, rank });
         }
 
         let mut index = vec![BTreeMap::<String, BTreeMap<String, usize>>::new(); experts.len()];
@@ -94,6 +95,12 @@ impl Bundle {
             }
             if !PARTS.contains(&part) {
                 crate::bail_invalid!("{label}: tensor '{}' has unknown part '{part}'", t.name);
+            }
+            if part.starts_with("lr_") && version < naming::FORMAT_VERSION_LOW_RANK {
+                crate::bail_invalid!(
+                    "{label}: tensor '{}' is a low-rank part, which format version {version} does not have",
+                    t.name
+                );
             }
             match file.tensor(base) {
                 Some(b) if !b.name.starts_with(PREFIX) => {}

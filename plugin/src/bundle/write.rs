@@ -20,6 +20,10 @@ pub struct ExpertInfo {
     pub params: CodecParams,
     /// File name of the importance matrix used, if any (informational).
     pub imatrix: Option<String>,
+    /// The rank linear weights were factored at (`pack --rank`; 0: all by the codec). Each
+    /// matrix the factors make cheaper is a [`super::low_rank::LowRankDelta`], the others codec
+    /// deltas.
+    pub rank: usize,
 }
 
 /// One expert's deltas: (base tensor name, delta). Tensors without a delta are unchanged.
@@ -44,6 +48,7 @@ pub(crate) fn expert_metadata(index: usize, info: &ExpertInfo) -> Vec<(String, V
         (expert_key(index, "salient_fraction"), Value::F32(p.salient_fraction)),
         (expert_key(index, "salient_bits"), Value::U32(p.salient_bits as u32)),
         (expert_key(index, "imatrix"), Value::String(info.imatrix.clone().unwrap_or_default())),
+        (expert_key(index, "rank"), Value::U32(info.rank as u32)),
     ]
 }
 
@@ -63,7 +68,7 @@ pub fn write_bundle(path: &Path, base: &GgufFile, fingerprint: &str, experts: &[
     }
 
     let mut metadata = base.metadata.clone();
-    metadata.insert(KEY_FORMAT_VERSION, Value::U32(naming::FORMAT_VERSION));
+    metadata.insert(KEY_FORMAT_VERSION, Value::U32(naming::format_version_for(experts)));
     metadata.insert(KEY_BASE_FINGERPRINT, Value::String(fingerprint.to_string()));
     metadata.insert(KEY_EXPERT_NAMES, Value::Array(Array::String(names)));
     for (i, e) in experts.iter().enumerate() {

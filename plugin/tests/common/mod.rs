@@ -145,13 +145,18 @@ impl Tiny {
     /// `tokenizer`: a GGUF whose tokenizer the model carries (vocab taken from it), or None
     /// for a 256-token model switchyard can handle but llama.cpp cannot load.
     pub fn new(base_ty: GgmlType, tokenizer: Option<&Path>) -> Tiny {
+        Self::with_dims(base_ty, tokenizer, synth::Dims::TINY)
+    }
+
+    /// The same of sizes `dims`.
+    pub fn with_dims(base_ty: GgmlType, tokenizer: Option<&Path>, dims: synth::Dims) -> Tiny {
         let dir = tempfile::tempdir().unwrap();
         let tok = tokenizer.map(|p| GgufFile::open(p).unwrap());
         let vocab = tok.as_ref().map_or(256, |t| t.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len());
         // As in real use, experts are fine-tunes of the base llama.cpp runs: the GGUF's weights
         // dequantized (`switchyard to-hf`), so tensors an expert leaves alone have no delta.
         let random_hf = dir.path().join("random-hf");
-        synth::tiny_llama(&random_hf, vocab, 1).unwrap();
+        synth::random_model(&random_hf, vocab, dims, None, 1).unwrap();
         let base_gguf = dir.path().join(format!("base-{base_ty}.gguf"));
         hf_to_gguf(&HfModel::open(&random_hf).unwrap(), tok.as_ref(), "tiny", base_ty, &base_gguf).unwrap();
         let base_hf = dir.path().join("base-hf");

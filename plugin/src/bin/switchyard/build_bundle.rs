@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use switchyard::build_bundle::{pack as pack_bundle, EmbeddingStorage, PackOptions};
+use switchyard::bundle::low_rank::FACTOR_TYPE;
 use switchyard::codec::{CodecParams, Method};
 
 use crate::progress;
@@ -61,6 +62,11 @@ pub struct PackArgs {
     /// the patched llama-imatrix --covariance. Salient codec only.
     #[arg(long)]
     error_feedback: bool,
+    /// Store each linear weight's delta as two factors of this rank (a multiple of 32), D ~ B A,
+    /// where that costs at most half the multiply-adds of a dense delta; the graph then applies
+    /// it in r (n_in + n_out) instead of n_in n_out per token. 0: the codec for every weight.
+    #[arg(long, default_value_t = 0)]
+    rank: usize,
     /// How changed embeddings/output are stored.
     #[arg(long, value_enum, default_value = "q8-0")]
     embeddings: EmbedArg,
@@ -90,7 +96,11 @@ pub fn pack(a: PackArgs) -> Result<()> {
             EmbedArg::Q8_0 => EmbeddingStorage::Q8_0,
             EmbedArg::Lossless => EmbeddingStorage::Lossless,
         },
+        rank: a.rank,
     };
+    if a.rank % FACTOR_TYPE.block_size() != 0 {
+        anyhow::bail!("--rank {}: must be a multiple of 32 (the factors are Q8_0 rows)", a.rank);
+    }
     let pb = progress::bar("pack");
     let report = pack_bundle(&a.base_gguf, a.base.as_deref(), &a.experts, &opts, &a.output, &progress::reporter(&pb))?;
     pb.finish_and_clear();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use switchyard::bundle::low_rank::FACTOR_TYPE;
 use switchyard::bundle::naming::{KEY_FORMAT_VERSION, PREFIX};
 use switchyard::bundle::{Bundle, TensorDelta};
 use switchyard::codec::SalientValues;
@@ -82,6 +83,19 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
                         crate::mib(c.stored_bytes() as u64)
                     ));
                 }
+                TensorDelta::LowRank(l) => {
+                    linear_params += (l.n_in * l.n_out) as u64;
+                    linear_bytes += l.stored_bytes() as u64;
+                    lines.push(format!(
+                        "    {:<28} {:<7} {:>5.2} bits/param  rank {:>4} ({})  {:>10}",
+                        tname,
+                        d.kind(),
+                        l.bits_per_param(),
+                        l.rank,
+                        FACTOR_TYPE,
+                        crate::mib(l.stored_bytes() as u64)
+                    ));
+                }
                 _ => {
                     other += d.stored_bytes() as u64;
                     let bits = d.stored_bytes() as f64 * 8.0 / t.n_elements() as f64;
@@ -96,8 +110,9 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             }
         }
         println!(
-            "  {} : codec {}, {} bits, group {}, salient {:.2}% @{} bits, imatrix {}",
+            "  {} : {}codec {}, {} bits, group {}, salient {:.2}% @{} bits, imatrix {}",
             info.name,
+            if info.rank > 0 { format!("rank {} factors where cheaper, else ", info.rank) } else { String::new() },
             p.method.name(),
             p.bits,
             if p.group_size == 0 { "row".to_string() } else { p.group_size.to_string() },

@@ -1,0 +1,138 @@
+//! A delta stored as two thin matrices, D ~ B A of rank r: the graph computes B (A x), r (n_in +
+//! n_out) multiply-adds per token where a dense delta costs n_in n_out, which on a CPU (where
+//! decode is compute-bound) is what lets an expert decode near the base's speed.
+//!
+//! Both factors are stored, loaded and multiplied in [`FACTOR_TYPE`] (Q8_0), the layout ggml's
+//! `mul_mat` reads as it is: A as `rank` rows of n_in values, B as n_out rows of `rank` values,
+//! each with its square root of the singular values ([`crate::lowrank`]), so the two share the
+//! 8-bit rounding evenly.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::lowrank::truncated_svd;
+use crate::quants;
+use crate::GgmlType;
+
+/// The factors' type: a ggml type every backend multiplies quickly, fine enough that the
+/// factorisation's own error dominates.
+pub const FACTOR_TYPE: GgmlType = GgmlType::Q8_0;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LowRankDelta {
+    pub rank: usize,
+    pub n_in: usize,
+    pub n_out: usize,
+    /// ggml shape [n_in, rank] in [`FACTOR_TYPE`].
+    pub a: Vec<u8>,
+    /// ggml shape [rank, n_out] in [`FACTOR_TYPE`].
+    pub b: Vec<u8>,
+    /// A decoded, row-major rank x n_in: materializing a row reads all of it.
+    a_values: Vec<f32>,
+}
+
+/// Whether a matrix of n_out rows of n_in values is worth factoring at `rank`: the factors
+/// cost at most half the multiply-adds of a dense delta, and both fit [`FACTOR_TYPE`]'s blocks.
+pub fn worth_factoring(n_in: usize, n_out: usize, rank: usize) -> bool {
+    let block = FACTOR_TYPE.block_size();
+    rank > 0 && rank.is_multiple_of(block) && n_in.is_multiple_of(block) && 2 * rank * (n_in + n_out) <= n_in * n_out
+}
+
+impl LowRankDelta {
+    /// Factor `d` (row-major n_out x n_in) to `rank` ([`worth_factoring`] must hold); `seed`
+    /// makes the randomized SVD reproducible. `what` names the tensor in errors.
+    pub fn factor(d: Vec<f32>, n_in: usize, n_out: usize, rank: usize, seed: u64, what: &str) -> Result<Self> {
+        if !worth_factoring(n_in, n_out, rank) {
+            crate::bail_invalid!("{what}: a {n_out} x {n_in} matrix is not factored at rank {rank}");
+        }
+        let f = truncated_svd(d, n_out, n_in, rank, seed);
+        // the SVD caps the rank at the smaller side, which worth_factoring keeps above `rank`
+        debug_assert_eq!(f.rank, rank);
+        let a = quants::quantize_par(FACTOR_TYPE, &f.a, n_in)?;
+        let b = quants::quantize_par(FACTOR_TYPE, &f.b, rank)?;
+        Self::from_parts(rank, n_in, n_out, a, b, what)
+    }
+
+    /// The delta from stored factors, their sizes checked.
+    pub fn from_parts(rank: usize, n_in: usize, n_out: usize, a: Vec<u8>, b: Vec<u8>, what: &str) -> Result<Self> {
+        let a_bytes = FACTOR_TYPE.row_bytes(n_in as u64)? as usize * rank;
+        let b_bytes = FACTOR_TYPE.row_bytes(rank as u64)? as usize * n_out;
+        if a.len() != a_bytes || b.len() != b_bytes {
+            crate::bail_invalid!(
+                "{what}: factors of {} and {} bytes, expected {a_bytes} and {b_bytes} for rank {rank} of {n_out} x {n_in}",
+                a.len(),
+                b.len()
+            );
+        }
+        let a_values = quants::dequantize_par(FACTOR_TYPE, &a, rank * n_in, n_in)
+            .map_err(|e| Error::Invalid(format!("{what}: factor A: {e}")))?;
+        Ok(LowRankDelta { rank, n_in, n_out, a, b, a_values })
+    }
+
+    pub fn stored_bytes(&self) -> usize {
+        self.a.len() + self.b.len()
+    }
+
+    pub fn bits_per_param(&self) -> f64 {
+        self.stored_bytes() as f64 * 8.0 / (self.n_in * self.n_out) as f64
+    }
+
+    /// Add row `r` of B A to `row` (n_in values).
+    pub fn add_row(&self, r: usize, row: &mut [f32]) {
+        let rb = FACTOR_TYPE.row_bytes(self.rank as u64).expect("checked in from_parts") as usize;
+        let mut coef = vec![0.0f32; self.rank];
+        quants::dequantize_row(FACTOR_TYPE, &self.b[r * rb..(r + 1) * rb], &mut coef).expect("checked in from_parts");
+        for (&c, a) in coef.iter().zip(self.a_values.chunks_exact(self.n_in)) {
+            row.iter_mut().zip(a).for_each(|(w, &x)| *w += c * x);
+        }
+    }
+
+    /// B A, row-major n_out x n_in.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.n_in * self.n_out];
+        out.par_chunks_mut(self.n_in).enumerate().for_each(|(r, row)| self.add_row(r, row));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_low_rank_matrix_survives_factoring_up_to_the_factors_rounding() {
+        let (n_in, n_out, true_rank) = (256, 192, 8);
+        let u: Vec<f32> = (0..n_out * true_rank).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let v: Vec<f32> = (0..true_rank * n_in).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        let mut d = vec![0.0f32; n_in * n_out];
+        for r in 0..n_out {
+            for k in 0..true_rank {
+                for c in 0..n_in {
+                    d[r * n_in + c] += 0.01 * u[r * true_rank + k] * v[k * n_in + c];
+                }
+            }
+        }
+        let lr = LowRankDelta::factor(d.clone(), n_in, n_out, 32, 1, "t").unwrap();
+        let err = crate::codec::relative_error(&lr.to_f32(), &d);
+        assert!(err < 0.01, "relative error {err}");
+        assert!((lr.bits_per_param() - 8.5 * 32.0 * (256.0 + 192.0) / (256.0 * 192.0)).abs() < 1e-9);
+        let again = LowRankDelta::from_parts(32, n_in, n_out, lr.a.clone(), lr.b.clone(), "t").unwrap();
+        assert_eq!(again, lr);
+    }
+
+    #[test]
+    fn factors_of_the_wrong_size_are_refused_by_name() {
+        let e = LowRankDelta::from_parts(32, 256, 64, vec![0; 10], vec![0; 10], "blk.0.attn_q.weight")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("blk.0.attn_q.weight") && e.contains("rank 32"), "{e}");
+    }
+
+    #[test]
+    fn only_matrices_the_factors_make_cheaper_are_factored() {
+        assert!(worth_factoring(2048, 8192, 128));
+        assert!(!worth_factoring(576, 192, 128), "k/v of SmolLM2 at rank 128: hardly cheaper");
+        assert!(!worth_factoring(2048, 2048, 48), "rank not a multiple of Q8_0's 32");
+        assert!(!worth_factoring(2048, 2048, 0));
+    }
+}
