@@ -5,6 +5,7 @@
 #   the plain base GGUF              (the baseline every ratio is taken against)
 #   the bundle as its base           (--expert base: no delta in the graph)
 #   the bundle as EXPERT             (its delta applied in the graph), for each delta type in TYPES
+#   EXPERT from each bundle in BUNDLES (other packings of the same expert, e.g. pack --rank)
 #   EXPERT as a standalone GGUF      (EXPERT_GGUF, e.g. extracted and requantized to the base's type)
 #   the plain base with each LoRA adapter in LORAS (--lora: llama.cpp's own low-rank product,
 #                                    the stand-in for a low-rank delta; scripts/study/lowrank_lora.py)
@@ -14,7 +15,8 @@
 #
 # Usage: scripts/bench-in-graph.sh BASE.gguf BUNDLE.gguf EXPERT [EXPERT_GGUF]
 # Environment: TYPES (default "default q2_K q8_0": the codec deltas' ggml type, "default" for
-# the library's choice), LORAS (LoRA GGUF paths, default none), ROUNDS (default 3),
+# the library's choice), BUNDLES (more bundle paths, default none), LORAS (LoRA GGUF paths,
+# default none), ROUNDS (default 3),
 # SWITCHYARD_LLAMA_PATCHED_BIN (scripts/setup.sh).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -42,6 +44,9 @@ names=("plain base") args=("-m $BASE")
 names+=("bundle, base"); args+=("$(expert_args "$BUNDLE" base default)")
 for t in "${TYPES[@]}"; do
     names+=("bundle, $EXPERT, delta $t"); args+=("$(expert_args "$BUNDLE" "$EXPERT" "$t")")
+done
+for b in ${BUNDLES:-}; do
+    names+=("$(basename "$b"), $EXPERT"); args+=("$(expert_args "$b" "$EXPERT" default)")
 done
 if [ -n "$EXPERT_GGUF" ]; then
     names+=("$EXPERT standalone ($(basename "$EXPERT_GGUF"))"); args+=("-m $EXPERT_GGUF")

@@ -6,6 +6,8 @@
 #            the bundle's experts), --models-max 1: the model asked for is (re)loaded
 #   plain    stock llama-server on BASE alone, every request to it (the same load with no
 #            experts at all: the ceiling)
+#   BUNDLES  (each path in BUNDLES) the same as bundle, on another packing of the experts
+#            (e.g. pack --rank): one row each, named by the file
 #   lora     (with LORAS) stock llama-server on BASE with each expert as a LoRA adapter, picked
 #            per request ("lora": [{"id": i, "scale": 1}]): llama.cpp's own per-request LoRA,
 #            which batches only requests of the same adapters together
@@ -17,7 +19,7 @@
 #
 # Usage: scripts/bench-mixed-load.sh BASE.gguf BUNDLE.gguf MODELS_DIR
 # Environment: EXPERTS (default "base e1 e2"), CLIENTS (4), REQUESTS (3), TOKENS (32),
-# PARALLEL (server slots, 4), ROUNDS (2), LORAS ("NAME=ADAPTER.gguf ..." for the lora server; the
+# PARALLEL (server slots, 4), ROUNDS (2), BUNDLES (more bundle paths), LORAS ("NAME=ADAPTER.gguf ..." for the lora server; the
 # other experts get the base), SWITCHYARD_LLAMA_BIN and SWITCHYARD_LLAMA_PATCHED_BIN.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -103,8 +105,16 @@ for l in ${LORAS:-}; do
 done
 [ -z "$lora_ids" ] || servers+=(lora)
 declare -A out
+declare -A bundle_of=([bundle]="$BUNDLE")
+for b in ${BUNDLES:-}; do
+    servers+=("$(basename "$b")")
+    bundle_of[$(basename "$b")]="$b"
+done
 for _ in $(seq "$ROUNDS"); do
-    out[bundle]+="$(run_load "$PATCHED/llama-server" -m "$BUNDLE")"$'\n'
+    for s in "${servers[@]}"; do
+        [ -n "${bundle_of[$s]:-}" ] || continue
+        out[$s]+="$(run_load "$PATCHED/llama-server" -m "${bundle_of[$s]}")"$'\n'
+    done
     out[router]+="$(run_load "$STOCK/llama-server" --models-dir "$MODELS_DIR" --models-max 1)"$'\n'
     out[plain]+="$(run_load "$STOCK/llama-server" -m "$BASE")"$'\n'
     if [ -n "$lora_ids" ]; then

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::bundle::fingerprint::base_fingerprint;
-use crate::bundle::low_rank::{worth_factoring, LowRankDelta};
+use crate::bundle::low_rank::{worth_factoring, LowRankDelta, MIN_SHARE_KEPT};
 use crate::bundle::{write_bundle, ExpertDeltas, ExpertInfo, TensorDelta};
 use crate::codec::{self, CodecParams, ErrorFeedback, Method};
 use crate::convert::config_from_gguf;
@@ -184,7 +184,7 @@ pub fn expert_deltas(
     calib: &Calibration,
     opts: &PackOptions,
     progress: Progress<'_>,
-) -> Result<ExpertDeltas> {
+) -> Result<(ExpertDeltas, Factoring)> {
     let label = expert.label();
     // Every expert tensor must land somewhere in the base model.
     for (g, source) in expert.tensors()? {
@@ -194,21 +194,41 @@ pub fn expert_deltas(
     }
     let total: u64 = base.tensors.len() as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
+    let factoring = Mutex::new(Vec::new());
     // tensors in parallel (the codec and the SVD are parallel inside too, but not throughout)
     let deltas = base
         .tensors
         .par_iter()
         .map(|t| {
-            let d = tensor_delta(base, t, expert, &label, &info, calib, opts)?;
+            let d = tensor_delta(base, t, expert, &label, &info, calib, opts, &factoring)?;
             let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             progress(&format!("{}: {}", info.name, t.name), k, total);
             Ok(d.map(|d| (t.name.clone(), d)))
         })
         .collect::<Result<Vec<_>>>()?;
     progress(&info.name, total, total);
-    Ok(ExpertDeltas { info, tensors: deltas.into_iter().flatten().collect() })
+    let mut shares = factoring.into_inner().unwrap_or_else(|e| e.into_inner());
+    shares.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((ExpertDeltas { info, tensors: deltas.into_iter().flatten().collect() }, Factoring { shares }))
 }
 
+/// Each matrix `pack --rank` factored and the share of its delta's squared norm the factors
+/// keep; those below [`MIN_SHARE_KEPT`] kept the codec.
+#[derive(Debug, Default)]
+pub struct Factoring {
+    pub shares: Vec<(String, f64)>,
+}
+
+impl Factoring {
+    /// (matrices factored, matrices that kept the codec, mean share kept by the factored ones)
+    pub fn summary(&self) -> (usize, usize, f64) {
+        let kept: Vec<f64> = self.shares.iter().map(|(_, s)| *s).filter(|&s| s >= MIN_SHARE_KEPT).collect();
+        let mean = if kept.is_empty() { 0.0 } else { kept.iter().sum::<f64>() / kept.len() as f64 };
+        (kept.len(), self.shares.len() - kept.len(), mean)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn tensor_delta(
     base: &GgufFile,
     t: &TensorInfo,
@@ -217,6 +237,7 @@ fn tensor_delta(
     info: &ExpertInfo,
     calib: &Calibration,
     opts: &PackOptions,
+    factoring: &Mutex<Vec<(String, f64)>>,
 ) -> Result<Option<TensorDelta>> {
     let Some(source) = expert.source_name(&t.name) else {
         let hf_name = hf::hf_name(&t.name).unwrap_or_default();
@@ -247,8 +268,11 @@ fn tensor_delta(
     let n_in = t.ne[0] as usize;
     if is_linear_weight(&t.name, &t.ne) && t.ne.len() == 2 && worth_factoring(n_in, n / n_in, opts.rank) {
         let what = format!("expert '{}', tensor '{}'", info.name, t.name);
-        return LowRankDelta::factor(d, n_in, n / n_in, opts.rank, SVD_SEED, &what)
-            .map(|l| Some(TensorDelta::LowRank(l)));
+        let (l, share) = LowRankDelta::factor(&d, n_in, n / n_in, opts.rank, SVD_SEED, &what)?;
+        factoring.lock().unwrap_or_else(|e| e.into_inner()).push((t.name.clone(), share));
+        if share >= MIN_SHARE_KEPT {
+            return Ok(Some(TensorDelta::LowRank(l)));
+        }
     }
     if is_linear_weight(&t.name, &t.ne) {
         let feedback = calib.feedback(t)?;
@@ -267,10 +291,19 @@ fn tensor_delta(
     Ok(Some(TensorDelta::Replace { data: d }))
 }
 
+/// What [`pack`] made for one expert.
+#[derive(Debug)]
+pub struct ExpertReport {
+    pub name: String,
+    pub n_tensors: usize,
+    pub stored_bytes: usize,
+    pub factoring: Factoring,
+}
+
 /// What [`pack`] made, for the command line to print.
 #[derive(Debug)]
 pub struct PackReport {
-    pub experts: Vec<(String, usize, usize)>,
+    pub experts: Vec<ExpertReport>,
     pub bundle_bytes: u64,
 }
 
@@ -303,6 +336,7 @@ pub fn pack(
     let calib = Calibration::load(opts)?;
     let fingerprint = base_fingerprint(&base);
     let mut deltas = Vec::new();
+    let mut reports = Vec::new();
     for (name, path) in experts {
         crate::bundle::naming::check_expert_name(name)?;
         let model = ModelWeights::open(path)?;
@@ -313,12 +347,16 @@ pub fn pack(
             imatrix: opts.imatrix.as_ref().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()),
             rank: opts.rank,
         };
-        deltas.push(expert_deltas(&base, &model, info, &calib, opts, progress)?);
+        let (d, factoring) = expert_deltas(&base, &model, info, &calib, opts, progress)?;
+        reports.push(ExpertReport {
+            name: name.clone(),
+            n_tensors: d.tensors.len(),
+            stored_bytes: d.stored_bytes(),
+            factoring,
+        });
+        deltas.push(d);
     }
     write_bundle(out, &base, &fingerprint, &deltas)?;
     let bundle_bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
-    Ok(PackReport {
-        experts: deltas.iter().map(|d| (d.info.name.clone(), d.tensors.len(), d.stored_bytes())).collect(),
-        bundle_bytes,
-    })
+    Ok(PackReport { experts: reports, bundle_bytes })
 }

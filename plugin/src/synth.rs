@@ -37,6 +37,16 @@ impl Default for DeltaSpec {
     }
 }
 
+impl DeltaSpec {
+    /// A delta with most of its norm in a few directions, as fine-tunes' deltas have (the real
+    /// math expert keeps 60% of its squared norm at rank 32): rank 24 at 3% of the weights'
+    /// RMS over dense noise at 1%, about 90% of the squared norm in the 24 directions. For
+    /// low-rank deltas (`pack --rank`), which keep no more of the default delta than its noise
+    /// allows.
+    pub const LOW_RANK: DeltaSpec =
+        DeltaSpec { noise: 0.01, rank: 24, low_rank: 0.03, outlier_fraction: 0.0, outlier: 0.0, embeddings: 0.0 };
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }

@@ -13,6 +13,7 @@ use switchyard::codec::relative_error;
 use switchyard::extract::{extract, ExtractType};
 use switchyard::gguf::GgufFile;
 use switchyard::hf::{HfConfig, HfModel};
+use switchyard::synth::DeltaSpec;
 use switchyard::{quants, GgmlType};
 
 fn no_progress(_: &str, _: u64, _: u64) {}
@@ -409,11 +410,12 @@ fn format_version(bundle: &Path) -> u32 {
     GgufFile::open(bundle).unwrap().metadata.get_u32(switchyard::bundle::naming::KEY_FORMAT_VERSION).unwrap()
 }
 
-/// The same with low-rank deltas (`pack --rank`): every linear weight of a model wide enough
-/// is factored, and B (A x) rebuilds the expert `extract` writes.
+/// The same with low-rank deltas (`pack --rank`): every linear weight of a model wide enough,
+/// its delta mostly of low rank, is factored, and B (A x) rebuilds the expert `extract` writes;
+/// deltas of pure noise keep the codec.
 #[test]
 fn low_rank_graph_deltas_rebuild_each_expert() {
-    let t = Tiny::with_dims(GgmlType::Q8_0, None, switchyard::synth::Dims::SMALL);
+    let t = Tiny::low_rank(GgmlType::Q8_0, None);
     let base = GgufFile::open(&t.base_gguf).unwrap();
     let n_linear = base.tensors.iter().filter(|t| switchyard::build_bundle::is_linear_weight(&t.name, &t.ne)).count();
     let opts = PackOptions { rank: 32, ..PackOptions::default() };
@@ -425,6 +427,14 @@ fn low_rank_graph_deltas_rebuild_each_expert() {
     let again = t.path("again.gguf");
     pack(&t.base_gguf, Some(&t.base_hf), &t.experts, &opts, &again, &no_progress).unwrap();
     assert!(std::fs::read(&bundle).unwrap() == std::fs::read(&again).unwrap(), "two packs differ");
+    let noise = DeltaSpec { rank: 0, outlier_fraction: 0.0, ..DeltaSpec::default() };
+    let base_model = HfModel::open(&t.base_hf).unwrap();
+    let noisy = t.path("noise-hf");
+    switchyard::synth::make_expert(&base_model, &noisy, &noise, 7).unwrap();
+    let report = pack(&t.base_gguf, Some(&t.base_hf), &[("noise".into(), noisy)], &opts, &again, &no_progress).unwrap();
+    let (factored, declined, _) = report.experts[0].factoring.summary();
+    assert_eq!((factored, declined), (0, n_linear), "a delta of pure noise: rank 32 keeps too little");
+    assert_eq!(format_version(&again), 1);
 }
 
 /// Pack `t`'s experts with `opts` and check the graph deltas as above; the number of low-rank

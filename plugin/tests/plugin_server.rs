@@ -61,10 +61,17 @@ fn same_tokens_up_to_a_near_tie(answer: &Value, reference: &Value) -> Result<(),
     }
 }
 
-/// Pack `experts` (name, Hugging Face folder) over `base_gguf` into `dir/bundle.gguf`.
-fn pack(dir: &Path, base_gguf: &Path, base_hf: &Path, experts: &[(String, std::path::PathBuf)]) -> std::path::PathBuf {
+/// Pack `experts` (name, Hugging Face folder) over `base_gguf` into `dir/bundle.gguf`, with
+/// `switchyard pack` arguments `extra`.
+fn pack(
+    dir: &Path,
+    base_gguf: &Path,
+    base_hf: &Path,
+    experts: &[(String, std::path::PathBuf)],
+    extra: &[&str],
+) -> std::path::PathBuf {
     let bundle = dir.join("bundle.gguf");
-    sy_ok(&common::pack_args(base_gguf, base_hf, experts, &[], &bundle));
+    sy_ok(&common::pack_args(base_gguf, base_hf, experts, extra, &bundle));
     bundle
 }
 
@@ -72,11 +79,13 @@ fn pack(dir: &Path, base_gguf: &Path, base_hf: &Path, experts: &[(String, std::p
 fn server_answers_each_expert_exactly_as_when_serving_it_alone() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
     let tiny = Tiny::new(GgmlType::Q8_0, Some(&smol));
-    let bundle = pack(tiny.dir.path(), &tiny.base_gguf, &tiny.base_hf, &tiny.experts);
+    let bundle = pack(tiny.dir.path(), &tiny.base_gguf, &tiny.base_hf, &tiny.experts, &[]);
     check_server(&bin, &bundle);
 }
 
-/// The same on the real SmolLM2-135M-Instruct (Q4_1) with two synthetic experts.
+/// The same on the real SmolLM2-135M-Instruct (Q4_1) with two synthetic experts, their deltas
+/// mostly of low rank and packed as factors (`pack --rank 64`: every weight factored, so mixed
+/// batches take each token's factors through two stacked products).
 #[test]
 fn server_answers_on_smollm2_as_when_serving_each_expert_alone() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
@@ -87,11 +96,23 @@ fn server_answers_on_smollm2_as_when_serving_each_expert_alone() {
         .iter()
         .map(|(n, seed)| {
             let d = dir.path().join(n);
-            sy_ok(&["synth", "expert", "--base", base_hf.to_str().unwrap(), "--seed", seed, "-o", d.to_str().unwrap()]);
+            let base = base_hf.to_str().unwrap();
+            sy_ok(&[
+                "synth",
+                "expert",
+                "--base",
+                base,
+                "--kind",
+                "low-rank",
+                "--seed",
+                seed,
+                "-o",
+                d.to_str().unwrap(),
+            ]);
             (n.to_string(), d)
         })
         .collect();
-    let bundle = pack(dir.path(), &smol, &base_hf, &experts);
+    let bundle = pack(dir.path(), &smol, &base_hf, &experts, &["--rank", "64"]);
     // The Hugging Face folders are no longer needed: free the disk before serving.
     for d in std::iter::once(&base_hf).chain(experts.iter().map(|(_, d)| d)) {
         std::fs::remove_dir_all(d).unwrap();
@@ -243,7 +264,7 @@ fn router_mode_lists_a_bundles_experts_and_reaches_each_by_name() {
     let tiny = Tiny::new(GgmlType::Q8_0, Some(&smol));
     let models = tiny.dir.path().join("models");
     std::fs::create_dir(&models).unwrap();
-    let bundle = pack(&models, &tiny.base_gguf, &tiny.base_hf, &tiny.experts);
+    let bundle = pack(&models, &tiny.base_gguf, &tiny.base_hf, &tiny.experts, &[]);
     std::fs::copy(&tiny.base_gguf, models.join("plain.gguf")).unwrap();
     let prompt = "The three primary colors are";
 

@@ -150,6 +150,16 @@ impl Tiny {
 
     /// The same of sizes `dims`.
     pub fn with_dims(base_ty: GgmlType, tokenizer: Option<&Path>, dims: synth::Dims) -> Tiny {
+        Self::with_experts(base_ty, tokenizer, dims, &DeltaSpec::default())
+    }
+
+    /// [`Tiny::with_dims`] with experts whose deltas have mostly low rank, as fine-tunes' do
+    /// ([`DeltaSpec::LOW_RANK`]: what `pack --rank` factors).
+    pub fn low_rank(base_ty: GgmlType, tokenizer: Option<&Path>) -> Tiny {
+        Self::with_experts(base_ty, tokenizer, synth::Dims::SMALL, &DeltaSpec::LOW_RANK)
+    }
+
+    fn with_experts(base_ty: GgmlType, tokenizer: Option<&Path>, dims: synth::Dims, spec: &DeltaSpec) -> Tiny {
         let dir = tempfile::tempdir().unwrap();
         let tok = tokenizer.map(|p| GgufFile::open(p).unwrap());
         let vocab = tok.as_ref().map_or(256, |t| t.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len());
@@ -167,7 +177,7 @@ impl Tiny {
             .iter()
             .map(|(name, seed)| {
                 let p = dir.path().join(format!("{name}-hf"));
-                synth::make_expert(&base_model, &p, &DeltaSpec::default(), *seed).unwrap();
+                synth::make_expert(&base_model, &p, spec, *seed).unwrap();
                 (name.to_string(), p)
             })
             .collect();

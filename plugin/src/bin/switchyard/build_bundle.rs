@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use switchyard::build_bundle::{pack as pack_bundle, EmbeddingStorage, PackOptions};
-use switchyard::bundle::low_rank::FACTOR_TYPE;
+use switchyard::bundle::low_rank::{FACTOR_TYPE, MIN_SHARE_KEPT};
 use switchyard::codec::{CodecParams, Method};
 
 use crate::progress;
@@ -105,8 +105,20 @@ pub fn pack(a: PackArgs) -> Result<()> {
     let report = pack_bundle(&a.base_gguf, a.base.as_deref(), &a.experts, &opts, &a.output, &progress::reporter(&pb))?;
     pb.finish_and_clear();
     println!("wrote {} ({})", a.output.display(), crate::mib(report.bundle_bytes));
-    for (name, n, bytes) in report.experts {
-        println!("  expert {name}: {n} tensors changed, {} of deltas", crate::mib(bytes as u64));
+    for e in report.experts {
+        println!(
+            "  expert {}: {} tensors changed, {} of deltas",
+            e.name,
+            e.n_tensors,
+            crate::mib(e.stored_bytes as u64)
+        );
+        if !e.factoring.shares.is_empty() {
+            let (factored, declined, mean) = e.factoring.summary();
+            println!(
+                "    {factored} matrices factored at rank {} (share of ||D||^2 kept: mean {mean:.3}); {declined} kept the codec (factors would keep under {MIN_SHARE_KEPT})",
+                a.rank
+            );
+        }
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use safetensors::Dtype;
 
 use switchyard::convert::{gguf_to_hf, hf_to_gguf};
@@ -103,9 +103,19 @@ pub enum SynthCommand {
         /// Relative RMS of a change to the token embeddings (default: untouched).
         #[arg(long, default_value_t = 0.0)]
         embeddings: f32,
+        /// The delta's structure: noise with a small low-rank part and outlier channels
+        /// (`structured`), or most of its norm in 24 directions, as fine-tunes have (`low-rank`).
+        #[arg(long, value_enum, default_value = "structured")]
+        kind: DeltaKind,
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeltaKind {
+    Structured,
+    LowRank,
 }
 
 pub fn synth(c: SynthCommand) -> Result<()> {
@@ -127,8 +137,11 @@ pub fn synth(c: SynthCommand) -> Result<()> {
             synth::random_model(&output, vocab, dims, moe, seed)?;
             println!("wrote {} (vocab {vocab})", output.display());
         }
-        SynthCommand::Expert { base, seed, strength, embeddings, output } => {
-            let d = DeltaSpec::default();
+        SynthCommand::Expert { base, seed, strength, embeddings, kind, output } => {
+            let d = match kind {
+                DeltaKind::Structured => DeltaSpec::default(),
+                DeltaKind::LowRank => DeltaSpec::LOW_RANK,
+            };
             let spec = DeltaSpec {
                 noise: d.noise * strength,
                 low_rank: d.low_rank * strength,
