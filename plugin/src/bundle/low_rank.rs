@@ -7,9 +7,11 @@
 //! each with its square root of the singular values ([`crate::lowrank`]), so the two share the
 //! 8-bit rounding evenly.
 
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lowrank::truncated_svd;
 use crate::quants;
 use crate::GgmlType;
@@ -18,7 +20,7 @@ use crate::GgmlType;
 /// factorisation's own error dominates.
 pub const FACTOR_TYPE: GgmlType = GgmlType::Q8_0;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct LowRankDelta {
     pub rank: usize,
     pub n_in: usize,
@@ -27,8 +29,15 @@ pub struct LowRankDelta {
     pub a: Vec<u8>,
     /// ggml shape [rank, n_out] in [`FACTOR_TYPE`].
     pub b: Vec<u8>,
-    /// A decoded, row-major rank x n_in: materializing a row reads all of it.
-    a_values: Vec<f32>,
+    /// A decoded, row-major rank x n_in, on the first materialized row (each reads all of it;
+    /// the graph, which multiplies by the stored factors, never needs it).
+    a_values: OnceLock<Vec<f32>>,
+}
+
+impl PartialEq for LowRankDelta {
+    fn eq(&self, o: &Self) -> bool {
+        (self.rank, self.n_in, self.n_out, &self.a, &self.b) == (o.rank, o.n_in, o.n_out, &o.a, &o.b)
+    }
 }
 
 /// Whether a matrix of n_out rows of n_in values is worth factoring at `rank`: the factors
@@ -74,9 +83,7 @@ impl LowRankDelta {
                 b.len()
             );
         }
-        let a_values = quants::dequantize_par(FACTOR_TYPE, &a, rank * n_in, n_in)
-            .map_err(|e| Error::Invalid(format!("{what}: factor A: {e}")))?;
-        Ok(LowRankDelta { rank, n_in, n_out, a, b, a_values })
+        Ok(LowRankDelta { rank, n_in, n_out, a, b, a_values: OnceLock::new() })
     }
 
     pub fn stored_bytes(&self) -> usize {
@@ -92,7 +99,10 @@ impl LowRankDelta {
         let rb = FACTOR_TYPE.row_bytes(self.rank as u64).expect("checked in from_parts") as usize;
         let mut coef = vec![0.0f32; self.rank];
         quants::dequantize_row(FACTOR_TYPE, &self.b[r * rb..(r + 1) * rb], &mut coef).expect("checked in from_parts");
-        for (&c, a) in coef.iter().zip(self.a_values.chunks_exact(self.n_in)) {
+        let a_values = self.a_values.get_or_init(|| {
+            quants::dequantize_par(FACTOR_TYPE, &self.a, self.rank * self.n_in, self.n_in).expect("checked in from_parts")
+        });
+        for (&c, a) in coef.iter().zip(a_values.chunks_exact(self.n_in)) {
             row.iter_mut().zip(a).for_each(|(w, &x)| *w += c * x);
         }
     }
