@@ -16,6 +16,9 @@
 #   salient-fb:B salient:B with error feedback
 #   bitdelta:1   BitDelta (sign bits, one step per matrix)
 #   rtn:B        round-to-nearest, one MSE-optimal step per row, every channel weighing the same
+#   lowrank:R    pack's default: linear weights' deltas as rank-R factors (pack --rank R; any
+#                matrix the factors would not serve gets salient:2)
+# (every setting but lowrank packs with --rank 0: the codec alone)
 # Prints a markdown table (also written to quality.md in the work folder) with the gap each
 # setting closes on the expert's own domain,
 #
@@ -27,7 +30,7 @@
 #
 # Environment: SWITCHYARD_QUALITY_CHUNKS (512-token chunks of each held-out text, default 16),
 # SWITCHYARD_QUALITY_CONFIGS (default "salient:1 salient:2 salient:3 salient:4 weighted:1
-# weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3"),
+# weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3 lowrank:64"),
 # SWITCHYARD_QUALITY_CALIB_CHARS (CALIB, default 20000), SWITCHYARD_EXPERTS (default "math code chat"), SWITCHYARD_EXPERTS_DIR (default
 # scripts/make-experts.sh), SWITCHYARD_THREADS. Results are cached per setting in the work folder,
 # so an interrupted run resumes.
@@ -36,7 +39,7 @@ source "$(dirname "$0")/lib.sh"
 
 CHUNKS="${SWITCHYARD_QUALITY_CHUNKS:-16}"
 CTX=512
-CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 weighted:1 weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3})
+CONFIGS=(${SWITCHYARD_QUALITY_CONFIGS:-salient:1 salient:2 salient:3 salient:4 weighted:1 weighted:2 feedback:1 feedback:2 salient-fb:2 bitdelta:1 rtn:2 rtn:3 lowrank:64})
 CALIB="${SWITCHYARD_QUALITY_CALIB_CHARS:-20000}"
 THREADS="${SWITCHYARD_THREADS:-$(nproc)}"
 DOMAINS=(math code chat)                           # held-out texts
@@ -135,7 +138,7 @@ for config in "${CONFIGS[@]}"; do
     bundle="$work/$row-$(IFS=-; echo "${EXPERTS[*]}").gguf"
     if [ ! -f "$bundle" ]; then
         log "packing $row"
-        args=()
+        args=(--rank 0)
         for expert in "${EXPERTS[@]}"; do args+=(--expert "$expert=$experts/$expert.gguf"); done
         case "$codec" in
             salient) args+=(--codec salient --imatrix "$imatrix") ;;
@@ -143,7 +146,8 @@ for config in "${CONFIGS[@]}"; do
             weighted) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix") ;;
             feedback) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix" --error-feedback) ;;
             bitdelta | rtn) args+=(--codec "$codec") ;;
-            *) die "unknown setting $config (want salient, salient-fb, weighted, feedback, bitdelta or rtn)" ;;
+            lowrank) args+=(--rank "$bits" --codec salient --imatrix "$imatrix"); bits=2 ;;
+            *) die "unknown setting $config (want salient, salient-fb, weighted, feedback, bitdelta, rtn or lowrank)" ;;
         esac
         "$switchyard" pack --base-gguf "$base_gguf" --base "$experts/base-hf" "${args[@]}" \
             --bits "$bits" -o "$bundle" >&2
@@ -151,7 +155,7 @@ for config in "${CONFIGS[@]}"; do
     # "  math : codec ..." then "    N tensors changed, X MiB stored (B bits/param): linear deltas Y MiB at L bits/param, ..."
     # read once per bundle, like every other result here
     grep -q "^$row	" "$sizes" || "$switchyard" inspect --summary --no-verify "$bundle" | awk -v row="$row" '
-        /^  [a-z]+ : codec/ { expert = $1 }
+        /^  [a-z]+ : / { expert = $1 }
         /tensors changed/ { gsub(/[(]/, "", $7); printf "%s\t%s\t%s\t%s\t%s\n", row, expert, $4, $7, $14 }' >>"$sizes"
     for expert in "${EXPERTS[@]}"; do
         kld "$row" "$expert" "$bundle" --expert "$expert"

@@ -47,7 +47,7 @@ kl() {
 
 ranks_csv="$(IFS=,; echo "${RANKS[*]}")"
 "$python" "$SWITCHYARD_ROOT/scripts/study/lowrank_lora.py" svd "$experts/base-hf" "$experts/math-hf" math "$ranks_csv"
-[ -f bundle.gguf ] || "$switchyard" pack --base-gguf "$smol" --base "$experts/base-hf" --expert math="$experts/math-hf" -o bundle.gguf >/dev/null
+[ -f bundle.gguf ] || "$switchyard" pack --base-gguf "$smol" --base "$experts/base-hf" --expert math="$experts/math-hf" --rank 0 -o bundle.gguf >/dev/null
 [ -f codec-f32.gguf ] || "$switchyard" extract bundle.gguf --expert math --type f32 -o codec-f32.gguf >/dev/null
 [ -f math-q41.gguf ] || "$switchyard" extract bundle.gguf --expert math --type base -o math-q41.gguf >/dev/null
 echo

@@ -100,7 +100,8 @@ impl LowRankDelta {
         let mut coef = vec![0.0f32; self.rank];
         quants::dequantize_row(FACTOR_TYPE, &self.b[r * rb..(r + 1) * rb], &mut coef).expect("checked in from_parts");
         let a_values = self.a_values.get_or_init(|| {
-            quants::dequantize_par(FACTOR_TYPE, &self.a, self.rank * self.n_in, self.n_in).expect("checked in from_parts")
+            quants::dequantize_par(FACTOR_TYPE, &self.a, self.rank * self.n_in, self.n_in)
+                .expect("checked in from_parts")
         });
         for (&c, a) in coef.iter().zip(a_values.chunks_exact(self.n_in)) {
             row.iter_mut().zip(a).for_each(|(w, &x)| *w += c * x);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use switchyard::build_bundle::{pack as pack_bundle, EmbeddingStorage, PackOptions};
+use switchyard::build_bundle::{pack as pack_bundle, EmbeddingStorage, PackOptions, DEFAULT_RANK};
 use switchyard::bundle::low_rank::{FACTOR_TYPE, MIN_SHARE_KEPT};
 use switchyard::codec::{CodecParams, Method};
 
@@ -63,9 +63,10 @@ pub struct PackArgs {
     #[arg(long)]
     error_feedback: bool,
     /// Store each linear weight's delta as two factors of this rank (a multiple of 32), D ~ B A,
-    /// where that costs at most half the multiply-adds of a dense delta; the graph then applies
-    /// it in r (n_in + n_out) instead of n_in n_out per token. 0: the codec for every weight.
-    #[arg(long, default_value_t = 0)]
+    /// where that costs at most half the multiply-adds of a dense delta and keeps at least half
+    /// the delta's squared norm; the graph then applies it in r (n_in + n_out) instead of
+    /// n_in n_out per token. The other weights, and all with 0, get the codec.
+    #[arg(long, default_value_t = DEFAULT_RANK)]
     rank: usize,
     /// How changed embeddings/output are stored.
     #[arg(long, value_enum, default_value = "q8-0")]
