@@ -99,7 +99,7 @@ pub fn pack(a: PackArgs) -> Result<()> {
         },
         rank: a.rank,
     };
-    if a.rank % FACTOR_TYPE.block_size() != 0 {
+    if !a.rank.is_multiple_of(FACTOR_TYPE.block_size()) {
         anyhow::bail!("--rank {}: must be a multiple of 32 (the factors are Q8_0 rows)", a.rank);
     }
     let pb = progress::bar("pack");
