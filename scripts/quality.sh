@@ -138,14 +138,14 @@ for config in "${CONFIGS[@]}"; do
     bundle="$work/$row-$(IFS=-; echo "${EXPERTS[*]}").gguf"
     if [ ! -f "$bundle" ]; then
         log "packing $row"
-        args=(--rank 0)
+        args=()
         for expert in "${EXPERTS[@]}"; do args+=(--expert "$expert=$experts/$expert.gguf"); done
         case "$codec" in
-            salient) args+=(--codec salient --imatrix "$imatrix") ;;
-            salient-fb) args+=(--codec salient --imatrix "$imatrix" --error-feedback) ;;
-            weighted) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix") ;;
-            feedback) args+=(--codec salient --salient 0 --group-size 0 --imatrix "$imatrix" --error-feedback) ;;
-            bitdelta | rtn) args+=(--codec "$codec") ;;
+            salient) args+=(--rank 0 --codec salient --imatrix "$imatrix") ;;
+            salient-fb) args+=(--rank 0 --codec salient --imatrix "$imatrix" --error-feedback) ;;
+            weighted) args+=(--rank 0 --codec salient --salient 0 --group-size 0 --imatrix "$imatrix") ;;
+            feedback) args+=(--rank 0 --codec salient --salient 0 --group-size 0 --imatrix "$imatrix" --error-feedback) ;;
+            bitdelta | rtn) args+=(--rank 0 --codec "$codec") ;;
             lowrank) args+=(--rank "$bits" --codec salient --imatrix "$imatrix"); bits=2 ;;
             *) die "unknown setting $config (want salient, salient-fb, weighted, feedback, bitdelta, rtn or lowrank)" ;;
         esac

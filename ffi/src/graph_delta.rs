@@ -92,9 +92,16 @@ pub unsafe extern "C" fn switchyard_model_graph_delta_shape(
         };
         match m.lock().graph_delta_shape(expert as usize, name, requested) {
             Ok(shape) => {
+                let (rank, n_salient) = shape.map_or((0, 0), |s| (s.rank, s.n_salient));
+                let (Ok(rank), Ok(n_salient)) = (u32::try_from(rank), u32::try_from(n_salient)) else {
+                    set_last_error(format!(
+                        "weight '{name}': rank {rank} or {n_salient} salient channels overflow u32"
+                    ));
+                    return SWITCHYARD_RESULT_INVALID;
+                };
                 out_type.write(shape.map_or(-1, |s| s.ty as i32));
-                out_rank.write(shape.map_or(0, |s| s.rank as u32));
-                out_n_salient.write(shape.map_or(0, |s| s.n_salient as u32));
+                out_rank.write(rank);
+                out_n_salient.write(n_salient);
                 SWITCHYARD_RESULT_OK
             }
             Err(e) => fail(&e),

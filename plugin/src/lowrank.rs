@@ -11,6 +11,7 @@ use nalgebra::DMatrix;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
 
 /// Extra sampled directions beyond the rank kept.
 pub const OVERSAMPLE: usize = 8;
@@ -39,15 +40,17 @@ pub fn truncated_svd(d: Vec<f32>, n_out: usize, n_in: usize, rank: usize, seed: 
     let dt = DMatrix::from_vec(n_in, n_out, d); // D^T
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let omega = DMatrix::<f32>::from_fn(n_in, k, |_, _| StandardNormal.sample(&mut rng));
-    let mut y = dt.tr_mul(&omega); // D omega, n_out x k
+    let d_times = |m: &DMatrix<f32>| by_columns(m, |c| dt.tr_mul(c)); // D m
+    let dt_times = |m: &DMatrix<f32>| by_columns(m, |c| &dt * c); // D^T m
+    let mut y = d_times(&omega); // D omega, n_out x k
     for _ in 0..POWER_ITERATIONS {
         // re-orthonormalized between passes, or the small directions drown in rounding
-        let z = &dt * y.qr().q(); // D^T Q
-        y = dt.tr_mul(&z.qr().q()); // D Q'
+        let z = dt_times(&y.qr().q()); // D^T Q
+        y = d_times(&z.qr().q()); // D Q'
     }
     let q = y.qr().q(); // n_out x k, an orthonormal basis of D's sampled range
                         // (Q^T D)^T = D^T Q = U' S V'^T, so D ~ Q V' S U'^T: U = Q V', V = U'
-    let svd = (&dt * &q).svd(true, true); // sorted, largest first
+    let svd = dt_times(&q).svd(true, true); // sorted, largest first
     let (v, u) = (svd.u.expect("svd computed with u"), q * svd.v_t.expect("svd computed with v_t").transpose());
     let roots: Vec<f32> = svd.singular_values.iter().take(rank).map(|s| s.max(0.0).sqrt()).collect();
     let mut a = vec![0.0f32; rank * n_in];
@@ -61,6 +64,28 @@ pub fn truncated_svd(d: Vec<f32>, n_out: usize, n_in: usize, rank: usize, seed: 
         }
     }
     Factors { rank, n_in, n_out, a, b, singular_values: svd.singular_values.iter().take(rank).copied().collect() }
+}
+
+/// `product` of each block of `m`'s columns, the blocks spread over rayon's threads: the
+/// products with D are nearly all of the work, and each column's is independent.
+fn by_columns<F>(m: &DMatrix<f32>, product: F) -> DMatrix<f32>
+where
+    F: Fn(&DMatrix<f32>) -> DMatrix<f32> + Sync,
+{
+    let n = m.ncols();
+    let per = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let parts: Vec<DMatrix<f32>> = (0..n)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|s| product(&m.columns(s, per.min(n - s)).into_owned()))
+        .collect();
+    let rows = parts.first().map_or(0, |p| p.nrows());
+    let mut out = DMatrix::<f32>::zeros(rows, n);
+    for (i, p) in parts.iter().enumerate() {
+        out.columns_mut(i * per, p.ncols()).copy_from(p);
+    }
+    out
 }
 
 #[cfg(test)]

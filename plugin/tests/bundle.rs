@@ -422,6 +422,14 @@ fn low_rank_graph_deltas_rebuild_each_expert() {
     assert_eq!(check_graph_deltas(&t, &opts), 2 * n_linear, "every linear weight of both experts factored");
     let bundle = t.path("bundle.gguf");
     assert_eq!(format_version(&bundle), 2);
+    // a file that says version 1 cannot hold factors
+    let file = GgufFile::open(&bundle).unwrap();
+    let mut md = file.metadata.clone();
+    md.insert(switchyard::bundle::naming::KEY_FORMAT_VERSION, switchyard::gguf::Value::U32(1));
+    let relabelled = t.path("v1.gguf");
+    switchyard::gguf::rewrite_with_metadata(&file, &md, &relabelled).unwrap();
+    let err = Bundle::open(&relabelled).err().expect("a version-1 file with factors").to_string();
+    assert!(err.contains("v1.gguf") && err.contains("low-rank part") && err.contains("version 1"), "{err}");
     assert!(Bundle::open(&bundle).unwrap().experts.iter().all(|e| e.rank == 32));
     // packing is deterministic (the SVD is seeded; tensors are factored in parallel)
     let again = t.path("again.gguf");
@@ -503,7 +511,8 @@ fn check_graph_deltas(t: &Tiny, opts: &PackOptions) -> usize {
     n_low_rank
 }
 
-/// B A of a low-rank graph delta, row-major n_out x n_in.
+/// B A of a low-rank graph delta, row-major n_out x n_in: written out here rather than through
+/// `LowRankDelta::to_f32`, so that the check does not rest on the code it checks.
 fn low_rank_product(d: &switchyard::bundle::in_graph::GraphDelta, n_in: usize, n_out: usize) -> Vec<f32> {
     let a = quants::dequantize(d.ty, &d.data, d.rank * n_in).unwrap();
     let b = quants::dequantize(d.ty, &d.b, n_out * d.rank).unwrap();

@@ -89,35 +89,47 @@ fn server_answers_each_expert_exactly_as_when_serving_it_alone() {
 #[test]
 fn server_answers_on_smollm2_as_when_serving_each_expert_alone() {
     let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    smollm2_server("low-rank", &["--rank", "64"], &smol, &bin);
+}
+
+/// The same with the codec's deltas (`pack --rank 0`: Q4_0/Q2_K codes and salient channels).
+#[test]
+fn server_answers_on_smollm2_with_codec_deltas_as_when_serving_each_expert_alone() {
+    let (Some(smol), Some(bin)) = (common::smollm2(), common::llama_patched_bin()) else { return };
+    smollm2_server("structured", &["--rank", "0"], &smol, &bin);
+}
+
+/// Two synthetic experts of SmolLM2 (`synth expert --kind KIND`), packed with `pack_args`, served.
+fn smollm2_server(kind: &str, pack_args: &[&str], smol: &Path, bin: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let base_hf = dir.path().join("base-hf");
     sy_ok(&["to-hf", smol.to_str().unwrap(), "-o", base_hf.to_str().unwrap()]);
+    let base = base_hf.to_str().unwrap();
     let experts: Vec<(String, std::path::PathBuf)> = [("math", "1"), ("code", "2")]
         .iter()
         .map(|(n, seed)| {
             let d = dir.path().join(n);
-            let base = base_hf.to_str().unwrap();
-            sy_ok(&[
-                "synth",
-                "expert",
-                "--base",
-                base,
-                "--kind",
-                "low-rank",
-                "--seed",
-                seed,
-                "-o",
-                d.to_str().unwrap(),
-            ]);
+            sy_ok(&["synth", "expert", "--base", base, "--kind", kind, "--seed", seed, "-o", d.to_str().unwrap()]);
             (n.to_string(), d)
         })
         .collect();
-    let bundle = pack(dir.path(), &smol, &base_hf, &experts, &["--rank", "64"]);
+    let bundle = pack(dir.path(), smol, &base_hf, &experts, pack_args);
+    // every linear weight factored, or none
+    let listing = sy_ok(&["inspect", "--no-verify", bundle.to_str().unwrap()]);
+    let kinds: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.trim_start().starts_with("blk."))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let n_low_rank = kinds.iter().filter(|k| **k == "lowrank").count();
+    let n_codec = kinds.iter().filter(|k| **k == "codec").count();
+    let want_low_rank = pack_args != ["--rank", "0"];
+    assert!(if want_low_rank { n_low_rank > 0 && n_codec == 0 } else { n_low_rank == 0 && n_codec > 0 }, "{listing}");
     // The Hugging Face folders are no longer needed: free the disk before serving.
     for d in std::iter::once(&base_hf).chain(experts.iter().map(|(_, d)| d)) {
         std::fs::remove_dir_all(d).unwrap();
     }
-    check_server(&bin, &bundle);
+    check_server(bin, &bundle);
 }
 
 /// Serve `bundle` (experts math and code) and check every answer against the same build

@@ -93,9 +93,10 @@ void llama_switchyard_load_deltas(llama_switchyard * sy, llama_model & model) {
             }
         }
         // Stacked when two or more experts change the weight in one type and rank (experts
-        // packed with the same settings do): one ggml_mul_mat_id (two for low-rank factors)
-        // then serves a batch of mixed experts. Otherwise each expert's delta is its own
-        // tensor, applied to its tokens by a mask.
+        // packed with the same settings usually do; pack keeps the codec for a matrix whose
+        // factors would keep too little, which can differ between experts): one
+        // ggml_mul_mat_id (two for low-rank factors) then serves a batch of mixed experts.
+        // Otherwise each expert's delta is its own tensor, applied to its tokens by a mask.
         int32_t stack_type = -1, n_changing = 0;
         uint32_t stack_rank = 0;
         for (uint32_t e = 0; e < n_experts; e++) {

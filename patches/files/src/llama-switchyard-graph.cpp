@@ -307,7 +307,7 @@ ggml_tensor * llama_switchyard_build_rows(const llm_graph_context & g, ggml_tens
         if (d.a == nullptr) {
             continue;
         }
-        GGML_ASSERT(d.salient == nullptr && "token embeddings take dense deltas only");
+        GGML_ASSERT(d.salient == nullptr && d.b == nullptr && "token embeddings take dense deltas only");
         ggml_tensor * rows = ggml_get_rows(g.ctx0, d.a, tokens);
         if (inp->sig.mixed()) {
             rows = ggml_mul(g.ctx0, rows, inp->masks[k]);

@@ -43,9 +43,10 @@ struct llama_switchyard_delta {
 // Every expert's deltas of one weight.
 struct llama_switchyard_weight {
     std::vector<llama_switchyard_delta> experts; // one per expert (a == nullptr: unchanged)
-    // a 2-D weight whose experts' deltas share one type: all of them stacked, [ne0, ne1, n_experts]
-    // (zeros for an expert that leaves it unchanged), so that one ggml_mul_mat_id applies each
-    // token's own expert in a batch of mixed experts
+    // a 2-D weight whose experts' deltas share one type and rank: all of them stacked,
+    // [ne0, ne1, n_experts], or factor A's [ne0, rank, n_experts] (zeros for an expert that
+    // leaves it unchanged), so that one ggml_mul_mat_id applies each token's own expert in a
+    // batch of mixed experts
     ggml_tensor * stack = nullptr;
     // low-rank deltas of one rank: `stack` holds the A factors, [ne0, rank, n_experts], and this the
     // B factors, [rank, ne1, n_experts]

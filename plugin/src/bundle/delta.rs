@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use half::f16;
 
+use crate::build_bundle::is_linear_weight;
 use crate::codec::{self, CodecParams, CompressedDelta, Method, SalientValues, StepLayout};
 use crate::error::{Error, Result};
 use crate::gguf::{TensorInfo, TensorInfoOut};
@@ -173,16 +174,20 @@ impl TensorDelta {
             return Ok(TensorDelta::Dense { ty: info.ty, data: bytes.to_vec() });
         }
         let (n_in, n_out) = rows_of(&base.ne);
-        if let Some((a_info, a)) = get("lr_a") {
-            let (b_info, b) = get("lr_b").ok_or_else(|| Error::Invalid(format!("{what}: 'lr_a' without 'lr_b'")))?;
+        if get("lr_a").is_some() || get("lr_b").is_some() {
+            let (Some((a_info, a)), Some((b_info, b))) = (get("lr_a"), get("lr_b")) else {
+                crate::bail_invalid!("{what}: a low-rank delta needs both 'lr_a' and 'lr_b'");
+            };
             only(&keys, &["lr_a", "lr_b"], what)?;
-            if base.ne.len() != 2 || a_info.ne.len() != 2 {
-                crate::bail_invalid!(
-                    "{what}: a low-rank delta of a {}-D tensor; only matrices are factored",
-                    base.ne.len()
-                );
+            // the graph multiplies by the factors where it multiplies by the weight: never
+            // for an embedding lookup, a norm or a MoE stack
+            if !(base.ne.len() == 2 && is_linear_weight(&base.name, &base.ne)) {
+                crate::bail_invalid!("{what}: low-rank parts on a tensor that is not a 2-D linear weight");
             }
-            let rank = a_info.ne[1];
+            let rank = a_info.ne.get(1).copied().unwrap_or(0);
+            if rank == 0 || rank as usize > n_in.min(n_out) {
+                crate::bail_invalid!("{what}: tensor '{}' has rank {rank}, not 1 to {}", a_info.name, n_in.min(n_out));
+            }
             expect("lr_a", a_info, FACTOR_TYPE, &[n_in as u64, rank])?;
             expect("lr_b", b_info, FACTOR_TYPE, &[rank, n_out as u64])?;
             let l = LowRankDelta::from_parts(rank as usize, n_in, n_out, a.to_vec(), b.to_vec(), what)?;
@@ -271,4 +276,59 @@ fn f16_bytes(v: &[f16]) -> Vec<u8> {
 
 fn f16_values(b: &[u8]) -> Vec<f16> {
     b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, ty: GgmlType, ne: &[u64]) -> TensorInfo {
+        TensorInfo { name: name.into(), ty, ne: ne.to_vec(), offset: 0 }
+    }
+
+    /// from_tensors over `parts` (name, type, ne; zero bytes of the right size) for `base`.
+    fn read(base: &TensorInfo, parts: &[(&str, GgmlType, &[u64])]) -> Result<TensorDelta> {
+        let infos: Vec<TensorInfo> =
+            parts.iter().map(|(p, ty, ne)| info(&format!("switchyard.0.x.{p}"), *ty, ne)).collect();
+        let bytes: Vec<Vec<u8>> = infos.iter().map(|i| vec![0u8; i.n_bytes() as usize]).collect();
+        let map =
+            parts.iter().zip(infos.iter().zip(&bytes)).map(|((p, _, _), (i, b))| (*p, (i, b.as_slice()))).collect();
+        TensorDelta::from_tensors(&map, &CodecParams::default(), base, "bundle: expert 'math', tensor 'x'")
+    }
+
+    #[test]
+    fn low_rank_parts_are_read_only_where_the_graph_can_multiply_by_them() {
+        let q = info("blk.0.attn_q.weight", GgmlType::Q4_0, &[256, 128]);
+        let (a, b): (&[u64], &[u64]) = (&[256, 32], &[32, 128]);
+        let ok = read(&q, &[("lr_a", FACTOR_TYPE, a), ("lr_b", FACTOR_TYPE, b)]).unwrap();
+        assert!(matches!(ok, TensorDelta::LowRank(ref l) if l.rank == 32 && l.n_out == 128));
+        let err = |base: &TensorInfo, parts: &[(&str, GgmlType, &[u64])]| read(base, parts).unwrap_err().to_string();
+        for (e, needle) in [
+            (err(&q, &[("lr_a", FACTOR_TYPE, a)]), "both 'lr_a' and 'lr_b'"),
+            (err(&q, &[("lr_b", FACTOR_TYPE, b)]), "both 'lr_a' and 'lr_b'"),
+            (
+                err(&q, &[("lr_a", FACTOR_TYPE, a), ("lr_b", FACTOR_TYPE, b), ("codes", GgmlType::I8, &[64, 128])]),
+                "unexpected part 'codes'",
+            ),
+            (err(&q, &[("lr_a", GgmlType::F16, a), ("lr_b", FACTOR_TYPE, b)]), "expected q8_0"),
+            (err(&q, &[("lr_a", FACTOR_TYPE, a), ("lr_b", FACTOR_TYPE, &[64, 128])]), "part 'lr_b'"),
+            (err(&q, &[("lr_a", FACTOR_TYPE, &[256, 160]), ("lr_b", FACTOR_TYPE, &[160, 128])]), "rank 160"),
+            (
+                err(
+                    &info("token_embd.weight", GgmlType::Q8_0, &[256, 128]),
+                    &[("lr_a", FACTOR_TYPE, a), ("lr_b", FACTOR_TYPE, b)],
+                ),
+                "not a 2-D linear weight",
+            ),
+            (
+                err(
+                    &info("blk.0.ffn_up_exps.weight", GgmlType::Q8_0, &[256, 128, 4]),
+                    &[("lr_a", FACTOR_TYPE, a), ("lr_b", FACTOR_TYPE, b)],
+                ),
+                "not a 2-D linear weight",
+            ),
+        ] {
+            assert!(e.contains(needle) && e.contains("tensor 'x'"), "{e} (wanted {needle:?})");
+        }
+    }
 }

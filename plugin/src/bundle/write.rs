@@ -48,8 +48,11 @@ pub(crate) fn expert_metadata(index: usize, info: &ExpertInfo) -> Vec<(String, V
         (expert_key(index, "salient_fraction"), Value::F32(p.salient_fraction)),
         (expert_key(index, "salient_bits"), Value::U32(p.salient_bits as u32)),
         (expert_key(index, "imatrix"), Value::String(info.imatrix.clone().unwrap_or_default())),
-        (expert_key(index, "rank"), Value::U32(info.rank as u32)),
     ]
+    .into_iter()
+    // only with factors: a bundle without stays byte for byte what version 1 writers wrote
+    .chain((info.rank > 0).then(|| (expert_key(index, "rank"), Value::U32(info.rank as u32))))
+    .collect()
 }
 
 /// Write `base` plus `experts` to `path`. `fingerprint` is [`super::fingerprint::base_fingerprint`]

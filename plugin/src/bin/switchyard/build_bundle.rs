@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use switchyard::build_bundle::{pack as pack_bundle, EmbeddingStorage, PackOptions, DEFAULT_RANK};
-use switchyard::bundle::low_rank::{FACTOR_TYPE, MIN_SHARE_KEPT};
+use switchyard::bundle::low_rank::MIN_SHARE_KEPT;
 use switchyard::codec::{CodecParams, Method};
 
 use crate::progress;
@@ -99,9 +99,6 @@ pub fn pack(a: PackArgs) -> Result<()> {
         },
         rank: a.rank,
     };
-    if !a.rank.is_multiple_of(FACTOR_TYPE.block_size()) {
-        anyhow::bail!("--rank {}: must be a multiple of 32 (the factors are Q8_0 rows)", a.rank);
-    }
     let pb = progress::bar("pack");
     let report = pack_bundle(&a.base_gguf, a.base.as_deref(), &a.experts, &opts, &a.output, &progress::reporter(&pb))?;
     pb.finish_and_clear();
@@ -113,7 +110,7 @@ pub fn pack(a: PackArgs) -> Result<()> {
             e.n_tensors,
             crate::mib(e.stored_bytes as u64)
         );
-        if !e.factoring.shares.is_empty() {
+        if !e.factoring.tried.is_empty() {
             let (factored, declined, mean) = e.factoring.summary();
             println!(
                 "    {factored} matrices factored at rank {} (share of ||D||^2 kept: mean {mean:.3}); {declined} kept the codec (factors would keep under {MIN_SHARE_KEPT})",
