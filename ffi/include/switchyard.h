@@ -70,6 +70,11 @@ typedef uint32_t switchyard_result;
 #endif // __cplusplus
 
 /*
+ Shape of a synthetic delta, relative to the RMS of the weight it is added to.
+ */
+typedef struct DeltaSpec DeltaSpec;
+
+/*
  The sizes of a random llama-architecture model.
  */
 typedef struct Dims Dims;
@@ -211,6 +216,8 @@ typedef struct {
   uint64_t prefetched;
   uint64_t prefetch_hits;
 } switchyard_moe_cache_stats;
+
+
 
 
 
