@@ -40,12 +40,13 @@ pub const BASE: &str = "base";
 impl Switcher {
     /// Open and fully validate a bundle, the base fingerprint included.
     pub fn open(path: &Path) -> Result<Switcher> {
-        let bundle = Bundle::open(path)?;
+        let mut bundle = Bundle::open(path)?;
         bundle.verify_base()?;
         bundle.validate_all()?;
         // The checks read the whole file, which the host maps too (its base weights): keep
         // those pages out of the host's RSS twice over.
         bundle.file.release_resident();
+        bundle.shed_tokenizer();
         let managed = bundle
             .base_tensors()
             .filter(|t| !bundle.in_graph(&t.name))

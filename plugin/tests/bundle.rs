@@ -525,3 +525,18 @@ fn low_rank_product(d: &switchyard::bundle::in_graph::GraphDelta, n_in: usize, n
     }
     out
 }
+
+/// A bundle opened to serve keeps no tokenizer of its own (the host has one): the library's
+/// copy of the metadata drops it, the file keeps it.
+#[test]
+fn a_served_bundle_sheds_the_tokenizer_strings() {
+    let Some(smol) = common::smollm2() else { return };
+    let t = Tiny::new(GgmlType::Q8_0, Some(&smol));
+    let out = t.path("bundle.gguf");
+    pack_tiny(&t, &out).unwrap();
+    let tokenizer_keys = |b: &Bundle| b.file.metadata.keys().filter(|k| k.starts_with("tokenizer.")).count();
+    assert!(tokenizer_keys(&Bundle::open(&out).unwrap()) > 0, "the fixture has a tokenizer");
+    let s = switchyard::switch::Switcher::open(&out).unwrap();
+    assert_eq!(tokenizer_keys(s.bundle()), 0);
+    assert!(s.bundle().file.metadata.contains_key("general.architecture"), "the rest stays");
+}
