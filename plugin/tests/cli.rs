@@ -33,7 +33,7 @@ fn pack_inspect_eval_extract_and_run_in_stock_llama_cpp() {
     }
 
     let out = sy_ok(&["eval", b, "--expert", "math", "--reference", t.experts[0].1.to_str().unwrap()]);
-    let ratio_line = out.lines().find(|l| l.starts_with("codec error / rtn error")).expect(&out);
+    let ratio_line = out.lines().find(|l| l.starts_with("stored error / rtn error")).expect(&out);
     let ratio: f64 = ratio_line.split('=').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert!(ratio <= 0.5, "{ratio_line}");
 

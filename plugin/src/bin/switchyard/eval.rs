@@ -33,13 +33,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     let p = report.params;
+    let rank = bundle.experts[bundle.expert_index(&a.expert)?].rank;
+    // the bundle's own deltas: the codec's, or rank-r factors where pack made them
+    let stored = if rank > 0 { format!("rank {rank} factors, else codec") } else { "codec".to_string() };
     println!(
         "expert '{}' vs {}: relative error ||D_hat - D|| / ||D|| of linear-weight deltas",
         report.expert,
         a.reference.display()
     );
     println!(
-        "codec: {} {} bits, salient {:.2}%; baselines on the same deltas: rtn {} bits per output row, bitdelta 1 bit",
+        "{stored}: {} {} bits, salient {:.2}%; baselines on the same deltas: rtn {} bits per output row, bitdelta 1 bit",
         p.method.name(),
         p.bits,
         100.0 * p.salient_fraction,
@@ -48,7 +51,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if !a.summary {
         println!(
             "{:<28} {:>9} | {:>9} {:>6} | {:>9} {:>6} | {:>9} {:>6}",
-            "tensor", "params", "codec", "bits", "rtn", "bits", "bitdelta", "bits"
+            "tensor", "params", "stored", "bits", "rtn", "bits", "bitdelta", "bits"
         );
         for t in &report.tensors {
             println!(
@@ -77,7 +80,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         b.bits
     );
     println!(
-        "codec error / rtn error = {:.3} at {:.3} vs {:.3} bits/param; codec error / bitdelta error = {:.3}",
+        "stored error / rtn error = {:.3} at {:.3} vs {:.3} bits/param; stored error / bitdelta error = {:.3}",
         c.relative() / r.relative(),
         c.bits,
         r.bits,
