@@ -1,5 +1,6 @@
 //! One expert of a bundle as a llama.cpp LoRA adapter (`switchyard extract --lora RANK`): each
-//! weight matrix the expert changes, its delta factored to rank r ([`crate::lowrank`]) and
+//! weight matrix the expert changes, its delta factored to rank r ([`crate::lowrank`]; factors
+//! the bundle stores at rank r or less, `pack --rank`, as they are) and
 //! written as llama.cpp's `<weight>.lora_a` / `.lora_b` pair (F16), for `--lora` on the base GGUF
 //! and llama-server's per-request adapters.
 //!
@@ -17,7 +18,8 @@ use rayon::prelude::*;
 
 use crate::bundle::delta::rows_of;
 use crate::bundle::in_graph::applies_in_graph;
-use crate::bundle::Bundle;
+use crate::bundle::low_rank::FACTOR_TYPE;
+use crate::bundle::{Bundle, TensorDelta};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufWriter, Metadata, TensorInfo, TensorInfoOut};
 use crate::lowrank::truncated_svd;
@@ -74,10 +76,13 @@ pub fn extract_lora(
     metadata.insert("general.name", format!("{expert} (switchyard, rank {rank})"));
     metadata.insert("adapter.type", "lora");
     metadata.insert("adapter.lora.alpha", 0.0f32); // 0: llama.cpp scales B A by 1, not alpha / rank
+                                                   // factors the bundle stores at no more than the rank asked for are written as they are
+    let stored =
+        |t: &TensorInfo| bundle.delta_part(e, &t.name, "lr_a").map(|a| a.ne[1] as usize).filter(|&r| r <= rank);
     let mut infos = Vec::with_capacity(2 * matrices.len());
     for t in &matrices {
         let (n_in, n_out) = rows_of(&t.ne);
-        let r = rank.min(n_in).min(n_out) as u64;
+        let r = stored(t).unwrap_or(rank.min(n_in).min(n_out)) as u64;
         infos.push(TensorInfoOut::new(format!("{}.lora_a", t.name), GgmlType::F16, vec![n_in as u64, r]));
         infos.push(TensorInfoOut::new(format!("{}.lora_b", t.name), GgmlType::F16, vec![r, n_out as u64]));
     }
@@ -89,18 +94,27 @@ pub fn extract_lora(
         .par_iter()
         .enumerate()
         .map(|(k, t)| {
-            let d = expert_delta(bundle, e, t)?;
-            let total: f64 = d.iter().map(|v| (*v as f64).powi(2)).sum();
             let (n_in, n_out) = rows_of(&t.ne);
-            let f = truncated_svd(d, n_out, n_in, rank, k as u64);
+            let factors = match (stored(t), bundle.delta(e, &t.name)?) {
+                (Some(r), Some(TensorDelta::LowRank(l))) => {
+                    let a = quants::dequantize(FACTOR_TYPE, &l.a, r * n_in)?;
+                    (r, a, quants::dequantize(FACTOR_TYPE, &l.b, n_out * r)?, 1.0)
+                }
+                _ => {
+                    let d = expert_delta(bundle, e, t)?;
+                    let total: f64 = d.iter().map(|v| (*v as f64).powi(2)).sum();
+                    let f = truncated_svd(d, n_out, n_in, rank, k as u64);
+                    let kept: f64 = f.singular_values.iter().map(|s| (*s as f64).powi(2)).sum();
+                    (f.rank, f.a, f.b, if total > 0.0 { (kept / total).min(1.0) } else { 1.0 })
+                }
+            };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, matrices.len() as u64);
-            Ok((f, total))
+            Ok(factors)
         })
         .collect::<Result<Vec<_>>>()?;
-    for (t, (f, total)) in matrices.iter().zip(factored) {
-        let kept: f64 = f.singular_values.iter().map(|s| (*s as f64).powi(2)).sum();
-        report.factored.push((t.name.clone(), f.rank, if total > 0.0 { (kept / total).min(1.0) } else { 1.0 }));
-        for (part, values) in [("lora_a", &f.a), ("lora_b", &f.b)] {
+    for (t, (r, a, b, share)) in matrices.iter().zip(factored) {
+        report.factored.push((t.name.clone(), r, share));
+        for (part, values) in [("lora_a", &a), ("lora_b", &b)] {
             w.write_tensor_data(&format!("{}.{part}", t.name), &f16_bytes(values, expert, &t.name)?)?;
         }
     }

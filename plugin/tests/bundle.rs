@@ -208,6 +208,40 @@ fn extract_lora_factors_each_changed_matrix() {
     assert_eq!(listing(t.dir.path()), before);
 }
 
+/// A bundle's own factors (`pack --rank 32`) become the adapter as they are at rank 32 or more,
+/// and are factored again below it.
+#[test]
+fn extract_lora_writes_stored_factors_as_they_are() {
+    let t = Tiny::low_rank(GgmlType::Q8_0, None);
+    let out = t.path("bundle.gguf");
+    let opts = PackOptions { rank: 32, ..PackOptions::default() };
+    pack(&t.base_gguf, Some(&t.base_hf), &t.experts, &opts, &out, &no_progress).unwrap();
+    let bundle = Bundle::open(&out).unwrap();
+    let name = "blk.0.ffn_up.weight";
+    let Some(TensorDelta::LowRank(stored)) = bundle.delta(0, name).unwrap() else { panic!("{name} not factored") };
+    for (rank, want) in [(64, 32), (16, 16)] {
+        let x = t.path(&format!("lora-{rank}.gguf"));
+        let report = switchyard::lora_adapter::extract_lora(&bundle, "math", rank, &x, &|_, _| {}).unwrap();
+        let (_, r, share) = report.factored.iter().find(|(n, _, _)| n == name).unwrap().clone();
+        assert_eq!(r, want, "rank asked {rank}");
+        let f = GgufFile::open(&x).unwrap();
+        let a = quants::dequantize(
+            GgmlType::F16,
+            f.tensor_data(f.tensor(&format!("{name}.lora_a")).unwrap()),
+            r * stored.n_in,
+        )
+        .unwrap();
+        let stored_a = quants::dequantize(GgmlType::Q8_0, &stored.a, 32 * stored.n_in).unwrap();
+        if rank >= 32 {
+            assert_eq!(share, 1.0);
+            let f16_of = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect::<Vec<_>>();
+            assert_eq!(a, f16_of(&stored_a), "the stored A, rounded to F16 once");
+        } else {
+            assert!(share < 1.0 && share > 0.5, "{share}");
+        }
+    }
+}
+
 /// Expect `pack` to fail with a message containing every needle, leaving no output file.
 fn pack_fails(t: &Tiny, experts: &[(String, std::path::PathBuf)], base_hf: &Path, needles: &[&str]) {
     let out = t.path("bad.gguf");
