@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::bundle::fingerprint::base_fingerprint;
-use crate::bundle::low_rank::{worth_factoring, LowRankDelta, FACTOR_TYPE, MIN_SHARE_KEPT};
+use crate::bundle::low_rank::{may_factor, worth_factoring, LowRankDelta, FACTOR_TYPE, MIN_SHARE_KEPT};
 use crate::bundle::{write_bundle, ExpertDeltas, ExpertInfo, TensorDelta};
 use crate::codec::{self, CodecParams, ErrorFeedback, Method};
 use crate::convert::config_from_gguf;
@@ -270,7 +270,7 @@ fn tensor_delta(
         crate::bail_invalid!("{label}: tensor '{source}' has a non-finite value at element {bad}");
     }
     let n_in = t.ne[0] as usize;
-    if is_linear_weight(&t.name, &t.ne) && t.ne.len() == 2 && worth_factoring(n_in, n / n_in, opts.rank) {
+    if may_factor(&t.name, &t.ne) && worth_factoring(n_in, n / n_in, opts.rank) {
         let what = format!("expert '{}', tensor '{}'", info.name, t.name);
         let (l, share) = LowRankDelta::factor(&d, n_in, n / n_in, opts.rank, SVD_SEED, &what)?;
         let replaces = share >= MIN_SHARE_KEPT;

@@ -75,8 +75,9 @@ pub fn extract_lora(
     metadata.insert("general.type", "adapter");
     metadata.insert("general.name", format!("{expert} (switchyard, rank {rank})"));
     metadata.insert("adapter.type", "lora");
-    metadata.insert("adapter.lora.alpha", 0.0f32); // 0: llama.cpp scales B A by 1, not alpha / rank
-                                                   // factors the bundle stores at no more than the rank asked for are written as they are
+    // 0: llama.cpp scales B A by 1, not alpha / rank
+    metadata.insert("adapter.lora.alpha", 0.0f32);
+    // factors the bundle stores at no more than the rank asked for are written as they are
     let stored =
         |t: &TensorInfo| bundle.delta_part(e, &t.name, "lr_a").map(|a| a.ne[1] as usize).filter(|&r| r <= rank);
     let mut infos = Vec::with_capacity(2 * matrices.len());
@@ -87,25 +88,23 @@ pub fn extract_lora(
         infos.push(TensorInfoOut::new(format!("{}.lora_b", t.name), GgmlType::F16, vec![r, n_out as u64]));
     }
     let mut w = GgufWriter::create(out, &metadata, &infos)?;
-    // Matrices factored a few at a time in parallel (each product inside is one thread), the
-    // factors, small beside the deltas, kept until written in order.
+    // Matrices factored a few at a time in parallel (the SVD's products are parallel inside
+    // too), the factors, small beside the deltas, kept until written in order.
     let done = AtomicU64::new(0);
     let factored = matrices
         .par_iter()
         .enumerate()
         .map(|(k, t)| {
             let (n_in, n_out) = rows_of(&t.ne);
-            let factors = match (stored(t), bundle.delta(e, &t.name)?) {
-                (Some(r), Some(TensorDelta::LowRank(l))) => {
+            let delta = bundle.delta(e, &t.name)?.expect("only changed tensors are factored");
+            let factors = match (stored(t), delta) {
+                (Some(r), TensorDelta::LowRank(l)) => {
                     let a = quants::dequantize(FACTOR_TYPE, &l.a, r * n_in)?;
                     (r, a, quants::dequantize(FACTOR_TYPE, &l.b, n_out * r)?, 1.0)
                 }
-                _ => {
-                    let d = expert_delta(bundle, e, t)?;
-                    let total: f64 = d.iter().map(|v| (*v as f64).powi(2)).sum();
-                    let f = truncated_svd(d, n_out, n_in, rank, k as u64);
-                    let kept: f64 = f.singular_values.iter().map(|s| (*s as f64).powi(2)).sum();
-                    (f.rank, f.a, f.b, if total > 0.0 { (kept / total).min(1.0) } else { 1.0 })
+                (_, delta) => {
+                    let f = truncated_svd(expert_delta(bundle, t, &delta)?, n_out, n_in, rank, k as u64);
+                    (f.rank, f.a, f.b, f.share_kept)
                 }
             };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, matrices.len() as u64);
@@ -122,11 +121,10 @@ pub fn extract_lora(
     Ok(report)
 }
 
-/// Expert `e`'s delta of base tensor `t`, row-major: W_expert - W_base as llama.cpp computes
-/// with them (the base dequantized), whatever form the bundle stores it in.
-fn expert_delta(bundle: &Bundle, e: usize, t: &TensorInfo) -> Result<Vec<f32>> {
+/// `delta` (an expert's stored delta of base tensor `t`) as values, row-major: W_expert - W_base
+/// as llama.cpp computes with them (the base dequantized), whatever form the bundle stores it in.
+fn expert_delta(bundle: &Bundle, t: &TensorInfo, delta: &TensorDelta) -> Result<Vec<f32>> {
     let (n_in, n_out) = rows_of(&t.ne);
-    let delta = bundle.delta(e, &t.name)?.expect("only changed tensors are factored");
     let base = quants::dequantize_par(t.ty, bundle.file.try_tensor_data(t)?, n_in * n_out, n_in)
         .map_err(|err| Error::Invalid(format!("tensor '{}': {err}", t.name)))?;
     let mut d = base.clone();

@@ -18,8 +18,8 @@ pub const OVERSAMPLE: usize = 8;
 /// Passes through D^T D: a fine-tune's spectrum decays slowly, and each pass sharpens the top.
 pub const POWER_ITERATIONS: usize = 2;
 
-/// The rank-r factors of a delta: `a` row-major rank x n_in, `b` row-major n_out x rank, and
-/// the singular values kept (largest first).
+/// The rank-r factors of a delta: `a` row-major rank x n_in, `b` row-major n_out x rank, the
+/// singular values kept (largest first), and the share of the delta's squared norm they keep.
 #[derive(Clone, Debug)]
 pub struct Factors {
     pub rank: usize,
@@ -28,6 +28,7 @@ pub struct Factors {
     pub a: Vec<f32>,
     pub b: Vec<f32>,
     pub singular_values: Vec<f32>,
+    pub share_kept: f64,
 }
 
 /// The best rank-`rank` factors of `d` (row-major n_out x n_in) that the randomized method
@@ -35,6 +36,7 @@ pub struct Factors {
 /// value: its row-major values are D^T column-major, nalgebra's layout, so nothing is copied.
 pub fn truncated_svd(d: Vec<f32>, n_out: usize, n_in: usize, rank: usize, seed: u64) -> Factors {
     assert_eq!(d.len(), n_out * n_in, "delta of {n_out} x {n_in} values");
+    let total: f64 = d.par_iter().map(|&x| (x as f64).powi(2)).sum();
     let rank = rank.min(n_out).min(n_in);
     let k = (rank + OVERSAMPLE).min(n_out).min(n_in);
     let dt = DMatrix::from_vec(n_in, n_out, d); // D^T
@@ -63,7 +65,10 @@ pub fn truncated_svd(d: Vec<f32>, n_out: usize, n_in: usize, rank: usize, seed: 
             b[r * rank + j] = u[(r, j)] * root;
         }
     }
-    Factors { rank, n_in, n_out, a, b, singular_values: svd.singular_values.iter().take(rank).copied().collect() }
+    let singular_values: Vec<f32> = svd.singular_values.iter().take(rank).copied().collect();
+    let kept: f64 = singular_values.iter().map(|&s| (s as f64).powi(2)).sum();
+    let share_kept = if total > 0.0 { (kept / total).min(1.0) } else { 1.0 };
+    Factors { rank, n_in, n_out, a, b, singular_values, share_kept }
 }
 
 /// `product` of each block of `m`'s columns, the blocks spread over rayon's threads: the

@@ -133,7 +133,7 @@ impl Switcher {
     pub fn graph_delta(&self, e: usize, name: &str, requested: Option<GgmlType>) -> Result<Option<GraphDelta>> {
         match self.graph_source(e, name)? {
             Some(d) => {
-                let converted = in_graph::graph_delta(&d, requested, &self.what(e, name))?;
+                let converted = in_graph::graph_delta(d, requested, &self.what(e, name))?;
                 self.release_stored_delta(e, name);
                 Ok(Some(converted))
             }

@@ -11,14 +11,13 @@ use std::collections::BTreeMap;
 
 use half::f16;
 
-use crate::build_bundle::is_linear_weight;
 use crate::codec::{self, CodecParams, CompressedDelta, Method, SalientValues, StepLayout};
 use crate::error::{Error, Result};
 use crate::gguf::{TensorInfo, TensorInfoOut};
 use crate::quants;
 use crate::GgmlType;
 
-use super::low_rank::{LowRankDelta, FACTOR_TYPE};
+use super::low_rank::{may_factor, LowRankDelta, FACTOR_TYPE};
 use super::naming::delta_tensor;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -179,9 +178,7 @@ impl TensorDelta {
                 crate::bail_invalid!("{what}: a low-rank delta needs both 'lr_a' and 'lr_b'");
             };
             only(&keys, &["lr_a", "lr_b"], what)?;
-            // the graph multiplies by the factors where it multiplies by the weight: never
-            // for an embedding lookup, a norm or a MoE stack
-            if !(base.ne.len() == 2 && is_linear_weight(&base.name, &base.ne)) {
+            if !may_factor(&base.name, &base.ne) {
                 crate::bail_invalid!("{what}: low-rank parts on a tensor that is not a 2-D linear weight");
             }
             let rank = a_info.ne.get(1).copied().unwrap_or(0);

@@ -128,14 +128,13 @@ pub fn codec_type(
 /// Convert a stored delta into the form the graph applies (`requested`: the codec deltas'
 /// type, None for [`codec_type`]'s choice; dense deltas keep their stored type; a tensor
 /// replaced whole is the expert's tensor in F32).
-pub fn graph_delta(delta: &TensorDelta, requested: Option<GgmlType>, what: &str) -> Result<GraphDelta> {
+pub fn graph_delta(delta: TensorDelta, requested: Option<GgmlType>, what: &str) -> Result<GraphDelta> {
     match delta {
-        TensorDelta::Codec(c) => codec_graph_delta(c, codec_type(c.bits, c.n_in, c.layout, requested, what)?),
-        TensorDelta::LowRank(l) => {
-            Ok(GraphDelta { rank: l.rank, b: l.b.clone(), ..GraphDelta::whole(FACTOR_TYPE, l.a.clone()) })
-        }
-        TensorDelta::Dense { ty, data } => Ok(GraphDelta::whole(*ty, data.clone())),
-        TensorDelta::Replace { data } => Ok(GraphDelta::whole(GgmlType::F32, bytemuck::cast_slice(data).to_vec())),
+        TensorDelta::Codec(c) => codec_graph_delta(&c, codec_type(c.bits, c.n_in, c.layout, requested, what)?),
+        // the stored bytes are the graph's: moved, not copied
+        TensorDelta::LowRank(l) => Ok(GraphDelta { rank: l.rank, b: l.b, ..GraphDelta::whole(FACTOR_TYPE, l.a) }),
+        TensorDelta::Dense { ty, data } => Ok(GraphDelta::whole(ty, data)),
+        TensorDelta::Replace { data } => Ok(GraphDelta::whole(GgmlType::F32, bytemuck::cast_slice(&data).to_vec())),
     }
 }
 
@@ -270,7 +269,7 @@ mod tests {
         for bits in 1..=3 {
             let c = delta(96, 8, bits, 32, 0.02);
             assert_eq!(codec_type(c.bits, c.n_in, c.layout, None, "t").unwrap(), GgmlType::Q4_0);
-            let g = graph_delta(&TensorDelta::Codec(c.clone()), None, "t").unwrap();
+            let g = graph_delta(TensorDelta::Codec(c.clone()), None, "t").unwrap();
             let want = codec::decompress_f32(&c);
             let got = applied(&g, 96, 8);
             let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -287,7 +286,7 @@ mod tests {
         for (bits, group) in [(2, 128), (1, 512), (2, 32)] {
             let c = delta(512, 4, bits, group, 0.01);
             assert_eq!(codec_type(c.bits, c.n_in, c.layout, None, "t").unwrap(), GgmlType::Q2_K);
-            let g = graph_delta(&TensorDelta::Codec(c.clone()), None, "t").unwrap();
+            let g = graph_delta(TensorDelta::Codec(c.clone()), None, "t").unwrap();
             let want = codec::decompress_f32(&c);
             let got = applied(&g, 512, 4);
             // 4-bit scales of each block's largest step: a step moves by up to 1/30 of that
@@ -299,7 +298,7 @@ mod tests {
     #[test]
     fn other_types_requantize_and_salient_channels_stay_exact() {
         let c = delta(512, 4, 2, 128, 0.01);
-        let g = graph_delta(&TensorDelta::Codec(c.clone()), Some(GgmlType::Q4_1), "t").unwrap();
+        let g = graph_delta(TensorDelta::Codec(c.clone()), Some(GgmlType::Q4_1), "t").unwrap();
         assert_eq!(g.ty, GgmlType::Q4_1);
         let want = codec::decompress_f32(&c);
         let got = applied(&g, 512, 4);
@@ -320,7 +319,7 @@ mod tests {
         let e =
             codec_type(c.bits, c.n_in, c.layout, Some(GgmlType::Q2_K), "blk.0.attn_q.weight").unwrap_err().to_string();
         assert!(e.contains("blk.0.attn_q.weight") && e.contains("q2_K"), "{e}");
-        let norm = graph_delta(&TensorDelta::Replace { data: vec![0.5, 2.0] }, None, "blk.0.attn_norm.weight").unwrap();
+        let norm = graph_delta(TensorDelta::Replace { data: vec![0.5, 2.0] }, None, "blk.0.attn_norm.weight").unwrap();
         assert_eq!((norm.ty, quants::dequantize(norm.ty, &norm.data, 2).unwrap()), (GgmlType::F32, vec![0.5, 2.0]));
     }
 

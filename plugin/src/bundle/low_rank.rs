@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::build_bundle::is_linear_weight;
 use crate::error::Result;
 use crate::lowrank::truncated_svd;
 use crate::quants;
@@ -40,6 +41,12 @@ impl PartialEq for LowRankDelta {
     }
 }
 
+/// Whether factors may stand for base tensor `name`'s delta (shape `ne`): a 2-D linear weight,
+/// which the graph multiplies by; never an embedding lookup, a norm or a MoE stack.
+pub fn may_factor(name: &str, ne: &[u64]) -> bool {
+    ne.len() == 2 && is_linear_weight(name, ne)
+}
+
 /// Whether a matrix of n_out rows of n_in values is worth factoring at `rank`: the factors
 /// cost at most half the multiply-adds of a dense delta, and both fit [`FACTOR_TYPE`]'s blocks.
 pub fn worth_factoring(n_in: usize, n_out: usize, rank: usize) -> bool {
@@ -61,15 +68,12 @@ impl LowRankDelta {
         if !worth_factoring(n_in, n_out, rank) {
             crate::bail_invalid!("{what}: a {n_out} x {n_in} matrix is not factored at rank {rank}");
         }
-        let total: f64 = d.par_iter().map(|&x| (x as f64).powi(2)).sum();
         let f = truncated_svd(d.to_vec(), n_out, n_in, rank, seed);
         // the SVD caps the rank at the smaller side, which worth_factoring keeps above `rank`
         debug_assert_eq!(f.rank, rank);
-        let kept: f64 = f.singular_values.iter().map(|&s| (s as f64).powi(2)).sum();
         let a = quants::quantize_par(FACTOR_TYPE, &f.a, n_in)?;
         let b = quants::quantize_par(FACTOR_TYPE, &f.b, rank)?;
-        let share = if total > 0.0 { (kept / total).min(1.0) } else { 1.0 };
-        Ok((Self::from_parts(rank, n_in, n_out, a, b, what)?, share))
+        Ok((Self::from_parts(rank, n_in, n_out, a, b, what)?, f.share_kept))
     }
 
     /// The delta from stored factors, their sizes checked.
