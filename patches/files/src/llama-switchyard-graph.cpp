@@ -129,13 +129,46 @@ void llama_switchyard_forget_context(const llama_model & model, const llama_cont
     }
 }
 
+// Graph nodes the builders below add for one weight at most; counted from their code, so keep
+// the two in step. The budget is resident memory whether used or not: llama.cpp's kept graphs
+// and the scheduler's allocator reserve room for every node (about 1.3 KiB each, SmolLM2).
+static uint32_t llama_switchyard_weight_nodes(const llama_switchyard_weight & weight, bool token_embd) {
+    uint32_t n_deltas  = 0;
+    uint32_t n_salient = 0;
+    for (const llama_switchyard_delta & d : weight.experts) {
+        n_deltas  += d.a != nullptr;
+        n_salient += d.salient != nullptr;
+    }
+    uint32_t n = 0;
+    if (weight.rows) {
+        n += 5; // build_norm: the per-column rows, two reshapes, get_rows, mul
+    }
+    if (n_deltas > 0) {
+        // build_mm: the input's cont and reshape, the final reshape and add (4); then either the
+        // stacked products (per-column ids, reshape, A's and B's products, reshape, masked: per-column
+        // mask, reshape, mul) (8) or each expert's own (A's and B's products, masked (3), sum) (6);
+        // and each salient part: the gather (8), its product, masked (3), sum (13)
+        const uint32_t stacked = weight.stack ? 8 : 0;
+        n += 4 + std::max(stacked, 6 * n_deltas) + 13 * n_salient;
+    }
+    if (token_embd) {
+        // build_rows: get_rows, mask and add per expert (and build_mm too, when the output is tied)
+        n += 3 * n_deltas;
+    }
+    return n;
+}
+
 uint32_t llama_switchyard_graph_nodes(const llama_model & model) {
-    // per weight: the input's reshape/cont, the stacked product and its reshape, mask and
-    // output-row selection; per weight and expert: the product, its mask, selection and sum,
-    // the salient channels' gather (reshape, transpose, cont, get_rows, transpose, cont,
-    // reshape), product, mask and sum; then the final reshape and sum. 32 covers all of them.
     const llama_switchyard * sy = model.switchyard;
-    return sy ? 32u * (uint32_t) (sy->weights.size() * std::max<size_t>(1, switchyard_model_n_experts(sy->handle))) + 64u : 0u;
+    if (sy == nullptr) {
+        return 0;
+    }
+    const char * token_embd = model.tok_embd ? ggml_get_name(model.tok_embd) : "";
+    uint32_t n = 64; // the batch's inputs and their selections of the output rows
+    for (const auto & [name, weight] : sy->weights) {
+        n += llama_switchyard_weight_nodes(weight, name == token_embd);
+    }
+    return n;
 }
 
 // The batch's per-token inputs, created with the graph's first use.
