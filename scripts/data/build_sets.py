@@ -1,13 +1,15 @@
 """Build switchyard's labelled routing sets from real text shipped in PyPI packages.
 
-Usage: build_sets.py GSM_WHEEL_DIR HUMANEVAL_WHEEL_DIR SHAREGPT_WHEEL_DIR OUT_DIR [--seed N]
+Usage: build_sets.py GSM_WHEEL_DIR HUMANEVAL_WHEEL_DIR SHAREGPT_WHEEL_DIR MATHEMATICS_JSONL OUT_DIR [--seed N]
 
-Each *_WHEEL_DIR is an unpacked wheel. Writes OUT_DIR/route-train.jsonl and route-eval.jsonl,
+Each *_WHEEL_DIR is an unpacked wheel; MATHEMATICS_JSONL is gen_mathematics.py's output. Writes OUT_DIR/route-train.jsonl and route-eval.jsonl,
 lines {"text": ..., "expert": "math" | "code" | "chat", "source": ...}.
 
 Splits are by source unit, never by sample (sources.py), so the held-out set measures
 generalisation:
-  math  GSM-Symbolic questions, instantiated by the package's own generator (seeded).
+  math  half GSM-Symbolic word problems, instantiated by the package's own generator (seeded),
+        half mathematics_dataset questions (algebra, arithmetic, calculus, comparison,
+        measurement, numbers, polynomials, probability), held out by module.
   code  HumanEval prompts plus ShareGPT first user turns that name a programming language or tool.
   chat  ShareGPT first user turns with no sign of code, technology or maths; turns that are
         neither clearly code nor clearly chat are left out.
@@ -26,6 +28,7 @@ from sources import (
     conversation_split,
     gsm_problems,
     humaneval_problems,
+    mathematics_problems,
     mostly_english,
     sharegpt_conversations,
     write_atomic,
@@ -41,6 +44,13 @@ def gsm_questions(wheel: Path, seed: int) -> dict:
     return {
         split: [{"text": q, "expert": "math", "source": f"gsm-symbolic/{index}"} for index, q, _ in rows]
         for split, rows in problems.items()
+    }
+
+
+def mathematics_questions(path: Path) -> dict:
+    return {
+        split: [{"text": q, "expert": "math", "source": f"mathematics-dataset/{module}"} for module, q, _ in rows]
+        for split, rows in mathematics_problems(path).items()
     }
 
 
@@ -77,10 +87,11 @@ def take(rng: random.Random, items: list, n: int) -> list:
 
 
 def main() -> None:
-    args = builder_args(__doc__, "gsm", "humaneval", "sharegpt")
+    args = builder_args(__doc__, "gsm", "humaneval", "sharegpt", "mathematics")
     rng = random.Random(args.seed)
 
-    math = gsm_questions(Path(args.gsm), args.seed)
+    gsm = gsm_questions(Path(args.gsm), args.seed)
+    mathematics = mathematics_questions(Path(args.mathematics))
     human_eval = humaneval_prompts(Path(args.humaneval))
     share = sharegpt_split(Path(args.sharegpt))
 
@@ -89,7 +100,8 @@ def main() -> None:
     for split, n in (("train", N_TRAIN), ("eval", N_EVAL)):
         code_rest = n - len(human_eval[split])
         rows = (
-            take(rng, math[split], n)
+            take(rng, gsm[split], n // 2)
+            + take(rng, mathematics[split], n - n // 2)
             + human_eval[split]
             + take(rng, share["code"][split], code_rest)
             + take(rng, share["chat"][split], n)

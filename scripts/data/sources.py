@@ -4,6 +4,7 @@ both hold out the same templates, problems and conversations.
 
 Splits are by source unit, never by sample:
   GSM-Symbolic  every fifth English template is held out
+  mathematics_dataset  every fifth module (gen_mathematics.py) is held out
   HumanEval     every fourth problem is held out
   ShareGPT      about a quarter of conversations, by a hash of their id
 """
@@ -25,9 +26,11 @@ CODE_LINE = re.compile(
 )
 # Names that make a request about programming, with or without code in it.
 PROGRAMMING = re.compile(
-    r"(?<![\w+#])(python|javascript|typescript|java|c\+\+|c#|golang|kotlin|swift|php|ruby|rust|sql\w*|"
-    r"html|css|react|node\.?js|django|flask|pandas|numpy|regex|bash|api|sdk|source code|code snippet|"
-    r"function|compiler|github)(?![\w+#])",
+    r"(?<![\w+#])(python|javascript|typescript|js|jsx|tsx|java|c\+\+|c#|golang|kotlin|swift|php|ruby|rust|"
+    r"sql\w*|mysql|postgres\w*|sqlite|mongodb|redis|elasticsearch|graphql|grpc|openapi|swagger|websockets?|"
+    r"html|css|react|vue(\.?js)?|nuxt|angular|node\.?js|express ?js|django|flask|laravel|spring boot|"
+    r"asp\.net|\.net|actix|pandas|numpy|regex|bash|api|sdk|selenium|jenkins|kubernetes|terraform|webpack|"
+    r"source code|code snippet|hello world|function|compiler|github)(?![\w+#])",
     re.IGNORECASE,
 )
 # Anything technical: a turn with one of these is never chat (it may still be code, above).
@@ -42,7 +45,7 @@ TECHNICAL = re.compile(
 )
 MATH = re.compile(
     r"(\d\s*[-+*/^=x%]\s*\d|\b(solve|equation|calculate|math|maths|mathematics|probability|"
-    r"derivative|integral|percent|percentage|how many|how much|sum of|average|algebra|geometry|physics|"
+    r"derivative|integral|percent|percentage|how many|how much|how old|sum of|average|algebra|geometry|physics|"
     r"formula)\b)",
     re.IGNORECASE,
 )
@@ -101,6 +104,19 @@ def gsm_problems(wheel: Path, n_train: int, n_eval: int, seed: int) -> dict:
     out = {"train": [], "eval": []}
     for index, (split, problems) in enumerate(zip(splits, results)):
         out[split].extend((index, question, answer) for question, answer in problems)
+    return out
+
+
+def mathematics_problems(path: Path) -> dict:
+    """{'train'|'eval': [(module, question, answer)]} from gen_mathematics.py's output; every
+    fifth module in sorted order is held out whole (algebra__linear_1d, arithmetic__div,
+    calculus__... fall on either side by their place in that order)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    modules = sorted({row["module"] for row in rows})
+    held_out = {m for index, m in enumerate(modules) if index % 5 == 0}
+    out = {"train": [], "eval": []}
+    for row in rows:
+        out["eval" if row["module"] in held_out else "train"].append((row["module"], row["question"], row["answer"]))
     return out
 
 

@@ -63,3 +63,65 @@ impl fmt::Display for Evaluation {
         Ok(())
     }
 }
+
+/// Accuracy per source family: the part of each prompt's "source" before its first '/', with
+/// the prompt's true class ("gsm-symbolic (math)", "sharegpt (chat)"), so that one overall
+/// score cannot hide a family the router gets wrong.
+#[derive(Default)]
+pub struct FamilyAccuracy {
+    /// family -> (right, total)
+    counts: std::collections::BTreeMap<String, (usize, usize)>,
+}
+
+impl FamilyAccuracy {
+    pub fn add(&mut self, source: Option<&str>, truth: &str, right: bool) {
+        let family = source.map_or("(no source)", |s| s.split('/').next().unwrap_or(s));
+        let entry = self.counts.entry(format!("{family} ({truth})")).or_default();
+        entry.0 += usize::from(right);
+        entry.1 += 1;
+    }
+
+    /// (family, accuracy, count), in family order.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, f64, usize)> {
+        self.counts.iter().map(|(f, &(right, total))| (f.as_str(), right as f64 / total.max(1) as f64, total))
+    }
+}
+
+impl fmt::Display for FamilyAccuracy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.counts.keys().map(String::len).max().unwrap_or(0).max(13);
+        writeln!(f, "{:<w$}  accuracy  count", "source family")?;
+        for (family, accuracy, count) in self.rows() {
+            writeln!(f, "{family:<w$}  {accuracy:>8.4}  {count:>5}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_the_source_prefix_and_the_true_class() {
+        let mut acc = FamilyAccuracy::default();
+        acc.add(Some("sharegpt/abc_1"), "chat", true);
+        acc.add(Some("sharegpt/def"), "chat", false);
+        acc.add(Some("sharegpt/xyz"), "code", true);
+        acc.add(Some("HumanEval/3"), "code", true);
+        acc.add(None, "math", false);
+        let rows: Vec<_> = acc.rows().map(|(f, a, n)| (f.to_string(), a, n)).collect();
+        assert_eq!(
+            rows,
+            [
+                ("(no source) (math)".to_string(), 0.0, 1),
+                ("HumanEval (code)".to_string(), 1.0, 1),
+                ("sharegpt (chat)".to_string(), 0.5, 2),
+                ("sharegpt (code)".to_string(), 1.0, 1),
+            ]
+        );
+        let printed = acc.to_string();
+        let line = printed.lines().find(|l| l.starts_with("sharegpt (chat)")).unwrap_or_else(|| panic!("{printed}"));
+        assert_eq!(line.split_whitespace().collect::<Vec<_>>(), ["sharegpt", "(chat)", "0.5000", "2"]);
+    }
+}

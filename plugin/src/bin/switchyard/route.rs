@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use switchyard::bundle::Bundle;
-use switchyard::router::metrics::Evaluation;
+use switchyard::router::metrics::{Evaluation, FamilyAccuracy};
 use switchyard::router::train::{fit, TrainOptions};
 use switchyard::router::{escape_prompt_line, PromptRouter, TokenEmbedding};
 use switchyard::switch::BASE;
@@ -223,17 +223,21 @@ pub fn train(c: RouterCommand) -> Result<()> {
     let head = fit(x_train, &y, classes.clone(), &opts)?;
     eprintln!("fitted {} classes on {} prompts in {:.1} s", classes.len(), data.len(), t.elapsed().as_secs_f64());
 
-    let score = |xs: &[Vec<f32>], ys: &[usize], ts: &[Vec<i32>]| {
+    let score = |prompts: &[Prompt], xs: &[Vec<f32>], ys: &[usize], ts: &[Vec<i32>]| {
         let mut eval = Evaluation::new(with_base(&classes));
-        for ((x, &y), t) in xs.iter().zip(ys).zip(ts) {
+        let mut families = FamilyAccuracy::default();
+        for (((p, x), &y), t) in prompts.iter().zip(xs).zip(ys).zip(ts) {
             let route = head.route(x, t.is_empty(), None);
-            eval.add(y, eval.classes.iter().position(|c| c == route.expert).expect("a class or base"));
+            let predicted = eval.classes.iter().position(|c| c == route.expert).expect("a class or base");
+            eval.add(y, predicted);
+            families.add(p.source.as_deref(), &classes[y], predicted == y);
         }
-        eval
+        (eval, families)
     };
-    let train_eval = score(x_train, &y, &tokens[..data.len()]);
+    let (train_eval, _) = score(&data, x_train, &y, &tokens[..data.len()]);
     println!("training set: accuracy {:.4} ({} prompts)", train_eval.accuracy(), train_eval.total());
-    println!("held-out set (threshold {}):\n{}", a.threshold, score(x_eval, &y_eval, &tokens[data.len()..]));
+    let (eval, families) = score(&held_out, x_eval, &y_eval, &tokens[data.len()..]);
+    println!("held-out set (threshold {}):\n{eval}{families}", a.threshold);
     switchyard::router::store(&a.bundle, &head)?;
     println!("router stored in {}", a.bundle.display());
     Ok(())
@@ -259,6 +263,7 @@ pub fn route(a: RouteArgs) -> Result<()> {
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
     let tokens = tokenize(&a.llama, &a.bundle, &texts)?;
     let mut eval = Evaluation::new(with_base(&router.head.classes));
+    let mut families = FamilyAccuracy::default();
     let mut scored = 0;
     let t = Instant::now();
     let routes = tokens.iter().map(|t| router.route(t, a.threshold)).collect::<switchyard::Result<Vec<_>>>()?;
@@ -268,7 +273,9 @@ pub fn route(a: RouteArgs) -> Result<()> {
         let excerpt: String = p.text.chars().take(60).map(|c| if c.is_control() { ' ' } else { c }).collect();
         println!("{}\t{:.4}\t{excerpt}", r.expert, r.confidence);
         if let Some(truth) = p.label.as_deref().and_then(|l| eval.classes.iter().position(|c| c == l)) {
-            eval.add(truth, eval.classes.iter().position(|c| c == r.expert).expect("a class or base"));
+            let predicted = eval.classes.iter().position(|c| c == r.expert).expect("a class or base");
+            eval.add(truth, predicted);
+            families.add(p.source.as_deref(), &eval.classes[truth], predicted == truth);
             scored += 1;
         }
     }
@@ -280,7 +287,7 @@ pub fn route(a: RouteArgs) -> Result<()> {
         elapsed.as_secs_f64() * 1e6 / prompts.len() as f64
     );
     if scored > 0 {
-        print!("{eval}");
+        print!("{eval}{families}");
     }
     Ok(())
 }
