@@ -61,7 +61,8 @@ llama_switchyard * llama_switchyard_attach(llama_model_loader & ml, const std::s
     }
     // The deltas are applied where llama.cpp multiplies by a weight through build_lora_mm and
     // friends; these architectures do so for every weight a bundle changes (others multiply by
-    // some, e.g. the output, directly, and would silently run without that delta).
+    // some, e.g. the output, directly, and would silently run without that delta), each weight
+    // once per graph (llama_switchyard_graph_nodes counts on that).
     static const char * const in_graph_archs[] = { "llama", "qwen2" };
     const std::string arch = ml.get_arch_name();
     if (std::find(std::begin(in_graph_archs), std::end(in_graph_archs), arch) == std::end(in_graph_archs)) {

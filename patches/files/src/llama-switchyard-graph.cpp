@@ -129,9 +129,10 @@ void llama_switchyard_forget_context(const llama_model & model, const llama_cont
     }
 }
 
-// Graph nodes the builders below add for one weight at most; counted from their code, so keep
-// the two in step. The budget is resident memory whether used or not: llama.cpp's kept graphs
-// and the scheduler's allocator reserve room for every node (about 1.3 KiB each, SmolLM2).
+// Graph entries (nodes and leafs: ggml's scheduler checks both against llama.cpp's node budget)
+// the builders below add for one weight at most; counted from their code, so keep the two in
+// step. The budget is resident memory whether used or not: llama.cpp's kept graphs and the
+// scheduler's allocator reserve room for every entry (about 1.3 KiB each, SmolLM2).
 static uint32_t llama_switchyard_weight_nodes(const llama_switchyard_weight & weight, bool token_embd) {
     uint32_t n_deltas  = 0;
     uint32_t n_salient = 0;
@@ -139,20 +140,23 @@ static uint32_t llama_switchyard_weight_nodes(const llama_switchyard_weight & we
         n_deltas  += d.a != nullptr;
         n_salient += d.salient != nullptr;
     }
-    uint32_t n = 0;
+    // the delta tensors themselves: leafs, or views of the stacks (nodes)
+    uint32_t n = 2 * n_deltas + 2 * n_salient + (weight.stack != nullptr) + (weight.stack_b != nullptr) + (weight.rows != nullptr);
     if (weight.rows) {
         n += 5; // build_norm: the per-column rows, two reshapes, get_rows, mul
     }
     if (n_deltas > 0) {
-        // build_mm: the input's cont and reshape, the final reshape and add (4); then either the
-        // stacked products (per-column ids, reshape, A's and B's products, reshape, masked: per-column
-        // mask, reshape, mul) (8) or each expert's own (A's and B's products, masked (3), sum) (6);
-        // and each salient part: the gather (8), its product, masked (3), sum (13)
+        // build_mm, at most: the input's cont and reshape, the final reshape and add (4); then
+        // either the stacked products (per-column ids, reshape, A's and B's products, reshape,
+        // masked: per-column mask, reshape, mul) (8) or each expert's own (A's and B's products,
+        // masked (3), sum) (6); and each salient part: the gather (8), its product, masked (3),
+        // sum (13)
         const uint32_t stacked = weight.stack ? 8 : 0;
         n += 4 + std::max(stacked, 6 * n_deltas) + 13 * n_salient;
     }
     if (token_embd) {
-        // build_rows: get_rows, mask and add per expert (and build_mm too, when the output is tied)
+        // build_rows: get_rows, mask and add per expert (and build_mm too: a tied output weight
+        // is the same tensor)
         n += 3 * n_deltas;
     }
     return n;
@@ -163,8 +167,12 @@ uint32_t llama_switchyard_graph_nodes(const llama_model & model) {
     if (sy == nullptr) {
         return 0;
     }
+    // The batch's inputs (ids, rows, has_expert, one mask per expert) and room to spare. Each
+    // weight is multiplied once per graph in the architectures llama_switchyard_attach accepts
+    // (the tied output aside); one that reuses weights needs its uses counted here.
+    const uint32_t n_experts = (uint32_t) std::max<size_t>(1, switchyard_model_n_experts(sy->handle));
     const char * token_embd = model.tok_embd ? ggml_get_name(model.tok_embd) : "";
-    uint32_t n = 64; // the batch's inputs and their selections of the output rows
+    uint32_t n = 3 + n_experts + 64;
     for (const auto & [name, weight] : sy->weights) {
         n += llama_switchyard_weight_nodes(weight, name == token_embd);
     }
