@@ -21,8 +21,9 @@ SHAREGPT_SHA256=813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a
 MATHEMATICS_SHA256=8ebfe083ed65e07a9a555c9a51449c8e7c0ee097a96880a7183d2e8606081de6
 # the GSM generator's dependencies, pinned; the package asks for Python 3.12 but runs on 3.11
 PY_DEPS=(numpy==2.4.6 pydantic==2.14.3)
-# mathematics_dataset (2019) runs only with the numpy and sympy of its time: its own environment
-MATHEMATICS_DEPS=(numpy==1.23.5 sympy==1.4 mpmath==1.3.0 absl-py==2.1.0 six==1.16.0)
+# mathematics_dataset (2019) runs only with the numpy and sympy of its time (numpy 1.26 has wheels
+# for Python 3.9-3.12): an environment of its own
+MATHEMATICS_DEPS=(numpy==1.26.4 sympy==1.4 mpmath==1.3.0 absl-py==2.1.0 six==1.16.0)
 MATHEMATICS_PER_MODULE=30
 
 case "${1:-}" in
@@ -35,10 +36,11 @@ case "${1:-}" in
     *) die "usage: $0 [--text]" ;;
 esac
 data_dir="$SWITCHYARD_ROOT/scripts/data"
+# (the Python version too: the text sets read its standard library, and mathematics_dataset's
+# variable names follow its string hashing)
 key="$( (echo "$SEED $GSM_SHA256 $HUMANEVAL_SHA256 $SHAREGPT_SHA256 ${PY_DEPS[*]}"
-         if [ "$kind" = text ]; then
-             python3 -VV
-         else
+         python3 -VV
+         if [ "$kind" = route ]; then
              echo "$MATHEMATICS_SHA256 ${MATHEMATICS_DEPS[*]} $MATHEMATICS_PER_MODULE"
              cat "$data_dir/gen_mathematics.py"
          fi
@@ -73,6 +75,7 @@ mkdir -p "$tmp"
 if [ "$kind" = route ]; then
     mathematics="$(unpack_wheel "$(fetch_pypi mathematics-dataset==1.0.1 "$MATHEMATICS_SHA256")")"
     math_venv="$(python_env "$SWITCHYARD_CACHE/venv-mathematics" "${MATHEMATICS_DEPS[@]}")"
+    log "generating mathematics_dataset questions ($MATHEMATICS_PER_MODULE per module)"
     "$math_venv/bin/python" -W ignore "$data_dir/gen_mathematics.py" "$mathematics" "$tmp/mathematics.jsonl" \
         --per-module "$MATHEMATICS_PER_MODULE" --seed "$SEED" >&2
     extra=("$tmp/mathematics.jsonl")

@@ -5,17 +5,19 @@ polynomials and probability.
 Usage: gen_mathematics.py WHEEL_DIR OUT_JSONL [--per-module N] [--seed N]
 
 WHEEL_DIR is the unpacked wheel. Runs in its own virtual environment (scripts/fetch-data.sh):
-the package needs the numpy and sympy of its time (numpy < 1.24, sympy < 1.5). Writes one line
-{"module": ..., "question": ..., "answer": ...} per question, modules in sorted order, each
-seeded on its own so that the output does not depend on which modules run.
+the package needs the numpy and sympy of its time (numpy < 2, sympy < 1.5). Writes one line
+{"module": ..., "question": ..., "answer": ...} per question, modules in sorted order. Each
+module is seeded by its name, so its questions do not depend on which other modules exist.
 """
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import random
 import sys
+import zlib
 from pathlib import Path
 
 
@@ -31,23 +33,27 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def hash_entities_in_creation_order() -> None:
+class EntityNumbering:
     """The package shuffles a set of its composition entities, whose order follows their
-    addresses in memory; hashing them by creation order makes the questions the same on every
-    run (equality stays identity)."""
-    import itertools
+    addresses in memory; hashing them by creation order (restarted for each module) makes the
+    questions the same on every run. Equality stays identity."""
 
-    from mathematics_dataset.util import composition
+    def __init__(self):
+        from mathematics_dataset.util import composition
 
-    counter = itertools.count()
-    init = composition.Entity.__init__
+        self.counter = itertools.count()
+        init = composition.Entity.__init__
+        numbering = self
 
-    def numbered_init(self, *args, **kwargs):
-        self._creation_order = next(counter)
-        init(self, *args, **kwargs)
+        def numbered_init(entity, *args, **kwargs):
+            entity._creation_order = next(numbering.counter)
+            init(entity, *args, **kwargs)
 
-    composition.Entity.__init__ = numbered_init
-    composition.Entity.__hash__ = lambda self: self._creation_order
+        composition.Entity.__init__ = numbered_init
+        composition.Entity.__hash__ = lambda entity: entity._creation_order
+
+    def restart(self):
+        self.counter = itertools.count()
 
 
 def main() -> None:
@@ -59,23 +65,28 @@ def main() -> None:
     args = parser.parse_args()
     if os.environ.get("PYTHONHASHSEED") != "0":
         # the package draws variable names from a set of letters, whose order follows string
-        # hashing: fix the hash seed, once, by running again
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
+        # hashing: fix the hash seed, once, by running again (with the same interpreter options)
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, "PYTHONHASHSEED": "0"})
 
     sys.path.insert(0, args.wheel)
     import numpy as np
+
+    if "object" not in np.__dict__:
+        np.object = object  # an alias the package uses, removed in numpy 1.24
     from absl import flags
     from mathematics_dataset import generate
     from mathematics_dataset.modules import modules
 
     flags.FLAGS(["gen_mathematics"])  # the package's sampler reads its (default) flags
-    hash_entities_in_creation_order()
+    numbering = EntityNumbering()
     # the training modules over their whole difficulty range, as the package's own generator does
     samplers = flatten(modules.train(generate._make_entropy_fn(0, 1)))
     lines = []
-    for index, name in enumerate(sorted(samplers)):
-        random.seed(args.seed * 1000 + index)
-        np.random.seed(args.seed * 1000 + index)
+    for name in sorted(samplers):
+        seed = zlib.crc32(f"{args.seed}/{name}".encode())
+        random.seed(seed)
+        np.random.seed(seed)
+        numbering.restart()
         for _ in range(args.per_module):
             problem, _ = generate.sample_from_module(samplers[name])
             row = {"module": name, "question": str(problem.question), "answer": str(problem.answer)}

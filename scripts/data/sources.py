@@ -4,7 +4,7 @@ both hold out the same templates, problems and conversations.
 
 Splits are by source unit, never by sample:
   GSM-Symbolic  every fifth English template is held out
-  mathematics_dataset  every fifth module (gen_mathematics.py) is held out
+  mathematics_dataset  every fifth module family (a module and its _composed variant) is held out
   HumanEval     every fourth problem is held out
   ShareGPT      about a quarter of conversations, by a hash of their id
 """
@@ -27,10 +27,10 @@ CODE_LINE = re.compile(
 # Names that make a request about programming, with or without code in it.
 PROGRAMMING = re.compile(
     r"(?<![\w+#])(python|javascript|typescript|js|jsx|tsx|java|c\+\+|c#|golang|kotlin|swift|php|ruby|rust|"
-    r"sql\w*|mysql|postgres\w*|sqlite|mongodb|redis|elasticsearch|graphql|grpc|openapi|swagger|websockets?|"
-    r"html|css|react|vue(\.?js)?|nuxt|angular|node\.?js|express ?js|django|flask|laravel|spring boot|"
-    r"asp\.net|\.net|actix|pandas|numpy|regex|bash|api|sdk|selenium|jenkins|kubernetes|terraform|webpack|"
-    r"source code|code snippet|hello world|function|compiler|github)(?![\w+#])",
+    r"sql\w*|postgres\w*|mongodb|redis|elasticsearch|graphql|grpc|openapi|websockets?|html|css|react|"
+    r"vue(?:\.?js| app| component)|nuxt|angular(?:js| app| component| cli)|node\.?js|django|flask|laravel|"
+    r"spring boot|asp\.net|vb\.net|\.net|next\.?js|svelte\w*|actix|pandas|numpy|regex|bash|api|sdk|kubernetes|webpack|"
+    r"source code|code snippet|function|compiler|github)(?![\w+#])",
     re.IGNORECASE,
 )
 # Anything technical: a turn with one of these is never chat (it may still be code, above).
@@ -40,7 +40,8 @@ TECHNICAL = re.compile(
     r"exception|bug|debug|compile|http|https|url|svg|markdown|excel|spreadsheet|formula|git|docker|aws|"
     r"azure|cloud|framework|library|package|install|plugin|variable|array|string|loop|thread|backend|"
     r"frontend|protocol|cli|gpu|cpu|software|app|website|web|browser|data|dataset|model|ai|gpt|"
-    r"machine learning|blockchain|crypto|smart contract)\b)",
+    r"machine learning|blockchain|crypto|smart contract|ssh|gitlab|unity|ios|android|salesforce|midjourney|"
+    r"penetration|wireless|macbook)\b)",
     re.IGNORECASE,
 )
 MATH = re.compile(
@@ -108,15 +109,17 @@ def gsm_problems(wheel: Path, n_train: int, n_eval: int, seed: int) -> dict:
 
 
 def mathematics_problems(path: Path) -> dict:
-    """{'train'|'eval': [(module, question, answer)]} from gen_mathematics.py's output; every
-    fifth module in sorted order is held out whole (algebra__linear_1d, arithmetic__div,
-    calculus__... fall on either side by their place in that order)."""
+    """{'train'|'eval': [(module, question, answer)]} from gen_mathematics.py's output. Modules
+    are held out in families: a module and its `_composed` variant ask the same question in the
+    same words, so every fifth family in sorted order is held out whole."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    modules = sorted({row["module"] for row in rows})
-    held_out = {m for index, m in enumerate(modules) if index % 5 == 0}
+    family = lambda module: module.removesuffix("_composed")
+    families = sorted({family(row["module"]) for row in rows})
+    held_out = {f for index, f in enumerate(families) if index % 5 == 0}
     out = {"train": [], "eval": []}
     for row in rows:
-        out["eval" if row["module"] in held_out else "train"].append((row["module"], row["question"], row["answer"]))
+        split = "eval" if family(row["module"]) in held_out else "train"
+        out[split].append((row["module"], row["question"], row["answer"]))
     return out
 
 

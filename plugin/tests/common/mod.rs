@@ -67,23 +67,27 @@ pub fn llama_patched_bin() -> Option<PathBuf> {
 }
 
 /// The labelled routing sets of scripts/fetch-data.sh: a folder holding route-train.jsonl and
-/// route-eval.jsonl ($SWITCHYARD_ROUTE_DATA, else the one under the cache).
+/// route-eval.jsonl ($SWITCHYARD_ROUTE_DATA, else the newest under the cache).
 pub fn route_data() -> Option<PathBuf> {
     data_set("route-", "SWITCHYARD_ROUTE_DATA", "routing sets (scripts/fetch-data.sh)")
 }
 
 /// The language-model text of scripts/fetch-data.sh --text: text-{math,code,chat}-{train,eval}.txt
-/// ($SWITCHYARD_TEXT_DATA, else the one under the cache).
+/// ($SWITCHYARD_TEXT_DATA, else the newest under the cache).
 pub fn text_data() -> Option<PathBuf> {
     data_set("text-", "SWITCHYARD_TEXT_DATA", "language-model text (scripts/fetch-data.sh --text)")
 }
 
+/// A data set: $var, else the newest folder named prefix* under the cache (older ones are what
+/// earlier versions of the builders made).
 fn data_set(prefix: &str, var: &str, what: &str) -> Option<PathBuf> {
     let cached = std::fs::read_dir(cache_dir().join("data"))
         .into_iter()
         .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
         .unwrap_or_else(|| cache_dir().join(format!("data/{prefix}(none)")));
     optional(var, cached, what)
 }
