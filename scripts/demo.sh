@@ -115,7 +115,7 @@ auto_prompts=("Solve for x: 5x + 3 = 2x + 18."
               "What should I pack for a weekend hiking trip in autumn?"
               "Can you recommend a good novel for a long flight?")
 routes="$("$sy" route "$bundle" "${auto_prompts[@]/#/--text=}" 2>/dev/null | tail -n +2)"
-python3 - "$port" "$routes" <<'PY'
+python3 - "$port" "$routes" "${auto_prompts[@]}" <<'PY'
 import json, sys, time, urllib.error, urllib.request
 
 base = f"http://127.0.0.1:{sys.argv[1]}"
@@ -146,8 +146,9 @@ for expert, question in questions.items():
     for model in ("base", expert):
         print(f"  [{model:>4}] {ask(model, question)[1]}")
 print("\n\"model\": \"auto\" (the router's choice and confidence, from `switchyard route`):")
-for line in sys.argv[2].splitlines():
-    expert, confidence, prompt = line.split("\t", 2)
+# `switchyard route` prints one line per prompt (expert, confidence, an excerpt), in order
+for line, prompt in zip(sys.argv[2].splitlines(), sys.argv[3:]):
+    expert, confidence, _ = line.split("\t", 2)
     served, answer = ask("auto", prompt, 32)
     print(f"  {served} ({float(confidence):.2f})  {prompt}\n      {answer}")
 PY
