@@ -50,10 +50,13 @@ echo "router (trained on real prompts, scored on held-out ones):"
 sed -n '/held-out/,$p' "$out/router.txt" | grep -v "router stored"
 
 step "perplexity on each domain's held-out text, every model from the bundle (lower is better)"
-ppl() { # MODEL FILE [ARGS...]: llama-perplexity's final estimate over 8 x 512 tokens
-    local model="$1" file="$2"; shift 2
-    "$SWITCHYARD_LLAMA_PATCHED_BIN/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks 8 -t "$threads" "$@" 2>&1 \
-        | grep -o 'Final estimate: PPL = [0-9.]*' | awk '{print $5}'
+# perplexity BIN MODEL FILE [ARGS...]: BIN's llama-perplexity over 8 x 512 tokens of FILE, its log
+perplexity() {
+    local bin="$1" model="$2" file="$3"; shift 3
+    "$bin/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks 8 -t "$threads" "$@" 2>&1
+}
+ppl() { # MODEL FILE [ARGS...]: the final estimate, from the patched build (it reads bundles)
+    perplexity "$SWITCHYARD_LLAMA_PATCHED_BIN" "$@" | grep -o 'Final estimate: PPL = [0-9.]*' | awk '{print $5}'
 }
 declare -A base_ppl
 printf '%-6s %12s %12s %12s\n' model "math text" "code text" "chat text"
@@ -82,8 +85,7 @@ for e in math code chat; do
     # written beside its name first, so an interrupted run leaves nothing to reuse)
     kld="$out/$e-f32.kld"
     if [ ! -f "$kld" ] || [ "$experts/$e.gguf" -nt "$kld" ] || [ "$text/text-$e-eval.txt" -nt "$kld" ]; then
-        "$SWITCHYARD_LLAMA_BIN/llama-perplexity" -m "$experts/$e.gguf" -f "$text/text-$e-eval.txt" -c 512 --chunks 8 \
-            -t "$threads" --kl-divergence-base "$kld.tmp" >/dev/null 2>&1
+        perplexity "$SWITCHYARD_LLAMA_BIN" "$experts/$e.gguf" "$text/text-$e-eval.txt" --kl-divergence-base "$kld.tmp" >/dev/null
         mv "$kld.tmp" "$kld"
     fi
     standalone="$out/$e-${base_type}.gguf"
@@ -92,9 +94,9 @@ for e in math code chat; do
         mv "$standalone.tmp" "$standalone"
     fi
     standalone_bytes=$((standalone_bytes + $(stat -c %s "$standalone")))
-    kl() {
-        "$1/llama-perplexity" -m "$2" -f "$text/text-$e-eval.txt" -c 512 --chunks 8 -t "$threads" \
-            --kl-divergence-base "$kld" --kl-divergence "${@:3}" 2>&1 | awk '/^Mean +KLD:/ {print $3; exit}'
+    kl() { # BIN MODEL [ARGS...]: the mean KL from the full expert on its own text
+        perplexity "$1" "$2" "$text/text-$e-eval.txt" --kl-divergence-base "$kld" --kl-divergence "${@:3}" \
+            | awk '/^Mean +KLD:/ {print $3; exit}'
     }
     printf '%-6s %22s %30s\n' "$e" "$(kl "$SWITCHYARD_LLAMA_PATCHED_BIN" "$bundle" --expert "$e")" \
         "$(kl "$SWITCHYARD_LLAMA_BIN" "$standalone")"

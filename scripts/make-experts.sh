@@ -98,9 +98,10 @@ key="$( (sha256sum "$base_gguf" "${trains[@]}" | cut -d' ' -f1
          echo "$("$SWITCHYARD_ROOT/scripts/build-llama.sh" --trainer-key) $LR $(for d in "${DOMAINS[@]}"; do echo "$d:${CTX[$d]}/${STRIDE[$d]}"; done) $CHARS recipe-$RECIPE$demo") \
          | sha256sum | cut -c1-16)"
 out="$SWITCHYARD_CACHE/experts/$key"
+trained() { [ -f "$out/$1.gguf" ] && [ -d "$out/$1-hf" ]; }
 if [ "$cached_only" = 1 ]; then
     for domain in "${DOMAINS[@]}"; do
-        [ -f "$out/$domain.gguf" ] && [ -d "$out/$domain-hf" ] || die "$domain: not trained in $out"
+        trained "$domain" || die "$domain: not trained in $out"
     done
     echo "$out"
     exit 0
@@ -120,7 +121,7 @@ fi
 
 for domain in ${SWITCHYARD_EXPERTS_ONLY:-${DOMAINS[@]}}; do
     [[ " ${DOMAINS[*]} " == *" $domain "* ]] || die "SWITCHYARD_EXPERTS_ONLY: no expert '$domain' (${DOMAINS[*]})"
-    if [ -f "$out/$domain.gguf" ] && [ -d "$out/$domain-hf" ]; then
+    if trained "$domain"; then
         log "$domain: cached"
         continue
     fi

@@ -1,5 +1,5 @@
-//! How well a router does on labelled prompts: accuracy, per-class precision and recall, and
-//! the confusion matrix, printed as plain tables.
+//! How well a router does on labelled prompts: accuracy, per-class precision and recall, the
+//! confusion matrix and accuracy per source family, printed as plain tables.
 
 use std::fmt;
 
@@ -7,16 +7,24 @@ pub struct Evaluation {
     pub classes: Vec<String>,
     /// `confusion[truth][predicted]`.
     pub confusion: Vec<Vec<usize>>,
+    pub families: FamilyAccuracy,
 }
 
 impl Evaluation {
     pub fn new(classes: Vec<String>) -> Self {
         let n = classes.len();
-        Evaluation { classes, confusion: vec![vec![0; n]; n] }
+        Evaluation { classes, confusion: vec![vec![0; n]; n], families: FamilyAccuracy::default() }
     }
 
-    pub fn add(&mut self, truth: usize, predicted: usize) {
+    /// The index of class `name`, if it is one.
+    pub fn class_index(&self, name: &str) -> Option<usize> {
+        self.classes.iter().position(|c| c == name)
+    }
+
+    /// One prompt of class `truth` (from `source`, the prompt's "source") routed to `predicted`.
+    pub fn add(&mut self, truth: usize, predicted: usize, source: Option<&str>) {
         self.confusion[truth][predicted] += 1;
+        self.families.add(source, &self.classes[truth], truth == predicted);
     }
 
     pub fn total(&self) -> usize {
@@ -60,7 +68,7 @@ impl fmt::Display for Evaluation {
             }
             writeln!(f)?;
         }
-        Ok(())
+        write!(f, "{}", self.families)
     }
 }
 
@@ -75,7 +83,7 @@ pub struct FamilyAccuracy {
 
 impl FamilyAccuracy {
     pub fn add(&mut self, source: Option<&str>, truth: &str, right: bool) {
-        let family = source.map_or("(no source)", |s| s.split('/').next().unwrap_or(s));
+        let family = source.map_or("(no source)", |s| s.split_once('/').map_or(s, |(family, _)| family));
         let entry = self.counts.entry(format!("{family} ({truth})")).or_default();
         entry.0 += usize::from(right);
         entry.1 += 1;

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use switchyard::bundle::Bundle;
-use switchyard::router::metrics::{Evaluation, FamilyAccuracy};
+use switchyard::router::metrics::Evaluation;
 use switchyard::router::train::{fit, TrainOptions};
 use switchyard::router::{escape_prompt_line, PromptRouter, TokenEmbedding};
 use switchyard::switch::BASE;
@@ -225,19 +225,15 @@ pub fn train(c: RouterCommand) -> Result<()> {
 
     let score = |prompts: &[Prompt], xs: &[Vec<f32>], ys: &[usize], ts: &[Vec<i32>]| {
         let mut eval = Evaluation::new(with_base(&classes));
-        let mut families = FamilyAccuracy::default();
         for (((p, x), &y), t) in prompts.iter().zip(xs).zip(ys).zip(ts) {
             let route = head.route(x, t.is_empty(), None);
-            let predicted = eval.classes.iter().position(|c| c == route.expert).expect("a class or base");
-            eval.add(y, predicted);
-            families.add(p.source.as_deref(), &classes[y], predicted == y);
+            eval.add(y, eval.class_index(route.expert).expect("a class or base"), p.source.as_deref());
         }
-        (eval, families)
+        eval
     };
-    let (train_eval, _) = score(&data, x_train, &y, &tokens[..data.len()]);
+    let train_eval = score(&data, x_train, &y, &tokens[..data.len()]);
     println!("training set: accuracy {:.4} ({} prompts)", train_eval.accuracy(), train_eval.total());
-    let (eval, families) = score(&held_out, x_eval, &y_eval, &tokens[data.len()..]);
-    println!("held-out set (threshold {}):\n{eval}{families}", a.threshold);
+    println!("held-out set (threshold {}):\n{}", a.threshold, score(&held_out, x_eval, &y_eval, &tokens[data.len()..]));
     switchyard::router::store(&a.bundle, &head)?;
     println!("router stored in {}", a.bundle.display());
     Ok(())
@@ -263,7 +259,6 @@ pub fn route(a: RouteArgs) -> Result<()> {
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
     let tokens = tokenize(&a.llama, &a.bundle, &texts)?;
     let mut eval = Evaluation::new(with_base(&router.head.classes));
-    let mut families = FamilyAccuracy::default();
     let mut scored = 0;
     let t = Instant::now();
     let routes = tokens.iter().map(|t| router.route(t, a.threshold)).collect::<switchyard::Result<Vec<_>>>()?;
@@ -272,10 +267,8 @@ pub fn route(a: RouteArgs) -> Result<()> {
     for (p, r) in prompts.iter().zip(&routes) {
         let excerpt: String = p.text.chars().take(60).map(|c| if c.is_control() { ' ' } else { c }).collect();
         println!("{}\t{:.4}\t{excerpt}", r.expert, r.confidence);
-        if let Some(truth) = p.label.as_deref().and_then(|l| eval.classes.iter().position(|c| c == l)) {
-            let predicted = eval.classes.iter().position(|c| c == r.expert).expect("a class or base");
-            eval.add(truth, predicted);
-            families.add(p.source.as_deref(), &eval.classes[truth], predicted == truth);
+        if let Some(truth) = p.label.as_deref().and_then(|l| eval.class_index(l)) {
+            eval.add(truth, eval.class_index(r.expert).expect("a class or base"), p.source.as_deref());
             scored += 1;
         }
     }
@@ -287,7 +280,7 @@ pub fn route(a: RouteArgs) -> Result<()> {
         elapsed.as_secs_f64() * 1e6 / prompts.len() as f64
     );
     if scored > 0 {
-        print!("{eval}{families}");
+        print!("{eval}");
     }
     Ok(())
 }
