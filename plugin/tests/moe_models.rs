@@ -447,3 +447,80 @@ fn moe_pack_copies_load_unimportant_misses_cheaply_and_beta_skips() {
     assert!(err.contains("already packed"), "{err}");
     assert!(!p("again.gguf").exists());
 }
+
+#[test]
+fn moe_prune_writes_models_stock_llama_cpp_runs_and_keeping_every_expert_changes_nothing() {
+    let (Some(smol), Some(stock), Some(patched)) =
+        (common::smollm2(), common::llama_bin(), common::llama_patched_bin())
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let s = |n: &str| p(n).to_str().unwrap().to_string();
+    let tok = GgufFile::open(&smol).unwrap();
+    tiny_moe_gguf(tmp.path(), &tok);
+    let (text, bin) = ("/usr/share/common-licenses/Apache-2.0", patched.to_str().unwrap());
+    let prune = |keep: &str, method: &str, out: &str| {
+        [
+            "moe-prune",
+            &s("moe.gguf"),
+            "--keep",
+            keep,
+            "--method",
+            method,
+            "--text",
+            text,
+            "--ctx",
+            "128",
+            "--chunks",
+            "4",
+            "--capture",
+            &s("capture"),
+            "--llama-bin",
+            bin,
+            "-o",
+            &s(out),
+        ]
+        .map(String::from)
+    };
+    let mean_loss = |report: &str| -> f64 {
+        let line = report.lines().find(|l| l.starts_with("mean relative loss")).expect("a mean loss line");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+
+    // every expert kept: the same model
+    let report = common::sy_ok(&prune("4", "enum", "p4.gguf"));
+    assert!(report.contains("2 layers, 4 -> 4 experts, top-2 -> top-2, method enum"), "{report}");
+    assert_eq!(mean_loss(&report), 0.0, "{report}");
+    // the patched llama.cpp captures a MoE's FFN inputs as a dense model's: every token in the
+    // first layer, the scored half of each chunk in the last
+    let capture = Capture::load(&p("capture")).unwrap();
+    assert_eq!((capture.n_embd, capture.rows(0), capture.rows(1)), (64, 512, 256));
+    let want = llama_perplexity(&stock, &p("moe.gguf"));
+    assert_eq!(llama_perplexity(&stock, &p("p4.gguf")), want, "keeping all 4 experts");
+
+    // half of the experts, by each method (the capture reused): stock llama.cpp runs them
+    let mut losses = Vec::new();
+    for method in ["enum", "reap", "freq", "random"] {
+        let out = format!("p2-{method}.gguf");
+        let report = common::sy_ok(&prune("2", method, &out));
+        assert!(report.contains("4 -> 2 experts") && report.contains("layer 1: 256 tokens, kept ["), "{report}");
+        losses.push((method, mean_loss(&report)));
+        let f = GgufFile::open(p(&out)).unwrap();
+        assert_eq!(f.metadata.get_u32("llama.expert_count").unwrap(), 2);
+        assert_eq!(f.metadata.get_str("switchyard.prune.method").unwrap(), method);
+        assert_eq!(f.tensor("blk.1.ffn_down_exps.weight").unwrap().ne, [128, 64, 2]);
+        let ppl = llama_perplexity(&stock, &p(&out));
+        assert!(ppl.is_finite() && ppl != want, "{method}: {ppl} against {want} unpruned");
+    }
+    // enum tried every subset on these tokens: none of the others' is closer to the unpruned
+    // output
+    assert!(losses.iter().all(|&(_, l)| l >= losses[0].1 && l > 0.0), "{losses:?}");
+
+    // an impossible request fails before any run and leaves nothing
+    let before = common::listing(tmp.path());
+    let err = common::sy_err(&prune("5", "enum", "bad.gguf"));
+    assert!(err.contains("moe.gguf") && err.contains("keep 5"), "{err}");
+    assert_eq!(common::listing(tmp.path()), before);
+}

@@ -22,6 +22,7 @@
 //! K is therefore baked into the file (llama.expert_used_count).
 
 mod cluster;
+pub mod merge;
 
 use std::path::Path;
 
@@ -244,6 +245,19 @@ fn top_k(values: impl Iterator<Item = f32>, k: usize) -> Vec<usize> {
     v.into_iter().take(k).map(|(i, _)| i).collect()
 }
 
+/// A dense FFN weight's layer and kind ("gate", "up", "down") from its GGUF name.
+pub(crate) fn dense_ffn_weight(name: &str) -> Option<(usize, &'static str)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (il, kind) = rest.split_once('.')?;
+    let kind = match kind {
+        "ffn_gate.weight" => "gate",
+        "ffn_up.weight" => "up",
+        "ffn_down.weight" => "down",
+        _ => return None,
+    };
+    Some((il.parse().ok()?, kind))
+}
+
 /// The dense file with each layer's FFN replaced by its experts and router; everything else
 /// (attention, norms, embeddings, tokenizer) is copied byte for byte.
 fn write_moe(
@@ -262,17 +276,7 @@ fn write_moe(
     metadata.insert("llama.feed_forward_length", Value::U32(expert_channels as u32));
     metadata.insert("switchyard.moefy.shared_channels", Value::U32(plans[0].shared.len() as u32));
 
-    let ffn = |name: &str| -> Option<(usize, &'static str)> {
-        let rest = name.strip_prefix("blk.")?;
-        let (il, kind) = rest.split_once('.')?;
-        let kind = match kind {
-            "ffn_gate.weight" => "gate",
-            "ffn_up.weight" => "up",
-            "ffn_down.weight" => "down",
-            _ => return None,
-        };
-        Some((il.parse().ok()?, kind))
-    };
+    let ffn = dense_ffn_weight;
     let mut infos = Vec::new();
     for t in &dense.tensors {
         match ffn(&t.name) {

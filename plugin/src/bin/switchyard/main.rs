@@ -7,8 +7,10 @@ mod eval;
 mod extract;
 mod inspect;
 mod low_precision;
+mod moe_merge;
 mod moefy;
 mod progress;
+mod prune;
 mod route;
 mod sim;
 mod trace;
@@ -49,9 +51,15 @@ enum Command {
     /// Refactor a dense model into a mixture of experts by activation statistics on
     /// calibration text (runs the patched llama.cpp to capture FFN inputs).
     Moefy(moefy::MoefyArgs),
+    /// Merge fine-tunes of one dense model into a mixture of experts: their FFNs as each
+    /// layer's experts, routers fitted on each one's domain text (Branch-Train-MiX).
+    MoeMerge(moe_merge::MoeMergeArgs),
     /// Add low-precision copies of a MoE model's experts and per-layer skipping thresholds,
     /// for the patched llama.cpp's --moe-cache (--moe-t1, --moe-skip-beta).
     MoePack(low_precision::MoePackArgs),
+    /// Drop experts of a MoE model: per layer keep the N best on calibration text (enum, reap,
+    /// freq or random).
+    MoePrune(prune::MoePruneArgs),
     /// Replay a MoE routing trace against each expert cache policy and Belady's optimum.
     Sim(sim::SimArgs),
     /// Benchmarks.
@@ -90,7 +98,9 @@ fn main() -> ExitCode {
         Command::Route(a) => route::route(a),
         Command::Trace(a) => trace::trace(a, cli.threads),
         Command::Moefy(a) => moefy::moefy(a, cli.threads),
+        Command::MoeMerge(a) => moe_merge::moe_merge(a, cli.threads),
         Command::MoePack(a) => low_precision::moe_pack(a),
+        Command::MoePrune(a) => prune::moe_prune(a, cli.threads),
         Command::Sim(a) => sim::sim(a),
         Command::Bench(c) => bench::run(c),
         Command::ToHf(a) => dev::to_hf(a),

@@ -1,0 +1,119 @@
+//! `switchyard moe-merge`: fine-tunes of one dense model merged into a mixture of experts with
+//! routers fitted on each fine-tune's domain text (see `plugin/src/moefy/merge.rs`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use switchyard::gguf::GgufFile;
+use switchyard::moe::capture::Capture;
+use switchyard::moefy::merge::{check_experts, merge, Attention, MergeOptions};
+
+use crate::route::LlamaBin;
+use crate::trace::TextRun;
+
+#[derive(Args)]
+pub struct MoeMergeArgs {
+    /// The dense llama-architecture base GGUF the experts were fine-tuned from (its FFN is
+    /// expert 0).
+    base: PathBuf,
+    /// A fine-tune as NAME=MODEL.gguf (same network as the base); repeat. Its FFN becomes an
+    /// expert of every layer, in the order given.
+    #[arg(long = "expert", value_parser = crate::parse_named_path, required = true)]
+    experts: Vec<(String, PathBuf)>,
+    /// Each expert's domain text as NAME=FILE: the base runs on it and the routers learn to
+    /// send its tokens to that expert.
+    #[arg(long = "text", value_parser = crate::parse_named_path, required = true)]
+    texts: Vec<(String, PathBuf)>,
+    /// Experts each token uses.
+    #[arg(long, default_value_t = 2)]
+    top_k: usize,
+    /// Share of every domain's tokens the routers learn to give the base's FFN (its weight
+    /// beside the domain's expert).
+    #[arg(long, default_value_t = 0.25)]
+    base_share: f64,
+    /// Attention, norms and embeddings: every model's mean (as BTX does; on SmolLM2's three
+    /// demo experts it beat the base's on every domain, docs/BENCHMARKS.md), or the base's.
+    #[arg(long, value_enum, default_value_t = Attention::Mean)]
+    attention: Attention,
+    /// Tokens per chunk of domain text.
+    #[arg(long, default_value_t = 512)]
+    ctx: u32,
+    /// Chunks of each domain's text to capture.
+    #[arg(long, default_value_t = 8)]
+    chunks: u32,
+    /// Keep each domain's capture here (NAME.capture), and reuse those that exist.
+    #[arg(long)]
+    capture_dir: Option<PathBuf>,
+    #[command(flatten)]
+    llama: LlamaBin,
+    /// The mixture-of-experts GGUF to write (F32; llama-quantize it for serving).
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn moe_merge(a: MoeMergeArgs, threads: Option<usize>) -> Result<()> {
+    let base = GgufFile::open(&a.base)?;
+    let mut experts = Vec::with_capacity(a.experts.len());
+    for (name, path) in &a.experts {
+        experts.push((name.clone(), GgufFile::open(path)?));
+    }
+    check_experts(&base, &experts)?;
+    if let Some((name, _)) = a.texts.iter().find(|(n, _)| !a.experts.iter().any(|(e, _)| e == n)) {
+        bail!("--text {name}=...: there is no --expert {name}");
+    }
+    let mut texts = Vec::with_capacity(a.experts.len());
+    for (name, _) in &a.experts {
+        match a.texts.iter().find(|(n, _)| n == name) {
+            Some((_, text)) => texts.push(text),
+            None => bail!("no --text {name}=FILE: every expert needs its domain's text"),
+        }
+    }
+    let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let dir = a.capture_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut captures = Vec::with_capacity(experts.len());
+    for ((name, _), text) in a.experts.iter().zip(texts) {
+        let path = dir.join(format!("{name}.capture"));
+        let capture = if path.exists() {
+            Capture::load(&path)?
+        } else {
+            let run = TextRun {
+                text: text.clone(),
+                ctx: a.ctx,
+                chunks: a.chunks,
+                llama: LlamaBin { llama_bin: a.llama.llama_bin.clone() },
+            };
+            run.record(&a.base, "SWITCHYARD_CAPTURE", &path, threads, Capture::load)?
+        };
+        captures.push(capture);
+    }
+    let opts = MergeOptions { n_used: a.top_k, base_share: a.base_share, attention: a.attention, ..Default::default() };
+    let layers = merge(&base, &experts, &captures, &opts, &a.output)?;
+    let names: Vec<&str> = std::iter::once("base").chain(a.experts.iter().map(|(n, _)| n.as_str())).collect();
+    println!(
+        "wrote {}: {} layers of {} experts ({}), top-{}",
+        a.output.display(),
+        layers.len(),
+        names.len(),
+        names.join(", "),
+        a.top_k
+    );
+    println!(
+        "routers on {} held-out tokens per layer ({} trained); quartiles (25/50/75%) of the top pick's weight and of w2/w1:",
+        layers[0].held_out_tokens, layers[0].train_tokens
+    );
+    println!("| layer | domain accuracy | top weight | w2/w1 | base second |");
+    println!("|---|---|---|---|---|");
+    let q = |v: [f64; 3]| format!("{:.2} / {:.2} / {:.2}", v[0], v[1], v[2]);
+    for (il, l) in layers.iter().enumerate() {
+        println!(
+            "| {il} | {:.1}% | {} | {} | {:.1}% |",
+            100.0 * l.domain_accuracy,
+            q(l.top_weight),
+            q(l.second_over_first),
+            100.0 * l.base_second
+        );
+    }
+    Ok(())
+}
