@@ -6,8 +6,10 @@
 #   1. perplexity on each domain's held-out text (CHUNKS x 512 tokens, stock llama-perplexity)
 #      of the unpruned model and of every task-agnostic pruning, with the mean ratio to unpruned;
 #   2. task-specific pruning to 1/2: each domain's perplexity when calibrated on that domain;
-#   3. size and decode speed (stock llama-completion, TOKENS tokens greedy, median of ROUNDS,
-#      unpruned and pruned alternating) of the unpruned model and the best pruning at 1/2.
+#   3. size and decode speed (llama-completion, TOKENS tokens greedy, median of ROUNDS, runs
+#      alternating) of the unpruned model and the best pruning at 1/2: all experts in memory
+#      (stock llama.cpp), and the same expert memory for both (the patched build's --moe-cache:
+#      half of the unpruned model's experts, all of the pruned one's).
 #
 # Usage: scripts/bench-moe-prune.sh [MOE.gguf]   (default: scripts/make-moe.sh's moe-q8_0.gguf)
 # Environment: SWITCHYARD_QUALITY_CHUNKS (default 8), SWITCHYARD_MOE_CALIB_CHARS (per domain,
@@ -96,17 +98,28 @@ done
 best="$(for m in "${METHODS[@]}"; do echo "${mean_ratio[$(( E / 2 ))-$m]} $m"; done | sort -n | head -n1 | cut -d' ' -f2)"
 prune $(( E / 2 )) "$best" all "$work/best.gguf"
 prompt="$(head -c 600 "$text/text-chat-eval.txt")"
+# decode BIN MODEL [args...]: tokens/s of one greedy generation
 decode() {
-    "$stock/llama-completion" -m "$1" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -t "$THREADS" \
-        --ignore-eos 2>"$work/decode.log" >/dev/null || { tail -n 20 "$work/decode.log" >&2; die "llama-completion failed on $1"; }
+    "$1/llama-completion" -m "$2" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -t "$THREADS" -no-cnv \
+        --ignore-eos "${@:3}" 2>"$work/decode.log" >/dev/null || { tail -n 20 "$work/decode.log" >&2; die "llama-completion failed on $2"; }
     sed -n 's/.*_print: *eval time.* \([0-9.]*\) tokens per second).*/\1/p' "$work/decode.log" | tail -n1
 }
-u="" b=""
-for _ in $(seq "$ROUNDS"); do u+="$(decode "$model")"$'\n'; b+="$(decode "$work/best.gguf")"$'\n'; done
-tu="$(printf '%s' "$u" | median)" tb="$(printf '%s' "$b" | median)"
+# the same expert memory both ways: the unpruned model's cache holds half its experts, the
+# pruned model's all of its own
+runs=("$stock $model" "$stock $work/best.gguf" "$patched $model --moe-cache 50%" "$patched $work/best.gguf --moe-cache 100%")
+declare -A tps
+for _ in $(seq "$ROUNDS"); do
+    for i in "${!runs[@]}"; do
+        # shellcheck disable=SC2086 # each run is a word list
+        tps[$i]+="$(decode ${runs[$i]})"$'\n'
+    done
+done
+t() { printf '%s' "${tps[$1]}" | median; }
 echo
-echo "| model | file MiB | decode tok/s (median of $ROUNDS) | x unpruned |"
-echo "|---|---|---|---|"
-echo "| unpruned, $E experts | $(( $(stat -c %s "$model") >> 20 )) | $tu | 1.00 |"
-echo "| $best, $(( E / 2 )) of $E | $(( $(stat -c %s "$work/best.gguf") >> 20 )) | $tb | $(ratio "$tb" "$tu") |"
-echo "($(date -u +%F), $THREADS threads; $TOKENS tokens decoded after a 600-character prompt)"
+echo "| model | file MiB | expert memory | decode tok/s (median of $ROUNDS) | x unpruned, same expert memory |"
+echo "|---|---|---|---|---|"
+echo "| unpruned, $E experts | $(( $(stat -c %s "$model") >> 20 )) | all | $(t 0) | 1.00 |"
+echo "| $best, $(( E / 2 )) of $E | $(( $(stat -c %s "$work/best.gguf") >> 20 )) | all | $(t 1) | $(ratio "$(t 1)" "$(t 0)") |"
+echo "| unpruned, --moe-cache 50% | | half | $(t 2) | 1.00 |"
+echo "| $best, $(( E / 2 )) of $E, --moe-cache 100% | | half | $(t 3) | $(ratio "$(t 3)" "$(t 2)") |"
+echo "($(date -u +%F), $THREADS threads; $TOKENS tokens decoded after a 600-character prompt; runs alternate; stock llama.cpp, the cache rows the patched build)"

@@ -31,7 +31,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 calibration_text "$CALIB" "$work/calib.txt"
-for domain in "${DOMAINS[@]}"; do head -c 20000 "$text/text-$domain-eval.txt"; echo; done >"$work/held-out-mix.txt"
+interleave_text 20000 "$work/held-out-mix.txt" "$text/text-math-eval.txt" "$text/text-code-eval.txt" "$text/text-chat-eval.txt"
 
 # perplexity MODEL DOMAIN
 perplexity() {

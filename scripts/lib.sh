@@ -100,13 +100,36 @@ smollm2_f32() {
     echo "$out"
 }
 
-# calibration_text CHARS OUT: moefy's calibration text, the first CHARS characters of each
-# domain's training text (text_sets), so every benchmark refactors the model the same way.
+# interleave_text CHARS OUT FILE...: the first CHARS characters of each FILE, interleaved in
+# blocks of whole lines of about 1000 characters, so that any prefix holds every file's text
+# (llama.cpp's tools read the first --chunks x --ctx tokens of a file: a concatenation would give
+# them the first file only).
+interleave_text() {
+    local chars="$1" out="$2"
+    shift 2
+    python3 - "$chars" "$@" >"$out" <<'PY' || die "cannot interleave $*"
+import sys
+
+chars, paths = int(sys.argv[1]), sys.argv[2:]
+per_file = []
+for path in paths:
+    blocks, block = [], ""
+    for line in open(path, encoding="utf-8").read()[:chars].splitlines(keepends=True):
+        block += line
+        if len(block) >= 1000:
+            blocks.append(block)
+            block = ""
+    per_file.append(blocks + [block] if block else blocks)
+for i in range(max(map(len, per_file))):
+    sys.stdout.write("".join(blocks[i] for blocks in per_file if i < len(blocks)))
+PY
+}
+
+# calibration_text CHARS OUT: moefy's and the MoE benchmarks' calibration text, the first CHARS
+# characters of each domain's training text (text_sets), interleaved, so every benchmark
+# calibrates on the same text of all three domains.
 calibration_text() {
-    local chars="$1" out="$2" text domain
+    local text
     text="$(text_sets)"
-    for domain in math code chat; do
-        head -c "$chars" "$text/text-$domain-train.txt"
-        echo
-    done >"$out"
+    interleave_text "$1" "$2" "$text/text-math-train.txt" "$text/text-code-train.txt" "$text/text-chat-train.txt"
 }

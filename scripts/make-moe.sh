@@ -28,8 +28,14 @@ llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.s
 quantize="${SWITCHYARD_LLAMA_BIN:-$llama}/llama-quantize"
 experts="$(SWITCHYARD_EXPERT_RECIPE="${SWITCHYARD_EXPERT_RECIPE:-demo}" "$SWITCHYARD_ROOT/scripts/make-experts.sh" | tail -n1)"
 
-sources=("$SWITCHYARD_ROOT"/plugin/src/moefy/merge.rs "$SWITCHYARD_ROOT"/plugin/src/router/train.rs)
-key="$( (echo "$(basename "$experts") $(basename "$text") $OPTIONS"; sha256sum "${sources[@]}" | cut -d' ' -f1) \
+# The key: the experts' folder (itself keyed by what trained them), the texts, the options, and
+# the sources that compute the merge (RECIPE is bumped by hand when a change elsewhere, e.g. the
+# GGUF writer, changes the output). The llama.cpp build is left out as in make-experts.sh: the
+# capture runs a dense model, which the plugin's hooks leave alone.
+RECIPE=1
+sources=("$SWITCHYARD_ROOT"/plugin/src/moefy/*.rs "$SWITCHYARD_ROOT"/plugin/src/router/train.rs
+         "$SWITCHYARD_ROOT"/plugin/src/moe/capture.rs "$SWITCHYARD_ROOT"/plugin/src/bin/switchyard/moe_merge.rs)
+key="$( (echo "$(basename "$experts") $(basename "$text") $OPTIONS recipe-$RECIPE"; sha256sum "${sources[@]}" | cut -d' ' -f1) \
          | sha256sum | cut -c1-16)"
 out="$SWITCHYARD_CACHE/moe/$key"
 if [ -f "$out/moe-q8_0.gguf" ]; then
@@ -37,7 +43,8 @@ if [ -f "$out/moe-q8_0.gguf" ]; then
     exit 0
 fi
 mkdir -p "$out"
-need_space "$out" $(( 4 * $(stat -c %s "$experts/base-f32.gguf") )) "the merged model"
+# the F32 merge (about 2.8x the base), its Q8_0 copy (0.75x) and the three captures (0.5x each)
+need_space "$out" $(( 6 * $(stat -c %s "$experts/base-f32.gguf") )) "the merged model"
 
 args=()
 for d in "${DOMAINS[@]}"; do

@@ -8,6 +8,7 @@ use switchyard::convert::hf_to_gguf;
 use switchyard::gguf::GgufFile;
 use switchyard::hf::HfModel;
 use switchyard::synth;
+use switchyard::weights::gguf_tensor_f32;
 use switchyard::GgmlType;
 
 #[test]
@@ -74,8 +75,26 @@ fn merging_copies_of_the_base_computes_the_base_whatever_the_routers_pick() {
     let base_attn = llama_perplexity(&stock, p("base-attn.gguf").as_ref());
     assert!((dense - base_attn).abs() <= 1e-4 * dense, "dense {dense} vs the base's attention {base_attn}");
 
-    // a different model as an expert: a different function, still run by stock llama.cpp
+    // a different model as an expert: each stack holds every model's matrix in order (base,
+    // math, code), the routers are written, and stock llama.cpp runs it
     common::sy_ok(&merge(["dense.gguf", "other.gguf"], &[], "mixed.gguf"));
+    let (mixed_f, dense_f, other_f) = (
+        GgufFile::open(p("mixed.gguf")).unwrap(),
+        GgufFile::open(p("dense.gguf")).unwrap(),
+        GgufFile::open(p("other.gguf")).unwrap(),
+    );
+    for kind in ["gate", "up", "down"] {
+        let stack = gguf_tensor_f32(&mixed_f, &format!("blk.1.ffn_{kind}_exps.weight")).unwrap().0;
+        let want = |f: &GgufFile| gguf_tensor_f32(f, &format!("blk.1.ffn_{kind}.weight")).unwrap().0;
+        let n = stack.len() / 3;
+        for (e, model) in [&dense_f, &dense_f, &other_f].into_iter().enumerate() {
+            assert_eq!(stack[e * n..(e + 1) * n], want(model)[..], "ffn_{kind} expert {e}");
+        }
+    }
+    let (router, ne) = gguf_tensor_f32(&mixed_f, "blk.0.ffn_gate_inp.weight").unwrap();
+    assert_eq!(ne, vec![64, 3]);
+    let row = |e: usize| &router[e * 64..(e + 1) * 64];
+    assert!((0..3).all(|e| row(e).iter().any(|&v| v != 0.0)) && row(1) != row(2), "router rows {router:?}");
     let mixed = llama_perplexity(&stock, p("mixed.gguf").as_ref());
     assert!(mixed.is_finite() && mixed != dense, "mixed {mixed}, dense {dense}");
 
@@ -85,6 +104,9 @@ fn merging_copies_of_the_base_computes_the_base_whatever_the_routers_pick() {
     let err = common::sy_err(&args);
     assert!(err.contains("--text chat") && err.contains("no --expert chat"), "{err}");
     args = merge(["dense.gguf", "dense.gguf"], &[], "bad.gguf");
+    args[5] = args[3].clone();
+    let err = common::sy_err(&args);
+    assert!(err.contains("--expert math") && err.contains("name of its own"), "{err}");
     args[5] = format!("code={}", smol.display());
     let err = common::sy_err(&args);
     assert!(err.contains("expert 'code'") && err.contains("SmolLM2"), "{err}");

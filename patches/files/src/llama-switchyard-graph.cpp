@@ -272,9 +272,10 @@ ggml_tensor * llama_switchyard_build_mm(const llm_graph_context & g, ggml_tensor
         }
         return ggml_mul(ctx0, term, mask);
     };
-    // a dense weight's input as [n_in, n_cols]
+    // a dense weight's input as [n_in, n_cols] (most already are: no view node for those, as
+    // every node costs graph metadata in each of the context's kept graphs)
     ggml_tensor * x = cur;
-    if (!ids) {
+    if (!ids && !(ggml_is_contiguous(cur) && ggml_n_dims(cur) <= 2)) {
         x = ggml_reshape_2d(ctx0, ggml_is_contiguous(cur) ? cur : ggml_cont(ctx0, cur), cur->ne[0], n_cols);
     }
     // a batch of mixed experts: each column with its own expert's delta in one product (a
@@ -311,7 +312,7 @@ ggml_tensor * llama_switchyard_build_mm(const llm_graph_context & g, ggml_tensor
     if (dx == nullptr) {
         return res;
     }
-    if (!ids) {
+    if (!ids && !ggml_are_same_shape(dx, res)) {
         dx = ggml_reshape(ctx0, dx, res);
     }
     return ggml_add(ctx0, res, dx);

@@ -47,8 +47,10 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::gguf::{Array, GgufFile, GgufWriter, Metadata, TensorInfo, TensorInfoOut, Value};
 use crate::moe::capture::Capture;
-use crate::moe::low_precision::LOW_PREFIX;
+use crate::moe::low_precision::{LOW_PREFIX, SKIP_BETA_KEY};
+use crate::moefy::merge::MERGED_EXPERTS_KEY;
 use crate::quants::{can_dequantize, dequantize_par};
+use crate::router::head::softmax;
 
 /// Subsets `enum` tries one by one before it searches greedily.
 pub const DEFAULT_MAX_SUBSETS: usize = 5000;
@@ -487,19 +489,6 @@ impl Routing {
     }
 }
 
-/// Softmax of logits (the picks' weights: llama.cpp's renormalised top-k probabilities).
-fn softmax(logits: &mut [f64]) {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut sum = 0.0;
-    for l in logits.iter_mut() {
-        *l = (*l - max).exp();
-        sum += *l;
-    }
-    for l in logits.iter_mut() {
-        *l /= sum;
-    }
-}
-
 /// Per expert, its share of all top-k picks.
 fn pick_shares(routing: &Routing) -> Vec<f64> {
     let mut counts = vec![0u64; routing.n_expert];
@@ -919,6 +908,10 @@ fn pruned_metadata(model: &GgufFile, shape: &MoeShape, kept: &[Vec<usize>], meth
     let mut metadata = md.clone();
     metadata.insert("llama.expert_count", Value::U32(keep as u32));
     metadata.insert("llama.expert_used_count", Value::U32(shape.n_used.min(keep) as u32));
+    // what described the experts before no longer does: skipping thresholds measured on the
+    // unpruned routing (moe-pack), and the merged models' names, one per expert (moe-merge)
+    metadata.remove(SKIP_BETA_KEY);
+    metadata.remove(MERGED_EXPERTS_KEY);
     let (before, method) = match md.opt_u32(KEY_EXPERTS_BEFORE)? {
         None => (shape.n_expert as u32, method.to_string()),
         Some(before) => (before, format!("{}+{method}", md.get_str(KEY_METHOD)?)),

@@ -10,11 +10,14 @@
 //! on FFN inputs captured while the base ran each fine-tune's own domain text: a multinomial
 //! logistic regression without bias (llama.cpp's llama routers have none) that predicts the
 //! domain of the text a token came from. An evenly spaced share of every domain's tokens is
-//! labelled "base" instead ([`MergeOptions::base_share`]): the fitted probability of the base
-//! is then about that share everywhere, so a token's top-2 is its domain's expert, weighted
-//! about 1 - share, and the base's FFN, about share (llama.cpp renormalises the picked
-//! experts' softmax weights to sum to 1). Where the domain is unclear the weights spread over
-//! the domains' experts instead.
+//! labelled "base" instead ([`MergeOptions::base_share`]), so that the base's FFN becomes the
+//! usual second pick beside the domain's expert (llama.cpp renormalises the two picks' softmax
+//! weights to sum to 1). Without a bias the router cannot give the base a constant probability;
+//! how often it is second is measured, not assumed ([`MergeLayerReport::base_second`]).
+//!
+//! The inputs are the base's, not the merged model's (whose averaged attention and mixed FFNs
+//! change every later layer's input): the report judges the routers on those same inputs, and
+//! `switchyard trace` of the merged model shows how it really routes.
 
 use std::path::Path;
 
@@ -22,14 +25,13 @@ use crate::convert::config_from_gguf;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufWriter, TensorInfoOut, Value};
 use crate::moe::capture::Capture;
-use crate::moefy::dense_ffn_weight;
+use crate::moefy::{dense_ffn_weight, train_rows};
 use crate::router::train::{fit, TrainOptions};
 use crate::weights::gguf_tensor_f32;
 use crate::GgmlType;
 
-/// Of each domain's captured tokens, the last this fraction judge the router instead of
-/// training it.
-const HELD_OUT: f64 = 0.2;
+/// The merged models' names, one per expert in the stacks' order ("base" first).
+pub const MERGED_EXPERTS_KEY: &str = "switchyard.moe_merge.experts";
 
 /// Where the merged model's attention, norms and embeddings come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +111,7 @@ pub fn merge(
     let mut reports = Vec::with_capacity(n_layer);
     for il in 0..n_layer {
         let (router, report) =
-            fit_layer(captures, il, n_expert, opts).map_err(|e| Error::Invalid(format!("layer {il}'s router: {e}")))?;
+            fit_layer(experts, captures, il, opts).map_err(|e| Error::Invalid(format!("layer {il}'s router: {e}")))?;
         routers.push(router);
         reports.push(report);
     }
@@ -127,6 +129,9 @@ pub fn check_experts(base: &GgufFile, experts: &[(String, GgufFile)]) -> Result<
     }
     if experts.is_empty() {
         crate::bail_invalid!("{label}: moe-merge needs at least one fine-tune");
+    }
+    if let Some(t) = base.tensors.iter().find(|t| dense_ffn_weight(&t.name).is_some() && t.ne.len() != 2) {
+        crate::bail_invalid!("{label}: tensor '{}' is {:?}, not a matrix", t.name, t.ne);
     }
     for (name, e) in experts {
         same_network(base, e).map_err(|m| Error::Invalid(format!("{} (expert '{name}'): {m}", e.label())))?;
@@ -158,16 +163,17 @@ fn row_labels(n: usize, domain: usize, share: f64) -> Vec<usize> {
 /// Layer `il`'s router, n_expert rows of n_embd (class-major, as ffn_gate_inp stores it), and
 /// how it does on held-out rows.
 fn fit_layer(
+    experts: &[(String, GgufFile)],
     captures: &[Capture],
     il: usize,
-    n_expert: usize,
     opts: &MergeOptions,
 ) -> Result<(Vec<f32>, MergeLayerReport)> {
+    let n_expert = experts.len() + 1;
     let n_embd = captures[0].n_embd;
     let (mut train_x, mut train_y, mut held) = (Vec::new(), Vec::new(), Vec::new());
     for (d, c) in captures.iter().enumerate() {
         let rows = c.rows(il);
-        let n_train = rows - (rows as f64 * HELD_OUT).round() as usize;
+        let n_train = train_rows(rows, 2, &format!("the capture of '{}'", experts[d].0))?;
         for (r, &y) in row_labels(n_train, d + 1, opts.base_share).iter().enumerate() {
             train_x.push(c.layers[il][r * n_embd..(r + 1) * n_embd].to_vec());
             train_y.push(y);
@@ -227,7 +233,7 @@ fn write_merged(
     metadata.insert("llama.expert_count", Value::U32(n_expert as u32));
     metadata.insert("llama.expert_used_count", Value::U32(opts.n_used as u32));
     let names = std::iter::once("base".to_string()).chain(experts.iter().map(|(n, _)| n.clone()));
-    metadata.insert("switchyard.moe_merge.experts", Value::from(names.collect::<Vec<String>>()));
+    metadata.insert(MERGED_EXPERTS_KEY, Value::from(names.collect::<Vec<String>>()));
     metadata.insert("switchyard.moe_merge.base_share", Value::F32(opts.base_share as f32));
 
     let models: Vec<&GgufFile> = std::iter::once(base).chain(experts.iter().map(|(_, f)| f)).collect();

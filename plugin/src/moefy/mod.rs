@@ -144,13 +144,7 @@ fn plan_layer(
     let up = matrix(tensor("ffn_up")?.0, n_ff, n_embd, &format!("{}: blk.{il}.ffn_up", dense.label()))?;
     let down = matrix(tensor("ffn_down")?.0, n_embd, n_ff, &format!("{}: blk.{il}.ffn_down", dense.label()))?;
     let x = matrix(capture.layers[il].clone(), n_tokens, n_embd, &format!("capture layer {il}"))?;
-    let n_train = ((n_tokens as f64) * (1.0 - HELD_OUT)).floor() as usize;
-    if n_train < 4 * opts.n_expert || n_tokens - n_train < 1 {
-        crate::bail_invalid!(
-            "capture layer {il}: {n_tokens} tokens are too few to fit {} experts (capture more text)",
-            opts.n_expert
-        );
-    }
+    let n_train = train_rows(n_tokens, 4 * opts.n_expert, &format!("capture layer {il}"))?;
 
     // contribution of channel c on token t: |silu(g)·u| · |down column c|
     let g = x.dot(&gate.t());
@@ -243,6 +237,16 @@ fn top_k(values: impl Iterator<Item = f32>, k: usize) -> Vec<usize> {
     let mut v: Vec<(usize, f32)> = values.enumerate().collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     v.into_iter().take(k).map(|(i, _)| i).collect()
+}
+
+/// Of `n_tokens` captured tokens, how many fit a router (the first ones; the rest, HELD_OUT of
+/// them, judge it): an error naming `what` when fewer than `min_train` would, or none is left over.
+pub(crate) fn train_rows(n_tokens: usize, min_train: usize, what: &str) -> Result<usize> {
+    let n_train = ((n_tokens as f64) * (1.0 - HELD_OUT)).floor() as usize;
+    if n_train < min_train.max(1) || n_tokens - n_train < 1 {
+        crate::bail_invalid!("{what}: {n_tokens} tokens are too few to fit a router on (capture more text)");
+    }
+    Ok(n_train)
 }
 
 /// A dense FFN weight's layer and kind ("gate", "up", "down") from its GGUF name.

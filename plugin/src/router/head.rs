@@ -43,6 +43,20 @@ pub struct Route<'a> {
     pub predicted: &'a str,
 }
 
+/// Logits to probabilities, in place (shifted by the largest logit, so none overflows). The one
+/// softmax of routers: prompt routers' classes and MoE routers' experts alike.
+pub fn softmax(logits: &mut [f64]) {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for l in logits.iter_mut() {
+        *l = (*l - max).exp();
+        sum += *l;
+    }
+    for l in logits.iter_mut() {
+        *l /= sum;
+    }
+}
+
 impl RouterHead {
     /// Class probabilities for an embedding of length `dim`.
     pub fn probabilities(&self, x: &[f32]) -> Vec<f32> {
@@ -53,10 +67,9 @@ impl RouterHead {
                 self.bias[c] as f64 + w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
             })
             .collect();
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-        let total: f64 = exp.iter().sum();
-        exp.iter().map(|e| (e / total) as f32).collect()
+        let mut p = logits;
+        softmax(&mut p);
+        p.into_iter().map(|p| p as f32).collect()
     }
 
     /// The decision for an embedding: the top class, unless its probability is below the

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use switchyard::gguf::GgufFile;
-use switchyard::moe::capture::Capture;
 use switchyard::moefy::merge::{check_experts, merge, Attention, MergeOptions};
 
 use crate::route::LlamaBin;
@@ -42,7 +41,8 @@ pub struct MoeMergeArgs {
     /// Chunks of each domain's text to capture.
     #[arg(long, default_value_t = 8)]
     chunks: u32,
-    /// Keep each domain's capture here (NAME.capture), and reuse those that exist.
+    /// Keep each domain's capture here (NAME-CTXxCHUNKS.capture), and reuse those that exist:
+    /// a folder per base and texts.
     #[arg(long)]
     capture_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -59,34 +59,36 @@ pub fn moe_merge(a: MoeMergeArgs, threads: Option<usize>) -> Result<()> {
         experts.push((name.clone(), GgufFile::open(path)?));
     }
     check_experts(&base, &experts)?;
+    for (i, (name, _)) in a.experts.iter().enumerate() {
+        if name == "base" || a.experts[..i].iter().any(|(n, _)| n == name) {
+            bail!("--expert {name}=...: every expert needs a name of its own, other than 'base'");
+        }
+    }
     if let Some((name, _)) = a.texts.iter().find(|(n, _)| !a.experts.iter().any(|(e, _)| e == n)) {
         bail!("--text {name}=...: there is no --expert {name}");
     }
     let mut texts = Vec::with_capacity(a.experts.len());
     for (name, _) in &a.experts {
-        match a.texts.iter().find(|(n, _)| n == name) {
-            Some((_, text)) => texts.push(text),
-            None => bail!("no --text {name}=FILE: every expert needs its domain's text"),
+        match a.texts.iter().filter(|(n, _)| n == name).collect::<Vec<_>>()[..] {
+            [(_, text)] => texts.push(text),
+            [] => bail!("no --text {name}=FILE: every expert needs its domain's text"),
+            _ => bail!("--text {name}=... given more than once"),
         }
     }
-    let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let dir = a.capture_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut captures = Vec::with_capacity(experts.len());
+    let mut captures = Vec::with_capacity(a.experts.len());
     for ((name, _), text) in a.experts.iter().zip(texts) {
-        let path = dir.join(format!("{name}.capture"));
-        let capture = if path.exists() {
-            Capture::load(&path)?
-        } else {
-            let run = TextRun {
-                text: text.clone(),
-                ctx: a.ctx,
-                chunks: a.chunks,
-                llama: LlamaBin { llama_bin: a.llama.llama_bin.clone() },
-            };
-            run.record(&a.base, "SWITCHYARD_CAPTURE", &path, threads, Capture::load)?
+        let run = TextRun {
+            text: text.clone(),
+            ctx: a.ctx,
+            chunks: a.chunks,
+            llama: LlamaBin { llama_bin: a.llama.llama_bin.clone() },
         };
-        captures.push(capture);
+        // named by what it is made of besides the base and the text, which the folder is for
+        let keep = a.capture_dir.as_ref().map(|d| d.join(format!("{name}-{}x{}.capture", a.ctx, a.chunks)));
+        if let Some(dir) = &a.capture_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        captures.push(run.capture(&a.base, keep.as_deref(), threads)?);
     }
     let opts = MergeOptions { n_used: a.top_k, base_share: a.base_share, attention: a.attention, ..Default::default() };
     let layers = merge(&base, &experts, &captures, &opts, &a.output)?;
@@ -100,7 +102,7 @@ pub fn moe_merge(a: MoeMergeArgs, threads: Option<usize>) -> Result<()> {
         a.top_k
     );
     println!(
-        "routers on {} held-out tokens per layer ({} trained); quartiles (25/50/75%) of the top pick's weight and of w2/w1:",
+        "routers judged on {} held-out tokens in layer 0 ({} trained; the last layer has fewer); quartiles (25/50/75%) of the top pick's weight and of w2/w1:",
         layers[0].held_out_tokens, layers[0].train_tokens
     );
     println!("| layer | domain accuracy | top weight | w2/w1 | base second |");

@@ -3,10 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use switchyard::gguf::GgufFile;
-use switchyard::moe::capture::Capture;
 use switchyard::moefy::{moefy as refactor, MoefyOptions};
 
 use crate::trace::TextRun;
@@ -40,14 +39,7 @@ pub struct MoefyArgs {
 
 pub fn moefy(a: MoefyArgs, threads: Option<usize>) -> Result<()> {
     let dense = GgufFile::open(&a.dense)?;
-    let capture = match &a.capture {
-        Some(path) if path.exists() => Capture::load(path)?,
-        Some(path) => a.calib.record(&a.dense, "SWITCHYARD_CAPTURE", path, threads, Capture::load)?,
-        None => {
-            let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-            a.calib.record(&a.dense, "SWITCHYARD_CAPTURE", &dir.path().join("capture"), threads, Capture::load)?
-        }
-    };
+    let capture = a.calib.capture(&a.dense, a.capture.as_deref(), threads)?;
     let opts = MoefyOptions { n_expert: a.experts, n_used: a.top_k, shared: a.shared, seed: a.seed };
     let report = refactor(&dense, &capture, &opts, &a.output)?;
     let n = report.layers.len() as f64;

@@ -4,10 +4,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use switchyard::gguf::GgufFile;
-use switchyard::moe::capture::Capture;
 use switchyard::moe::prune::{
     check_model, choose, write_pruned, PruneMethod, PruneOptions, Search, DEFAULT_MAX_SUBSETS,
 };
@@ -72,14 +71,7 @@ pub fn moe_prune(a: MoePruneArgs, threads: Option<usize>) -> Result<()> {
     let model = GgufFile::open(&a.model)?;
     // an impossible request fails before the calibration run
     check_model(&model, a.keep)?;
-    let capture = match &a.capture {
-        Some(path) if path.exists() => Capture::load(path)?,
-        Some(path) => a.calib.record(&a.model, "SWITCHYARD_CAPTURE", path, threads, Capture::load)?,
-        None => {
-            let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-            a.calib.record(&a.model, "SWITCHYARD_CAPTURE", &dir.path().join("capture"), threads, Capture::load)?
-        }
-    };
+    let capture = a.calib.capture(&a.model, a.capture.as_deref(), threads)?;
     let method = PruneMethod::from(a.method);
     let opts = PruneOptions { keep: a.keep, method, seed: a.seed, max_subsets: a.max_subsets };
     let start = std::time::Instant::now();

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use switchyard::moe::capture::Capture;
 use switchyard::moe::trace::Trace;
 
 use crate::route::LlamaBin;
@@ -61,6 +62,22 @@ impl TextRun {
         let value = check(tmp.path())?;
         tmp.persist(output).with_context(|| format!("cannot write {}", output.display()))?;
         Ok(value)
+    }
+}
+
+impl TextRun {
+    /// The FFN inputs of `model` on the text (`SWITCHYARD_CAPTURE`): read from `keep` when that
+    /// file exists (a capture made earlier, reused as it is), else recorded, into `keep` when
+    /// given (kept for later runs) or a temporary file.
+    pub fn capture(&self, model: &Path, keep: Option<&Path>, threads: Option<usize>) -> Result<Capture> {
+        match keep {
+            Some(path) if path.exists() => Ok(Capture::load(path)?),
+            Some(path) => self.record(model, "SWITCHYARD_CAPTURE", path, threads, Capture::load),
+            None => {
+                let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+                self.record(model, "SWITCHYARD_CAPTURE", &dir.path().join("capture"), threads, Capture::load)
+            }
+        }
     }
 }
 
