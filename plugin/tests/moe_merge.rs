@@ -4,12 +4,8 @@
 mod common;
 
 use common::llama_perplexity;
-use switchyard::convert::hf_to_gguf;
 use switchyard::gguf::GgufFile;
-use switchyard::hf::HfModel;
-use switchyard::synth;
 use switchyard::weights::gguf_tensor_f32;
-use switchyard::GgmlType;
 
 #[test]
 fn merging_copies_of_the_base_computes_the_base_whatever_the_routers_pick() {
@@ -19,13 +15,10 @@ fn merging_copies_of_the_base_computes_the_base_whatever_the_routers_pick() {
         return;
     };
     let tok = GgufFile::open(&smol).unwrap();
-    let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len();
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
     for (seed, name) in [(5, "dense"), (6, "other")] {
-        synth::tiny_llama(tmp.path().join(format!("{name}-hf")).as_path(), vocab, seed).unwrap();
-        let hf = HfModel::open(&tmp.path().join(format!("{name}-hf"))).unwrap();
-        hf_to_gguf(&hf, Some(&tok), name, GgmlType::F32, &tmp.path().join(format!("{name}.gguf"))).unwrap();
+        common::tiny_dense_gguf(tmp.path(), &tok, name, seed);
     }
     let (math, code) = (text.join("text-math-train.txt"), text.join("text-code-train.txt"));
     let merge = |experts: [&str; 2], extra: &[&str], out: &str| -> Vec<String> {

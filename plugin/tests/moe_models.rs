@@ -117,12 +117,9 @@ fn moefy_makes_a_mixture_that_stock_llama_cpp_runs_equal_to_the_dense_model_at_k
         return;
     };
     let tok = GgufFile::open(&smol).unwrap();
-    let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len();
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
-    synth::tiny_llama(tmp.path().join("dense-hf").as_path(), vocab, 5).unwrap();
-    let hf = HfModel::open(&tmp.path().join("dense-hf")).unwrap();
-    hf_to_gguf(&hf, Some(&tok), "dense", GgmlType::F32, &tmp.path().join("dense.gguf")).unwrap();
+    common::tiny_dense_gguf(tmp.path(), &tok, "dense", 5);
     let (calib, held_out) = (text.join("text-chat-train.txt"), text.join("text-chat-eval.txt"));
     let (calib, held_out, patched_s) = (calib.to_str().unwrap(), held_out.to_str().unwrap(), patched.to_str().unwrap());
     // four chunks of 512 tokens: llama-perplexity runs them as one batch of four sequences

@@ -249,3 +249,15 @@ pub fn llama_perplexity_run(bin: &Path, model: &Path, extra: &[&str]) -> (bool, 
     let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     (out.status.success(), log)
 }
+
+/// A tiny random dense llama (synth::tiny_llama, seed `seed`) with `tok`'s tokenizer, as the F32
+/// GGUF `dir`/`name`.gguf (its Hugging Face folder beside it): the dense model the MoE tests
+/// refactor or merge.
+pub fn tiny_dense_gguf(dir: &Path, tok: &GgufFile, name: &str, seed: u64) -> PathBuf {
+    let vocab = tok.metadata.get_str_array("tokenizer.ggml.tokens").unwrap().len();
+    let hf_dir = dir.join(format!("{name}-hf"));
+    synth::tiny_llama(&hf_dir, vocab, seed).unwrap();
+    let out = dir.join(format!("{name}.gguf"));
+    hf_to_gguf(&HfModel::open(&hf_dir).unwrap(), Some(tok), name, GgmlType::F32, &out).unwrap();
+    out
+}
