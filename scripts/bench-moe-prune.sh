@@ -100,7 +100,7 @@ prune $(( E / 2 )) "$best" all "$work/best.gguf"
 prompt="$(head -c 600 "$text/text-chat-eval.txt")"
 # decode BIN MODEL [args...]: tokens/s of one greedy generation
 decode() {
-    "$1/llama-completion" -m "$2" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -t "$THREADS" -no-cnv \
+    "$1/llama-completion" -m "$2" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -t "$THREADS" -no-cnv --no-warmup \
         --ignore-eos "${@:3}" 2>"$work/decode.log" >/dev/null || { tail -n 20 "$work/decode.log" >&2; die "llama-completion failed on $2"; }
     sed -n 's/.*_print: *eval time.* \([0-9.]*\) tokens per second).*/\1/p' "$work/decode.log" | tail -n1
 }
@@ -116,7 +116,7 @@ for _ in $(seq "$ROUNDS"); do
 done
 t() { printf '%s' "${tps[$1]}" | median; }
 echo
-echo "| model | file MiB | expert memory | decode tok/s (median of $ROUNDS) | x unpruned, same expert memory |"
+echo "| model | file MiB | expert memory | decode tok/s (median of $ROUNDS) | x the unpruned row above it |"
 echo "|---|---|---|---|---|"
 echo "| unpruned, $E experts | $(( $(stat -c %s "$model") >> 20 )) | all | $(t 0) | 1.00 |"
 echo "| $best, $(( E / 2 )) of $E | $(( $(stat -c %s "$work/best.gguf") >> 20 )) | all | $(t 1) | $(ratio "$(t 1)" "$(t 0)") |"

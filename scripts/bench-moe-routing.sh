@@ -40,8 +40,8 @@ calibration_text "$CALIB" "$work/calib.txt"
 interleave_text 20000 "$work/held-out-mix.txt" "$text/text-math-eval.txt" "$text/text-code-eval.txt" "$text/text-chat-eval.txt"
 "$switchyard" trace "$model" --text "$work/held-out-mix.txt" --chunks 6 --llama-bin "$llama" -o "$work/trace.jsonl" >"$work/trace.log"
 "$switchyard" trace "$model" --text "$work/calib.txt" --chunks 6 --llama-bin "$llama" -o "$work/calib-trace.jsonl" >/dev/null
-read -r n_layers n_experts < <(sed -n 's/.*tokens, \([0-9]*\) MoE layers, \([0-9]*\) experts.*/\1 \2/p' "$work/trace.log")
-[ -n "${n_experts:-}" ] || die "cannot read the trace's shape from: $(cat "$work/trace.log")"
+read -r n_layers n_experts < <(sed -n 's/.*tokens, \([0-9]*\) MoE layers, \([0-9]*\) experts.*/\1 \2/p' "$work/trace.log") \
+    || die "cannot read the trace's shape from: $(cat "$work/trace.log")"
 
 # the skipping thresholds moe-pack derives from the calibration trace (beta per layer)
 "$switchyard" moe-pack "$model" --trace "$work/calib-trace.jsonl" -o "$work/packed.gguf" >"$work/pack.log"
@@ -99,11 +99,12 @@ done
 ub1() {
     local d="$1"; shift
     "$llama/llama-perplexity" -m "$work/packed.gguf" -f "$text/text-$d-eval.txt" -c 512 --chunks "$UB1_CHUNKS" -ub 1 -b 512 \
-        -t "$THREADS" --moe-cache 50% --moe-policy hobbit -lv 4 "$@" >"$work/ub1.log" 2>&1 \
+        -t "$THREADS" --no-warmup --moe-cache 50% --moe-policy hobbit -lv 4 "$@" >"$work/ub1.log" 2>&1 \
         || { tail -n 20 "$work/ub1.log" >&2; die "llama-perplexity -ub 1 failed ($d $*)"; }
     local ppl counts
     ppl="$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$work/ub1.log")"
-    # every pick is a hit, a load or a skip; with top-2, half of them are second picks
+    # every pick is a hit, a load or a skip; with top-2 (this model's), half of them are second
+    # picks (no warm-up run: llama.cpp's picks every expert there)
     counts="$(sed -n 's/.*moe cache: budget [0-9.]* MiB, \([0-9]*\) hits, \([0-9]*\) loads (.*), \([0-9]*\) skipped.*/\1 \2 \3/p' "$work/ub1.log" | tail -n1)"
     [ -n "$ppl" ] && [ -n "$counts" ] || die "cannot read perplexity and cache counts from $work/ub1.log"
     echo "$ppl $counts"
@@ -124,7 +125,7 @@ done
 prompt="$(head -c 600 "$text/text-chat-eval.txt")"
 decode() {
     "$llama/llama-completion" -m "$work/packed.gguf" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -t "$THREADS" \
-        -no-cnv --ignore-eos -lv 4 "$@" 2>"$work/decode.log" >/dev/null || { tail -n 20 "$work/decode.log" >&2; die "llama-completion failed ($*)"; }
+        -no-cnv --no-warmup --ignore-eos -lv 4 "$@" 2>"$work/decode.log" >/dev/null || { tail -n 20 "$work/decode.log" >&2; die "llama-completion failed ($*)"; }
     sed -n 's/.*_print: *eval time.* \([0-9.]*\) tokens per second).*/\1/p' "$work/decode.log" | tail -n1
 }
 a="" b=""

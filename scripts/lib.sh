@@ -119,7 +119,9 @@ for path in paths:
         if len(block) >= 1000:
             blocks.append(block)
             block = ""
-    per_file.append(blocks + [block] if block else blocks)
+    if block:
+        blocks.append(block if block.endswith("\n") else block + "\n")
+    per_file.append(blocks)
 for i in range(max(map(len, per_file))):
     sys.stdout.write("".join(blocks[i] for blocks in per_file if i < len(blocks)))
 PY

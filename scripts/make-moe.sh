@@ -12,7 +12,7 @@
 # Cached under a key of its inputs: the experts' folder (itself keyed by the base, the texts,
 # the trainer and the recipe), the merge's options and the sources that compute it. The
 # experts come from the demo recipe unless SWITCHYARD_EXPERT_RECIPE says otherwise (about 10
-# minutes to train on 2 cores, then 3.5 minutes to merge).
+# minutes to train on 2 cores, then about 4 minutes to merge).
 #
 # Environment: SWITCHYARD_EXPERT_RECIPE (demo, the default here, or full), SWITCHYARD_THREADS,
 # SWITCHYARD_LLAMA_PATCHED_BIN, SWITCHYARD_LLAMA_BIN (llama-quantize; default the patched build's).
@@ -30,8 +30,9 @@ experts="$(SWITCHYARD_EXPERT_RECIPE="${SWITCHYARD_EXPERT_RECIPE:-demo}" "$SWITCH
 
 # The key: the experts' folder (itself keyed by what trained them), the texts, the options, and
 # the sources that compute the merge (RECIPE is bumped by hand when a change elsewhere, e.g. the
-# GGUF writer, changes the output). The llama.cpp build is left out as in make-experts.sh: the
-# capture runs a dense model, which the plugin's hooks leave alone.
+# GGUF writer or the patched llama.cpp's capture callback, changes the output). The llama.cpp
+# build is left out as in make-experts.sh: it runs the dense base, whose arithmetic the plugin's
+# hooks leave alone; the capture callback is one of them, and RECIPE covers it.
 RECIPE=1
 sources=("$SWITCHYARD_ROOT"/plugin/src/moefy/*.rs "$SWITCHYARD_ROOT"/plugin/src/router/train.rs
          "$SWITCHYARD_ROOT"/plugin/src/moe/capture.rs "$SWITCHYARD_ROOT"/plugin/src/bin/switchyard/moe_merge.rs)

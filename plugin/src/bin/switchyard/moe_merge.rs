@@ -27,8 +27,8 @@ pub struct MoeMergeArgs {
     /// Experts each token uses.
     #[arg(long, default_value_t = 2)]
     top_k: usize,
-    /// Share of every domain's tokens the routers learn to give the base's FFN (its weight
-    /// beside the domain's expert).
+    /// Share of every domain's tokens labelled "base" when the routers are fitted: the base's
+    /// FFN becomes the usual second pick beside the domain's expert.
     #[arg(long, default_value_t = 0.25)]
     base_share: f64,
     /// Attention, norms and embeddings: every model's mean (as BTX does; on SmolLM2's three
@@ -53,12 +53,6 @@ pub struct MoeMergeArgs {
 }
 
 pub fn moe_merge(a: MoeMergeArgs, threads: Option<usize>) -> Result<()> {
-    let base = GgufFile::open(&a.base)?;
-    let mut experts = Vec::with_capacity(a.experts.len());
-    for (name, path) in &a.experts {
-        experts.push((name.clone(), GgufFile::open(path)?));
-    }
-    check_experts(&base, &experts)?;
     for (i, (name, _)) in a.experts.iter().enumerate() {
         if name == "base" || a.experts[..i].iter().any(|(n, _)| n == name) {
             bail!("--expert {name}=...: every expert needs a name of its own, other than 'base'");
@@ -75,6 +69,15 @@ pub fn moe_merge(a: MoeMergeArgs, threads: Option<usize>) -> Result<()> {
             _ => bail!("--text {name}=... given more than once"),
         }
     }
+    let base = GgufFile::open(&a.base)?;
+    let mut experts = Vec::with_capacity(a.experts.len());
+    for (name, path) in &a.experts {
+        experts.push((name.clone(), GgufFile::open(path)?));
+    }
+    check_experts(&base, &experts)?;
+    if let Some(dir) = &a.capture_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let mut captures = Vec::with_capacity(a.experts.len());
     for ((name, _), text) in a.experts.iter().zip(texts) {
         let run = TextRun {
@@ -83,11 +86,12 @@ pub fn moe_merge(a: MoeMergeArgs, threads: Option<usize>) -> Result<()> {
             chunks: a.chunks,
             llama: LlamaBin { llama_bin: a.llama.llama_bin.clone() },
         };
-        // named by what it is made of besides the base and the text, which the folder is for
-        let keep = a.capture_dir.as_ref().map(|d| d.join(format!("{name}-{}x{}.capture", a.ctx, a.chunks)));
-        if let Some(dir) = &a.capture_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+        // named by what it is made of (the folder is for one base): a changed text or run makes
+        // a new capture instead of reusing a stale one
+        let keep = match &a.capture_dir {
+            Some(dir) => Some(dir.join(format!("{name}-{}x{}-{}.capture", a.ctx, a.chunks, text_stamp(text)?))),
+            None => None,
+        };
         captures.push(run.capture(&a.base, keep.as_deref(), threads)?);
     }
     let opts = MergeOptions { n_used: a.top_k, base_share: a.base_share, attention: a.attention, ..Default::default() };
@@ -118,4 +122,13 @@ pub fn moe_merge(a: MoeMergeArgs, threads: Option<usize>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A short stamp of a text file's path, size and modification time: which capture it made.
+fn text_stamp(path: &std::path::Path) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (path, meta.len(), meta.modified().ok()).hash(&mut h);
+    Ok(format!("{:08x}", h.finish() as u32))
 }
