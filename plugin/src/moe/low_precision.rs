@@ -83,12 +83,7 @@ pub fn skip_betas(trace: &Trace) -> Vec<f32> {
 /// layers' skipping thresholds, to `output` (atomically).
 pub fn moe_pack(src: &GgufFile, opts: &MoePackOptions, output: &Path) -> Result<MoePackReport> {
     let label = src.label();
-    let arch = src.metadata.get_str("general.architecture")?;
-    let n_layer = src.metadata.get_u32(&format!("{arch}.block_count"))? as usize;
-    let n_expert = src.metadata.opt_u32(&format!("{arch}.expert_count"))?.unwrap_or(0);
-    if n_expert == 0 {
-        crate::bail_invalid!("{label}: not a mixture of experts ({arch}.expert_count): nothing to pack");
-    }
+    let (n_layer, n_expert) = crate::moe::moe_shape(src, "pack")?;
     if let Some(t) = src.tensors.iter().find(|t| t.name.starts_with(LOW_PREFIX)) {
         crate::bail_invalid!("{label}: already packed (it holds '{}'); pack the original model", t.name);
     }
@@ -127,7 +122,7 @@ pub fn moe_pack(src: &GgufFile, opts: &MoePackOptions, output: &Path) -> Result<
     let skip_beta = match &opts.trace {
         None => None,
         Some(trace) => {
-            if trace.n_layers != moe_layers.len() || trace.n_experts != n_expert as usize {
+            if trace.n_layers != moe_layers.len() || trace.n_experts != n_expert {
                 crate::bail_invalid!(
                     "{label}: the trace has {} MoE layers of {} experts, the model {} of {n_expert}",
                     trace.n_layers,
@@ -155,7 +150,7 @@ pub fn moe_pack(src: &GgufFile, opts: &MoePackOptions, output: &Path) -> Result<
     let (mut high_bytes, mut low_bytes) = (0u64, 0u64);
     for t in &copies {
         let data = src.try_tensor_data(t)?;
-        let per_expert = data.len() / n_expert as usize;
+        let per_expert = data.len() / n_expert;
         let ne0 = t.ne[0] as usize;
         let n = (t.ne[0] * t.ne[1]) as usize;
         w.begin_tensor(&low_name(&t.name))?;

@@ -187,10 +187,7 @@ pub fn check_model(model: &GgufFile, keep: usize) -> Result<MoeShape> {
             "{label}: architecture '{arch}': moe-prune handles llama-architecture (Mixtral-style) mixtures of experts"
         );
     }
-    let n_expert = model.metadata.opt_u32("llama.expert_count")?.unwrap_or(0) as usize;
-    if n_expert == 0 {
-        crate::bail_invalid!("{label}: not a mixture of experts (no llama.expert_count): nothing to prune");
-    }
+    let (n_layer, n_expert) = crate::moe::moe_shape(model, "prune")?;
     if n_expert > MAX_EXPERTS {
         crate::bail_invalid!("{label}: llama.expert_count is {n_expert}; at most {MAX_EXPERTS} are supported");
     }
@@ -203,7 +200,6 @@ pub fn check_model(model: &GgufFile, keep: usize) -> Result<MoeShape> {
             "{label}: cannot keep {keep} experts per layer: llama.expert_count is {n_expert} (keep 1 to {n_expert})"
         );
     }
-    let n_layer = model.metadata.get_u32("llama.block_count")? as usize;
     let n_embd = model.metadata.get_u32("llama.embedding_length")? as usize;
     let shape = MoeShape { n_layer, n_embd, n_expert, n_used };
     for il in 0..n_layer {
@@ -284,7 +280,8 @@ fn choose_layer(
     }
     let routing = Routing::new(x, &weights.router()?, shape.n_used, shape.n_used.min(keep));
     let mut outputs = ExpertOutputs::new(n_expert, x.nrows(), shape.n_embd);
-    let mut search = Search::None;
+    // enum's objective covers every subset, the one it keeps included
+    let mut enum_objective = None;
     let (keep_mask, scores) = match opts.method {
         PruneMethod::Freq => {
             let shares = pick_shares(&routing);
@@ -311,20 +308,27 @@ fn choose_layer(
             outputs.ensure(weights, x, &needed)?;
             let objective = Objective::new(&routing, needed, &outputs)?;
             let (mask, found) = enum_search(&objective, keep, opts.max_subsets);
-            search = found;
-            (mask, drop_one_losses(&objective))
+            let scores = drop_one_losses(&objective);
+            enum_objective = Some((objective, found));
+            (mask, scores)
         }
     };
-    // the loss of the subset kept, whatever chose it: over each token's picks before and after
-    let needed = routing.needed(|t| {
-        let mut n: Vec<u16> = routing.picks(t, &keep_mask).collect();
-        n.extend_from_slice(routing.original_picks(t));
-        n
-    });
-    outputs.ensure(weights, x, &needed)?;
-    let objective = Objective::new(&routing, needed, &outputs)?;
+    let (objective, search) = match enum_objective {
+        Some(found) => found,
+        None => {
+            // the loss of the subset kept, over each token's picks before and after
+            let needed = routing.needed(|t| {
+                let mut n: Vec<u16> = routing.picks(t, &keep_mask).collect();
+                n.extend_from_slice(routing.original_picks(t));
+                n
+            });
+            outputs.ensure(weights, x, &needed)?;
+            (Objective::new(&routing, needed, &outputs)?, Search::None)
+        }
+    };
     let kept = (0..n_expert).filter(|&j| keep_mask[j]).collect();
-    Ok(LayerPrune { kept, scores, relative_loss: objective.relative_loss(&keep_mask), tokens: x.nrows(), search })
+    let relative_loss = objective.relative_loss(&keep_mask, objective.reference_norm2());
+    Ok(LayerPrune { kept, scores, relative_loss, tokens: x.nrows(), search })
 }
 
 /// Mask of the `n` highest scores (ties: the lower index).
@@ -654,8 +658,8 @@ impl<'r> Objective<'r> {
         (0..self.needed.len()).map(|t| self.token_loss(t, keep, &mut scratch)).sum()
     }
 
-    fn relative_loss(&self, keep: &[bool]) -> f64 {
-        let z = self.reference_norm2();
+    /// ||Z - Z'(keep)|| / ||Z||, given ||Z||^2 ([`Self::reference_norm2`]) as `z`; 0 when it is 0.
+    fn relative_loss(&self, keep: &[bool], z: f64) -> f64 {
         if z > 0.0 {
             (self.loss(keep) / z).sqrt()
         } else {
@@ -806,11 +810,7 @@ fn drop_one_losses(objective: &Objective) -> Vec<f64> {
         .map(|j| {
             let mut mask = vec![true; n];
             mask[j] = false;
-            if z > 0.0 {
-                (objective.loss(&mask) / z).sqrt()
-            } else {
-                0.0
-            }
+            objective.relative_loss(&mask, z)
         })
         .collect()
 }

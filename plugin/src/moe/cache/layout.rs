@@ -41,7 +41,7 @@ impl ExpertLayout {
     /// a tensor without one.
     pub fn find(gguf: &GgufFile, need_low: bool) -> Result<ExpertLayout> {
         let label = gguf.label();
-        let (n_layer, n_expert) = moe_shape(gguf)?;
+        let (n_layer, n_expert) = crate::moe::moe_shape(gguf, "offload")?;
         let mut layers = Vec::with_capacity(n_layer);
         let mut total_bytes = 0u64;
         for il in 0..n_layer {
@@ -93,17 +93,6 @@ impl ExpertLayout {
     pub fn expert_bytes(&self, layer: usize) -> u64 {
         self.layers[layer].iter().map(|s| s.expert_bytes as u64).sum()
     }
-}
-
-/// The number of layers and of experts per layer of a mixture-of-experts GGUF.
-fn moe_shape(gguf: &GgufFile) -> Result<(usize, usize)> {
-    let arch = gguf.metadata.get_str("general.architecture")?;
-    let n_layer = gguf.metadata.get_u32(&format!("{arch}.block_count"))? as usize;
-    let n_expert = gguf.metadata.opt_u32(&format!("{arch}.expert_count"))?.unwrap_or(0) as usize;
-    if n_expert == 0 {
-        crate::bail_invalid!("{}: not a mixture of experts ({arch}.expert_count): nothing to offload", gguf.label());
-    }
-    Ok((n_layer, n_expert))
 }
 
 /// Per layer, the skipping threshold beta that `moe-pack --trace` stores.
