@@ -88,7 +88,7 @@ run() {
 # perplexity BIN MODEL CHUNKS [args...]
 perplexity() {
     "$1/llama-perplexity" -m "$2" -f "$text/text-chat-eval.txt" -c 512 --chunks "$3" -t "$THREADS" -tb "$THREADS" "${@:4}" \
-        2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
+        2>&1 | ppl_of
 }
 
 # cache_row LIMIT SHARE PACKED NOTE POLICY [args...]: one patched run and its table row

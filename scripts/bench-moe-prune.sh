@@ -40,12 +40,7 @@ calibration_text "$CALIB" "$work/calib-all.txt"
 for d in "${DOMAINS[@]}"; do head -c "$CALIB" "$text/text-$d-train.txt" >"$work/calib-$d.txt"; done
 
 # perplexity MODEL DOMAIN
-perplexity() {
-    "$stock/llama-perplexity" -m "$1" -f "$text/text-$2-eval.txt" -c 512 --chunks "$CHUNKS" \
-        -t "$THREADS" -tb "$THREADS" 2>"$work/ppl.log" >/dev/null \
-        || { tail -n 20 "$work/ppl.log" >&2; die "llama-perplexity failed on $1 ($2)"; }
-    sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$work/ppl.log"
-}
+perplexity() { held_out_perplexity "$stock" "$1" "$text/text-$2-eval.txt" "$CHUNKS" "$work/ppl.log"; }
 
 # prune KEEP METHOD CALIB OUT: the capture of each calibration text is made once and reused
 prune() {
@@ -102,7 +97,7 @@ prompt="$(head -c 600 "$text/text-chat-eval.txt")"
 decode() {
     "$1/llama-completion" -m "$2" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -t "$THREADS" -no-cnv --no-warmup \
         --ignore-eos "${@:3}" 2>"$work/decode.log" >/dev/null || { tail -n 20 "$work/decode.log" >&2; die "llama-completion failed on $2"; }
-    sed -n 's/.*_print: *eval time.* \([0-9.]*\) tokens per second).*/\1/p' "$work/decode.log" | tail -n1
+    decode_tps_of "$work/decode.log"
 }
 # the same expert memory both ways: the unpruned model's cache holds half its experts, the
 # pruned model's all of its own

@@ -98,11 +98,9 @@ done
 # ub1 DOMAIN [args...]: "perplexity skipped picks" at -ub 1 with the cache at 50%
 ub1() {
     local d="$1"; shift
-    "$llama/llama-perplexity" -m "$work/packed.gguf" -f "$text/text-$d-eval.txt" -c 512 --chunks "$UB1_CHUNKS" -ub 1 -b 512 \
-        -t "$THREADS" --no-warmup --moe-cache 50% --moe-policy hobbit -lv 4 "$@" >"$work/ub1.log" 2>&1 \
-        || { tail -n 20 "$work/ub1.log" >&2; die "llama-perplexity -ub 1 failed ($d $*)"; }
     local ppl counts
-    ppl="$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$work/ub1.log")"
+    ppl="$(held_out_perplexity "$llama" "$work/packed.gguf" "$text/text-$d-eval.txt" "$UB1_CHUNKS" "$work/ub1.log" \
+        -ub 1 -b 512 --no-warmup --moe-cache 50% --moe-policy hobbit -lv 4 "$@")"
     # every pick is a hit, a load or a skip; with top-2 (this model's), half of them are second
     # picks (no warm-up run: llama.cpp's picks every expert there)
     counts="$(sed -n 's/.*moe cache: budget [0-9.]* MiB, \([0-9]*\) hits, \([0-9]*\) loads (.*), \([0-9]*\) skipped.*/\1 \2 \3/p' "$work/ub1.log" | tail -n1)"
@@ -126,7 +124,7 @@ prompt="$(head -c 600 "$text/text-chat-eval.txt")"
 decode() {
     "$llama/llama-completion" -m "$work/packed.gguf" -p "$prompt" -n "$TOKENS" -c 1024 --temp 0 -t "$THREADS" \
         -no-cnv --no-warmup --ignore-eos -lv 4 "$@" 2>"$work/decode.log" >/dev/null || { tail -n 20 "$work/decode.log" >&2; die "llama-completion failed ($*)"; }
-    sed -n 's/.*_print: *eval time.* \([0-9.]*\) tokens per second).*/\1/p' "$work/decode.log" | tail -n1
+    decode_tps_of "$work/decode.log"
 }
 a="" b=""
 for _ in $(seq "$ROUNDS"); do

@@ -34,12 +34,7 @@ calibration_text "$CALIB" "$work/calib.txt"
 interleave_text 20000 "$work/held-out-mix.txt" "$text/text-math-eval.txt" "$text/text-code-eval.txt" "$text/text-chat-eval.txt"
 
 # perplexity MODEL DOMAIN
-perplexity() {
-    "$llama/llama-perplexity" -m "$1" -f "$text/text-$2-eval.txt" -c 512 --chunks "$CHUNKS" \
-        -t "$THREADS" -tb "$THREADS" 2>"$work/ppl.log" >/dev/null \
-        || { tail -n 20 "$work/ppl.log" >&2; die "llama-perplexity failed on $1 ($2)"; }
-    sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$work/ppl.log"
-}
+perplexity() { held_out_perplexity "$llama" "$1" "$text/text-$2-eval.txt" "$CHUNKS" "$work/ppl.log"; }
 
 echo "SmolLM2-135M-Instruct (F32) into $E experts per layer, $SHARED of the channels shared; calibration: $CALIB characters of each domain's training text; perplexity on $CHUNKS x 512 held-out tokens per domain."
 echo

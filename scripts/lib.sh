@@ -100,6 +100,23 @@ smollm2_f32() {
     echo "$out"
 }
 
+# ppl_of [LOG]: the final perplexity llama-perplexity printed (in LOG, or on standard input).
+ppl_of() { sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "${1:-/dev/stdin}"; }
+
+# decode_tps_of [LOG]: the decoding speed (tokens/s) llama-completion printed.
+decode_tps_of() { sed -n 's/.*_print: *eval time.* \([0-9.]*\) tokens per second).*/\1/p' "${1:-/dev/stdin}" | tail -n1; }
+
+# held_out_perplexity BIN MODEL FILE CHUNKS LOG [args...]: BIN's llama-perplexity of MODEL over
+# CHUNKS x 512 tokens of FILE ($THREADS threads), its log in LOG; prints the perplexity, or dies
+# with the log's end.
+held_out_perplexity() {
+    local bin="$1" model="$2" file="$3" chunks="$4" log="$5" threads="${THREADS:-$(nproc)}"
+    shift 5
+    "$bin/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks "$chunks" -t "$threads" -tb "$threads" "$@" \
+        >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "llama-perplexity failed on $model ($file $*)"; }
+    ppl_of "$log"
+}
+
 # interleave_text CHARS OUT FILE...: the first CHARS characters of each FILE, interleaved in
 # blocks of whole lines of about 1000 characters, so that any prefix holds every file's text
 # (llama.cpp's tools read the first --chunks x --ctx tokens of a file: a concatenation would give

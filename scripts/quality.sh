@@ -74,7 +74,7 @@ perplexity() {
     "$llama/llama-perplexity" -m "$model" "$@" -f "$text/text-$domain-eval.txt" -c "$CTX" \
         --chunks "$CHUNKS" -t "$THREADS" -tb "$THREADS" >"$logf" 2>&1 \
         || { tail -n 20 "$logf" >&2; die "llama-perplexity failed: $row $expert $domain (log: $logf)"; }
-    ppl="$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$logf")"
+    ppl="$(ppl_of "$logf")"
     [ -n "$ppl" ] || die "no perplexity in $logf"
     record_ppl "$row" "$expert" "$domain" "$ppl"
 }
