@@ -20,7 +20,7 @@ mkdir -p "$out"
 backends=("$cmake/ggml/src/libggml-cpu.a")
 [ -f "$cmake/ggml/src/ggml-rpc/libggml-rpc.a" ] && backends+=("$cmake/ggml/src/ggml-rpc/libggml-rpc.a")
 c++ "$out/$name.o" "$cmake/src/libllama.a" "$cmake/ggml/src/libggml.a" "${backends[@]}" \
-    "$cmake/ggml/src/libggml-base.a" "$cmake/switchyard-target/release/libswitchyard_ffi.a" \
+    "$cmake/ggml/src/libggml-base.a" "$cmake/switchyard-target/llama/libswitchyard_ffi.a" \
     -fopenmp -lpthread -ldl -lm -o "$out/$name"
 rm -f "$out/$name.o"
 echo "$out/$name"

@@ -10,9 +10,11 @@
 #
 # The experts are the full recipe's (scripts/make-experts.sh, about 36 minutes) when that has
 # run, else the demo recipe's (SWITCHYARD_EXPERT_RECIPE=demo: less text, about 10 minutes).
-# Everything is cached: a second run only evaluates and serves.
+# Everything is cached by its inputs, the two tables included (keyed by the bundle's bytes, the
+# held-out text and the llama.cpp builds): a second run only serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 start=$(date +%s)
 step() { echo; echo "== $1 ($(($(date +%s) - start)) s so far)"; }
 
@@ -34,8 +36,8 @@ fi
 
 step "pack: the base once, each expert as a compressed delta (rank-64 factors where cheaper)"
 bundle="$out/smollm2-experts.gguf"
-# packed again only when the experts or the routing sets change
-inputs="$experts $SWITCHYARD_ROUTE_DATA"
+# packed again only when the experts, the routing sets or switchyard change
+inputs="$experts $SWITCHYARD_ROUTE_DATA $(sha256sum "$sy" | cut -c1-16)"
 if [ "$(cat "$bundle.inputs" 2>/dev/null)" != "$inputs" ] || [ ! -f "$bundle" ]; then
     rm -f "$bundle.inputs"
     "$sy" pack --base-gguf "$SWITCHYARD_SMOLLM2" --base "$experts/base-hf" \
@@ -56,53 +58,75 @@ perplexity() {
     "$bin/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks 8 -t "$threads" "$@" 2>&1
 }
 ppl() { # MODEL FILE [ARGS...]: the final estimate, from the patched build (it reads bundles)
-    perplexity "$SWITCHYARD_LLAMA_PATCHED_BIN" "$@" | grep -o 'Final estimate: PPL = [0-9.]*' | awk '{print $5}'
+    perplexity "$SWITCHYARD_LLAMA_PATCHED_BIN" "$@" | ppl_of
 }
-declare -A base_ppl
-printf '%-6s %12s %12s %12s\n' model "math text" "code text" "chat text"
-for model in base math code chat; do
-    row="$(printf '%-6s' "$model")"
-    for d in math code chat; do
-        p="$(ppl "$bundle" "$text/text-$d-eval.txt" --expert "$model")"
-        if [ "$model" = base ]; then
-            base_ppl[$d]=$p
-            row+="$(printf ' %12s' "$p")"
-        else
-            row+="$(printf ' %12s' "$p ($(awk -v p="$p" -v b="${base_ppl[$d]}" 'BEGIN { printf "%+.1f%%", 100 * (p / b - 1) }'))")"
-        fi
+# cached FILE KEY COMMAND...: COMMAND's output, kept in $out/FILE and shown again while KEY (a
+# hash of everything the output depends on) is unchanged
+cached() {
+    local file="$out/$1" key="$2"; shift 2
+    if [ -f "$file" ] && [ "$(cat "$file.key" 2>/dev/null)" = "$key" ]; then
+        cat "$file"
+        echo "(measured $(date -r "$file" '+%F %H:%M'), inputs unchanged since: delete $file to measure again)"
+        return
+    fi
+    rm -f "$file.key"
+    "$@" | tee "$file.tmp"
+    mv "$file.tmp" "$file"
+    echo "$key" >"$file.key"
+}
+eval_key="$( (sha256sum "$bundle" "$text"/text-{math,code,chat}-eval.txt | cut -d' ' -f1
+              echo "$SWITCHYARD_LLAMA_PATCHED_BIN $SWITCHYARD_LLAMA_BIN") | sha256sum | cut -c1-16)"
+perplexity_table() {
+    declare -A base_ppl
+    printf '%-6s %12s %12s %12s\n' model "math text" "code text" "chat text"
+    for model in base math code chat; do
+        row="$(printf '%-6s' "$model")"
+        for d in math code chat; do
+            p="$(ppl "$bundle" "$text/text-$d-eval.txt" --expert "$model")"
+            if [ "$model" = base ]; then
+                base_ppl[$d]=$p
+                row+="$(printf ' %12s' "$p")"
+            else
+                row+="$(printf ' %12s' "$p ($(awk -v p="$p" -v b="${base_ppl[$d]}" 'BEGIN { printf "%+.1f%%", 100 * (p / b - 1) }'))")"
+            fi
+        done
+        echo "$row"
     done
-    echo "$row"
-done
+}
+cached perplexity.txt "$eval_key" perplexity_table
 
 step "fidelity: KL from each full-precision expert on its own held-out text, and size"
 # the base's type: the one most of its tensors have ("base: ... (f32 x61, q4_1 x210, q8_0 x1)")
 base_type="$("$sy" inspect "$bundle" --summary | sed -n 's/^base: .*MiB (\(.*\))$/\1/p' | tr ',' '\n' \
     | awk '{ n = substr($2, 2) + 0; if (n > best) { best = n; type = $1 } } END { print type }')"
-printf '%-6s %22s %30s\n' expert "KL, bundle" "KL, standalone GGUF (${base_type^^})"
-standalone_bytes=$(stat -c %s "$SWITCHYARD_SMOLLM2")
-for e in math code chat; do
-    # the full expert's logits and the expert in the base's type, made once per expert (each
-    # written beside its name first, so an interrupted run leaves nothing to reuse)
-    kld="$out/$e-f32.kld"
-    if [ ! -f "$kld" ] || [ "$experts/$e.gguf" -nt "$kld" ] || [ "$text/text-$e-eval.txt" -nt "$kld" ]; then
-        perplexity "$SWITCHYARD_LLAMA_BIN" "$experts/$e.gguf" "$text/text-$e-eval.txt" --kl-divergence-base "$kld.tmp" >/dev/null
-        mv "$kld.tmp" "$kld"
-    fi
-    standalone="$out/$e-${base_type}.gguf"
-    if [ ! -f "$standalone" ] || [ "$experts/$e.gguf" -nt "$standalone" ]; then
-        "$SWITCHYARD_LLAMA_BIN/llama-quantize" "$experts/$e.gguf" "$standalone.tmp" "${base_type^^}" >/dev/null 2>&1
-        mv "$standalone.tmp" "$standalone"
-    fi
-    standalone_bytes=$((standalone_bytes + $(stat -c %s "$standalone")))
-    kl() { # BIN MODEL [ARGS...]: the mean KL from the full expert on its own text
-        perplexity "$1" "$2" "$text/text-$e-eval.txt" --kl-divergence-base "$kld" --kl-divergence "${@:3}" \
-            | awk '/^Mean +KLD:/ {print $3; exit}'
-    }
-    printf '%-6s %22s %30s\n' "$e" "$(kl "$SWITCHYARD_LLAMA_PATCHED_BIN" "$bundle" --expert "$e")" \
-        "$(kl "$SWITCHYARD_LLAMA_BIN" "$standalone")"
-done
-awk -v b="$(stat -c %s "$bundle")" -v s="$standalone_bytes" -v t="${base_type^^}" 'BEGIN {
-    printf "bundle: %.1f MiB; base + 3 experts as %s GGUFs: %.1f MiB (%.2fx)\n", b / 1048576, t, s / 1048576, b / s }'
+fidelity_table() {
+    printf '%-6s %22s %30s\n' expert "KL, bundle" "KL, standalone GGUF (${base_type^^})"
+    standalone_bytes=$(stat -c %s "$SWITCHYARD_SMOLLM2")
+    for e in math code chat; do
+        # the full expert's logits and the expert in the base's type, made once per expert (each
+        # written beside its name first, so an interrupted run leaves nothing to reuse)
+        kld="$out/$e-f32.kld"
+        if [ ! -f "$kld" ] || [ "$experts/$e.gguf" -nt "$kld" ] || [ "$text/text-$e-eval.txt" -nt "$kld" ]; then
+            perplexity "$SWITCHYARD_LLAMA_BIN" "$experts/$e.gguf" "$text/text-$e-eval.txt" --kl-divergence-base "$kld.tmp" >/dev/null
+            mv "$kld.tmp" "$kld"
+        fi
+        standalone="$out/$e-${base_type}.gguf"
+        if [ ! -f "$standalone" ] || [ "$experts/$e.gguf" -nt "$standalone" ]; then
+            "$SWITCHYARD_LLAMA_BIN/llama-quantize" "$experts/$e.gguf" "$standalone.tmp" "${base_type^^}" >/dev/null 2>&1
+            mv "$standalone.tmp" "$standalone"
+        fi
+        standalone_bytes=$((standalone_bytes + $(stat -c %s "$standalone")))
+        kl() { # BIN MODEL [ARGS...]: the mean KL from the full expert on its own text
+            perplexity "$1" "$2" "$text/text-$e-eval.txt" --kl-divergence-base "$kld" --kl-divergence "${@:3}" \
+                | awk '/^Mean +KLD:/ {print $3; exit}'
+        }
+        printf '%-6s %22s %30s\n' "$e" "$(kl "$SWITCHYARD_LLAMA_PATCHED_BIN" "$bundle" --expert "$e")" \
+            "$(kl "$SWITCHYARD_LLAMA_BIN" "$standalone")"
+    done
+    awk -v b="$(stat -c %s "$bundle")" -v s="$standalone_bytes" -v t="${base_type^^}" 'BEGIN {
+        printf "bundle: %.1f MiB; base + 3 experts as %s GGUFs: %.1f MiB (%.2fx)\n", b / 1048576, t, s / 1048576, b / s }'
+}
+cached fidelity.txt "$eval_key $(sha256sum "$experts"/{math,code,chat}.gguf | cut -c1-16 | tr '\n' ' ')" fidelity_table
 
 step "llama-server (patched) serving the bundle"
 port="${SWITCHYARD_DEMO_PORT:-18080}"

@@ -18,7 +18,7 @@ use crate::bundle::in_graph::{self, GraphDelta, GraphDeltaShape};
 use crate::bundle::{materialize, Bundle, TensorDelta};
 use crate::codec::Output;
 use crate::error::{Error, Result};
-use crate::gguf::TensorInfo;
+use crate::gguf::{GgufFile, TensorInfo};
 use crate::GgmlType;
 
 /// An opaque handle of the host's tensor (a `ggml_tensor*` for llama.cpp).
@@ -38,15 +38,15 @@ pub struct Switcher {
 pub const BASE: &str = "base";
 
 impl Switcher {
-    /// Open and fully validate a bundle, the base fingerprint included.
+    /// Open and fully validate a bundle, the base fingerprint included. The base's tokenizer
+    /// keys are left out: the library never reads them, and its host has a tokenizer of its own.
     pub fn open(path: &Path) -> Result<Switcher> {
-        let mut bundle = Bundle::open(path)?;
+        let bundle = Bundle::from_file(GgufFile::open_without(path, "tokenizer.")?)?;
         bundle.verify_base()?;
         bundle.validate_all()?;
         // The checks read the whole file, which the host maps too (its base weights): keep
         // those pages out of the host's RSS twice over.
         bundle.file.release_resident();
-        bundle.shed_tokenizer();
         let managed = bundle
             .base_tensors()
             .filter(|t| !bundle.in_graph(&t.name))

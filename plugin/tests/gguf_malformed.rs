@@ -380,6 +380,44 @@ fn duplicate_key() {
     expect_spec_err(&s, &["duplicate metadata key 'general.architecture'"]);
 }
 
+/// `GgufFile::open_without` (a host's tokenizer, which the library never reads) keeps every other
+/// key and tensor, and still bounds-checks what it leaves out and refuses duplicates among it.
+#[test]
+fn keys_left_out_are_checked_but_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.gguf");
+    let open_without = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        GgufFile::open_without(&path, "tokenizer.").map_err(|e| e.to_string())
+    };
+    let mut spec = Spec::valid();
+    spec.kvs.push(kv_str("tokenizer.ggml.model", "gpt2"));
+    let bytes = spec.bytes();
+    let full = parse_header(&bytes, LABEL).unwrap();
+    let f = open_without(&bytes).unwrap();
+    assert!(f.metadata.get("tokenizer.ggml.tokens").is_none() && f.metadata.get("tokenizer.ggml.model").is_none());
+    assert_eq!(f.metadata.len(), full.metadata.len() - 2);
+    assert_eq!(f.metadata.get("flags"), full.metadata.get("flags"));
+    assert_eq!(f.tensors, full.tensors);
+    assert_eq!(f.data_offset, full.data_offset);
+
+    let mut dup = Spec::valid();
+    dup.kvs.push(kv_str("tokenizer.ggml.tokens", "again"));
+    let e = open_without(&dup.bytes()).unwrap_err();
+    assert!(e.contains("duplicate metadata key 'tokenizer.ggml.tokens'"), "{e}");
+
+    let mut long = Spec::valid();
+    long.kvs[2] = kv_array("tokenizer.ggml.tokens", T_STRING, 1 << 40, string(b"a"));
+    let e = open_without(&long.bytes()).unwrap_err();
+    assert!(e.contains("'tokenizer.ggml.tokens'") && e.contains("cannot fit"), "{e}");
+
+    // every truncation of the file short of its last tensor's data fails, none panics
+    let last = full.tensors.last().unwrap();
+    for n in 0..(full.data_offset + last.offset + last.n_bytes()) as usize {
+        assert!(open_without(&bytes[..n]).is_err(), "a file cut at byte {n} was accepted");
+    }
+}
+
 #[test]
 fn duplicate_tensor() {
     let mut s = Spec::valid();

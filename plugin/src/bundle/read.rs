@@ -118,26 +118,6 @@ impl Bundle {
         self.file.label()
     }
 
-    /// Drop the base's tokenizer (`tokenizer.*`) from this copy of the metadata and give the
-    /// heap it took back to the system: for a host serving the bundle with a tokenizer of its
-    /// own, these tens of thousands of strings, which the library never reads, would only add
-    /// to its RSS (4 MiB for SmolLM2's vocabulary and merges). Nothing when the file is shared.
-    pub fn shed_tokenizer(&mut self) {
-        let Some(file) = Arc::get_mut(&mut self.file) else {
-            return;
-        };
-        let keys: Vec<String> =
-            file.metadata.keys().filter(|k| k.starts_with("tokenizer.")).map(String::from).collect();
-        for k in keys {
-            file.metadata.remove(&k);
-        }
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free heap pages to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
-
     /// The base model's tensors, in file order.
     pub fn base_tensors(&self) -> impl Iterator<Item = &TensorInfo> {
         self.file.tensors.iter().filter(|t| !t.name.starts_with(PREFIX))

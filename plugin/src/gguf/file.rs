@@ -41,7 +41,18 @@ impl GgufFile {
     /// Maps `path` read-only and validates its header and data layout. Error messages use the
     /// path as given as the file label.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
-        let path = path.as_ref();
+        Self::open_keeping(path.as_ref(), &|_| true)
+    }
+
+    /// [`GgufFile::open`] without the metadata keys that start with `prefix`: they are
+    /// bounds-checked but not kept, and nothing is allocated for them. For a reader inside a host
+    /// that parses those keys itself (llama.cpp and `tokenizer.`: some 100k strings, which
+    /// decoded and freed would leave megabytes of the host's heap fragmented).
+    pub fn open_without(path: impl AsRef<Path>, prefix: &str) -> Result<GgufFile> {
+        Self::open_keeping(path.as_ref(), &|key| !key.starts_with(prefix))
+    }
+
+    fn open_keeping(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<GgufFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and private to this struct. As with any file map, another
         // process truncating or rewriting the file while it is mapped could change or fault the
@@ -49,7 +60,7 @@ impl GgufFile {
         // rename), and this is the same contract ggml's own loader accepts.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let label = path.display().to_string();
-        let (header, index) = parse_with_index(&mmap, &label)?;
+        let (header, index) = parse_with_index(&mmap, &label, keep)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             version: header.version,

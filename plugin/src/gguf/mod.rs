@@ -30,7 +30,7 @@ mod tests;
 
 pub use file::GgufFile;
 pub use metadata::Metadata;
-pub use read::{parse_header, GgufHeader};
+pub use read::{parse_header, parse_header_without, GgufHeader};
 pub use tensor::{TensorInfo, TensorInfoOut, MAX_DIMS, MAX_NAME_BYTES};
 pub use value::{Array, Value, ValueType};
 pub use write::{header_bytes, rewrite_with_metadata, write_gguf, GgufWriter};

@@ -49,11 +49,24 @@ impl GgufHeader {
 /// `bytes` is the **whole file** (typically a memory map): tensor data extents are checked
 /// against its length. `label` names the file in error messages.
 pub fn parse_header(bytes: &[u8], label: &str) -> Result<GgufHeader> {
-    parse_with_index(bytes, label).map(|(header, _)| header)
+    parse_with_index(bytes, label, &|_| true).map(|(header, _)| header)
 }
 
-/// [`parse_header`] plus the name -> position index it builds anyway to find duplicates.
-pub(crate) fn parse_with_index(bytes: &[u8], label: &str) -> Result<(GgufHeader, HashMap<String, usize>)> {
+/// [`parse_header`] leaving out the metadata keys that start with `prefix` (see
+/// [`super::GgufFile::open_without`]).
+pub fn parse_header_without(bytes: &[u8], label: &str, prefix: &str) -> Result<GgufHeader> {
+    parse_with_index(bytes, label, &|key| !key.starts_with(prefix)).map(|(header, _)| header)
+}
+
+/// [`parse_header`] plus the name -> position index it builds anyway to find duplicates. Metadata
+/// keys for which `keep` is false are bounds-checked like the others but never decoded into values,
+/// so a reader that does not need them (a host's tokenizer arrays: tens of thousands of strings)
+/// allocates nothing for them.
+pub(crate) fn parse_with_index(
+    bytes: &[u8],
+    label: &str,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(GgufHeader, HashMap<String, usize>)> {
     let mut r = Reader { buf: bytes, pos: 0, label };
 
     let magic = r.take(4, &|| "the magic number".into())?;
@@ -81,12 +94,16 @@ pub(crate) fn parse_with_index(bytes: &[u8], label: &str) -> Result<(GgufHeader,
     }
 
     let mut metadata = Metadata::with_capacity(label, n_kv as usize);
+    let mut skipped: Vec<String> = Vec::new();
     for i in 0..n_kv {
-        let (key, value) = read_kv(&mut r, i)?;
-        if metadata.contains_key(&key) {
+        let (key, value) = read_kv(&mut r, i, keep)?;
+        if metadata.contains_key(&key) || skipped.contains(&key) {
             bail_invalid!("{label}: duplicate metadata key '{key}' (key #{i})");
         }
-        metadata.insert(key, value);
+        match value {
+            Some(value) => drop(metadata.insert(key, value)),
+            None => skipped.push(key),
+        }
     }
     let alignment = alignment_from(&metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
 
@@ -182,8 +199,9 @@ fn check_data_layout(
     Ok(())
 }
 
-/// Reads key/value pair number `i`.
-fn read_kv(r: &mut Reader<'_>, i: u64) -> Result<(String, Value)> {
+/// Reads key/value pair number `i`; the value is None (bounds-checked, not decoded) where `keep`
+/// refuses the key.
+fn read_kv(r: &mut Reader<'_>, i: u64, keep: &dyn Fn(&str) -> bool) -> Result<(String, Option<Value>)> {
     let label = r.label;
     let key_bytes = r.string_bytes(&|| format!("metadata key #{i}"))?;
     let key = match std::str::from_utf8(key_bytes) {
@@ -203,11 +221,19 @@ fn read_kv(r: &mut Reader<'_>, i: u64) -> Result<(String, Value)> {
                 bail_invalid!("{label}: metadata key '{key}': nested arrays (arrays of arrays) are not supported");
             }
             let n = r.u64(&|| format!("the array length of metadata key '{key}'"))?;
+            if !keep(&key) {
+                skip_values(r, elem, n, &key)?;
+                return Ok((key, None));
+            }
             Value::Array(read_array(r, elem, n, &key)?)
+        }
+        ty if !keep(&key) => {
+            skip_values(r, ty, 1, &key)?;
+            return Ok((key, None));
         }
         ty => read_scalar(r, ty, &key)?,
     };
-    Ok((key, value))
+    Ok((key, Some(value)))
 }
 
 fn value_type(tag: u32, key: &str, label: &str) -> Result<ValueType> {
@@ -293,6 +319,33 @@ fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<
             bail_invalid!("{label}: metadata key '{key}': unexpected element type {elem}")
         }
     })
+}
+
+/// Steps over `n` values of type `elem` (a scalar's one, an array's elements) with the bounds
+/// checks of [`read_scalar`] and [`read_array`], allocating nothing for them.
+fn skip_values(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<()> {
+    let label = r.label;
+    match elem.fixed_size() {
+        None => {
+            if n > (r.remaining() / STRING_LEN_BYTES) as u64 {
+                bail_invalid!(
+                    "{label}: metadata key '{key}': {n} strings cannot fit in the {} bytes left",
+                    r.remaining()
+                );
+            }
+            for j in 0..n {
+                r.string_bytes(&|| format!("element {j} of metadata key '{key}'"))?;
+            }
+        }
+        Some(size) => {
+            let left = r.remaining();
+            let Some(total) = n.checked_mul(size as u64).filter(|&t| t <= left as u64) else {
+                bail_invalid!("{label}: metadata key '{key}': {n} {elem} values cannot fit in the {left} bytes left");
+            };
+            r.take(total as usize, &|| format!("the value of metadata key '{key}'"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Decodes little-endian fixed-size elements; `data.len()` is a multiple of `N` by construction.
