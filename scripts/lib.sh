@@ -144,6 +144,26 @@ for i in range(max(map(len, per_file))):
 PY
 }
 
+# spread_text CHARS OUT FILE: CHARS characters of FILE taken as every other block of whole lines
+# of about 2000 characters, so that a sample of a text made of long documents (whole source
+# modules) spans twice as many of them as its first CHARS characters would.
+spread_text() {
+    python3 - "$1" "$3" >"$2" <<'PY' || die "cannot sample $3"
+import sys
+
+chars, text = int(sys.argv[1]), open(sys.argv[2], encoding="utf-8").read()
+sample, start, index, n = [], 0, 0, 0
+while start < len(text) and n < chars:
+    end = text.find("\n", start + 2000)
+    end = len(text) if end < 0 else end + 1
+    if index % 2 == 0:
+        sample.append(text[start:end])
+        n += end - start
+    start, index = end, index + 1
+sys.stdout.write("".join(sample)[:chars])
+PY
+}
+
 # calibration_text CHARS OUT: moefy's and the MoE benchmarks' calibration text, the first CHARS
 # characters of each domain's training text (text_sets), interleaved, so every benchmark
 # calibrates on the same text of all three domains.

@@ -41,10 +41,10 @@
 # --cached: print the folder only if every expert is already trained there; else fail, training
 # nothing.
 #
-# The demo recipe trains on the first DEMO_CHARS characters of each domain's text (the same
-# contexts and rate; code's contexts disjoint), about 10 minutes on 2 cores; held-out
-# perplexity falls 8.5% (math), 4.2% (code) and 5.4% (chat) against the full recipe's larger
-# gains (docs/BENCHMARKS.md, "The demo's experts").
+# The demo recipe trains on DEMO_CHARS characters of each domain's text (code's sampled across
+# it, in disjoint contexts at a higher rate), about 10 minutes on 2 cores; every expert
+# specialises by more than 5% on its held-out text, less than the full recipe's experts
+# (docs/BENCHMARKS.md, "The demo's experts").
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -79,16 +79,23 @@ if [ -n "${SWITCHYARD_EXPERT_CTX:-}" ]; then
 fi
 declare -A STRIDE=([math]=$((CTX[math] / 2)) [code]=$((CTX[code] / 2)) [chat]="${CTX[chat]}")
 declare -A LIMIT=([math]="$CHARS" [code]="$CHARS" [chat]="$CHARS")
+declare -A RATE=([math]="$LR" [code]="$LR" [chat]="$LR")
+SPREAD="" # domains whose LIMIT characters are sampled across the text (spread_text), not its head
 demo=""
 case "${SWITCHYARD_EXPERT_RECIPE:-full}" in
     full) ;;
     demo)
-        # measured on 2 cores: 143 + 287 + 144 s; code in disjoint contexts sees more text in
-        # the same steps (overlapping ones on 60k characters took longer for the same -4.2%)
-        declare -A DEMO_CHARS=([math]=25000 [code]=110000 [chat]=70000)
+        # Measured on 2 cores (docs/BENCHMARKS.md, "The demo's experts"): math learns fast from
+        # a little text; code in disjoint contexts sees more text in the same steps, sampled
+        # across its text (whole stdlib modules: its first 110k characters are four of them)
+        # at a higher rate: -5.4% against -4.2% for its head at 3e-6; chat -6.5% on 100k
+        # characters against -4.6% on 70k (90k here, for time).
+        declare -A DEMO_CHARS=([math]=20000 [code]=110000 [chat]=90000)
         for domain in "${DOMAINS[@]}"; do LIMIT[$domain]="${DEMO_CHARS[$domain]}"; done
         STRIDE[code]="${CTX[code]}"
-        demo=" demo:${DEMO_CHARS[math]}/${DEMO_CHARS[code]}/${DEMO_CHARS[chat]}"
+        RATE[code]=4e-6
+        SPREAD="code"
+        demo=" demo:${DEMO_CHARS[math]}/${DEMO_CHARS[code]}/${DEMO_CHARS[chat]} code:${RATE[code]}:spread"
         ;;
     *) die "SWITCHYARD_EXPERT_RECIPE: full or demo, not '$SWITCHYARD_EXPERT_RECIPE'" ;;
 esac
@@ -127,15 +134,19 @@ for domain in ${SWITCHYARD_EXPERTS_ONLY:-${DOMAINS[@]}}; do
     fi
     train="$text/text-$domain-train.txt"
     if [ "${LIMIT[$domain]}" -gt 0 ]; then
-        head -c "${LIMIT[$domain]}" "$train" >"$out/.$domain-train.txt"
+        if [[ " $SPREAD " == *" $domain "* ]]; then
+            spread_text "${LIMIT[$domain]}" "$out/.$domain-train.txt" "$train"
+        else
+            head -c "${LIMIT[$domain]}" "$train" >"$out/.$domain-train.txt"
+        fi
         train="$out/.$domain-train.txt"
     fi
     # the trained GGUF and its Hugging Face folder, each as large as the base
     need_space "$out" $(( 2 * $(stat -c %s "$out/base-f32.gguf") )) "fine-tuning $domain"
-    log "$domain: fine-tuning on $(wc -c <"$train") characters (lr $LR, ${CTX[$domain]} tokens per sample, one every ${STRIDE[$domain]}, $THREADS threads)"
+    log "$domain: fine-tuning on $(wc -c <"$train") characters (lr ${RATE[$domain]}, ${CTX[$domain]} tokens per sample, one every ${STRIDE[$domain]}, $THREADS threads)"
     start=$(date +%s)
     "$llama/llama-finetune" -m "$out/base-f32.gguf" -f "$train" -c "${CTX[$domain]}" -b "${CTX[$domain]}" -ub "${CTX[$domain]}" \
-        --train-stride "${STRIDE[$domain]}" -t "$THREADS" -tb "$THREADS" -lr "$LR" -epochs 1 -val-split 0.05 \
+        --train-stride "${STRIDE[$domain]}" -t "$THREADS" -tb "$THREADS" -lr "${RATE[$domain]}" -epochs 1 -val-split 0.05 \
         -o "$out/.$domain.gguf.tmp" >"$out/$domain.log" 2>&1 \
         || { tail -n 20 "$out/$domain.log" >&2; die "llama-finetune failed for $domain (log: $out/$domain.log)"; }
     log "$domain: trained in $(( $(date +%s) - start )) s; $(tr '\r' '\n' <"$out/$domain.log" | grep -a '^val:' | tail -n1)"
