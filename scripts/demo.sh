@@ -11,7 +11,8 @@
 # The experts are the full recipe's (scripts/make-experts.sh, about 36 minutes) when that has
 # run, else the demo recipe's (SWITCHYARD_EXPERT_RECIPE=demo: less text, about 10 minutes).
 # Everything is cached by its inputs, the two tables included (keyed by the bundle's bytes, the
-# held-out text and the llama.cpp builds): a second run only serves.
+# held-out text, the llama.cpp binaries and the script's own table code): a second run only
+# serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -57,11 +58,14 @@ perplexity() {
     local bin="$1" model="$2" file="$3"; shift 3
     "$bin/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks 8 -t "$threads" "$@" 2>&1
 }
+# measured NAME VALUE: VALUE, or a stop naming what produced nothing (an empty cell would
+# otherwise be printed, and cached)
+measured() { [ -n "$2" ] || die "no $1 (llama-perplexity's log did not end in one)"; echo "$2"; }
 ppl() { # MODEL FILE [ARGS...]: the final estimate, from the patched build (it reads bundles)
-    perplexity "$SWITCHYARD_LLAMA_PATCHED_BIN" "$@" | ppl_of
+    measured "perplexity of $1 on $2 ($*)" "$(perplexity "$SWITCHYARD_LLAMA_PATCHED_BIN" "$@" | ppl_of)"
 }
-# cached FILE KEY COMMAND...: COMMAND's output, kept in $out/FILE and shown again while KEY (a
-# hash of everything the output depends on) is unchanged
+# cached FILE KEY COMMAND...: COMMAND's output, kept in $out/FILE and shown again while KEY is
+# unchanged
 cached() {
     local file="$out/$1" key="$2"; shift 2
     if [ -f "$file" ] && [ "$(cat "$file.key" 2>/dev/null)" = "$key" ]; then
@@ -74,8 +78,15 @@ cached() {
     mv "$file.tmp" "$file"
     echo "$key" >"$file.key"
 }
-eval_key="$( (sha256sum "$bundle" "$text"/text-{math,code,chat}-eval.txt | cut -d' ' -f1
-              echo "$SWITCHYARD_LLAMA_PATCHED_BIN $SWITCHYARD_LLAMA_BIN") | sha256sum | cut -c1-16)"
+# eval_key FUNCTION... FILE...: a hash of everything a table depends on: the bundle, the held-out
+# texts, both llama.cpp builds' binaries (the switchyard library is linked into them), the
+# thread count, the functions that make the table and any further FILEs
+eval_key() {
+    local funcs=() files=()
+    for a in "$@"; do if declare -F "$a" >/dev/null; then funcs+=("$a"); else files+=("$a"); fi; done
+    (sha256sum "$bundle" "$text"/text-{math,code,chat}-eval.txt "$SWITCHYARD_LLAMA_PATCHED_BIN/llama-perplexity"         "$SWITCHYARD_LLAMA_BIN"/llama-{perplexity,quantize} "${files[@]}" | cut -d' ' -f1
+     echo "$threads"; declare -f perplexity measured "${funcs[@]}") | sha256sum | cut -c1-16
+}
 perplexity_table() {
     declare -A base_ppl
     printf '%-6s %12s %12s %12s\n' model "math text" "code text" "chat text"
@@ -93,7 +104,7 @@ perplexity_table() {
         echo "$row"
     done
 }
-cached perplexity.txt "$eval_key" perplexity_table
+cached perplexity.txt "$(eval_key ppl perplexity_table)" perplexity_table
 
 step "fidelity: KL from each full-precision expert on its own held-out text, and size"
 # the base's type: the one most of its tensors have ("base: ... (f32 x61, q4_1 x210, q8_0 x1)")
@@ -117,16 +128,17 @@ fidelity_table() {
         fi
         standalone_bytes=$((standalone_bytes + $(stat -c %s "$standalone")))
         kl() { # BIN MODEL [ARGS...]: the mean KL from the full expert on its own text
-            perplexity "$1" "$2" "$text/text-$e-eval.txt" --kl-divergence-base "$kld" --kl-divergence "${@:3}" \
-                | awk '/^Mean +KLD:/ {print $3; exit}'
+            measured "KL of $2 ${*:3} from the F32 $e" "$(perplexity "$1" "$2" "$text/text-$e-eval.txt" \
+                --kl-divergence-base "$kld" --kl-divergence "${@:3}" | awk '/^Mean +KLD:/ {print $3; exit}')"
         }
-        printf '%-6s %22s %30s\n' "$e" "$(kl "$SWITCHYARD_LLAMA_PATCHED_BIN" "$bundle" --expert "$e")" \
-            "$(kl "$SWITCHYARD_LLAMA_BIN" "$standalone")"
+        kl_bundle="$(kl "$SWITCHYARD_LLAMA_PATCHED_BIN" "$bundle" --expert "$e")"
+        kl_standalone="$(kl "$SWITCHYARD_LLAMA_BIN" "$standalone")"
+        printf '%-6s %22s %30s\n' "$e" "$kl_bundle" "$kl_standalone"
     done
     awk -v b="$(stat -c %s "$bundle")" -v s="$standalone_bytes" -v t="${base_type^^}" 'BEGIN {
         printf "bundle: %.1f MiB; base + 3 experts as %s GGUFs: %.1f MiB (%.2fx)\n", b / 1048576, t, s / 1048576, b / s }'
 }
-cached fidelity.txt "$eval_key $(sha256sum "$experts"/{math,code,chat}.gguf | cut -c1-16 | tr '\n' ' ')" fidelity_table
+cached fidelity.txt "$(eval_key fidelity_table "$experts"/{math,code,chat}.gguf)" fidelity_table
 
 step "llama-server (patched) serving the bundle"
 port="${SWITCHYARD_DEMO_PORT:-18080}"

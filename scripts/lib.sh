@@ -146,7 +146,8 @@ PY
 
 # spread_text CHARS OUT FILE: CHARS characters of FILE taken as every other block of whole lines
 # of about 2000 characters, so that a sample of a text made of long documents (whole source
-# modules) spans twice as many of them as its first CHARS characters would.
+# modules) spans twice as many of them as its first CHARS characters would (fewer when FILE
+# holds under twice CHARS; characters, where head -c counts bytes: the same on ASCII text).
 spread_text() {
     python3 - "$1" "$3" >"$2" <<'PY' || die "cannot sample $3"
 import sys

@@ -31,7 +31,7 @@
 # twice over), and math's templates repeat, so more text overfits them
 # (scripts/data/build_text.py, docs/BENCHMARKS.md).
 #
-# Environment: SWITCHYARD_EXPERT_LR (default 3e-6), SWITCHYARD_EXPERT_CTX (tokens per sample
+# Environment: SWITCHYARD_EXPERT_LR (default 3e-6; the demo recipe trains code at its own 4e-6), SWITCHYARD_EXPERT_CTX (tokens per sample
 # for every domain; default 512 for code, 256 for math and chat), SWITCHYARD_EXPERT_CHARS
 # (train on the first N characters of each text set; default all), SWITCHYARD_THREADS (default all cores), SWITCHYARD_TEXT_DATA (the text sets;
 # default scripts/fetch-data.sh --text), SWITCHYARD_EXPERTS_ONLY (train only these experts, e.g.
@@ -71,7 +71,8 @@ llama="${SWITCHYARD_LLAMA_PATCHED_BIN:-$("$SWITCHYARD_ROOT/scripts/build-llama.s
 # (build-llama.sh --trainer-key: the sdist, build flags, CPU and the trainer's own finetune-train-stride patch, not
 # the other patches, which add the plugin's hooks and options and leave training alone: the math
 # expert trained by the stock and the patched build was byte-identical), the hyperparameters and
-# RECIPE, bumped by hand whenever the llama-finetune command below changes.
+# RECIPE, bumped by hand whenever the llama-finetune command below or the text it is given
+# changes (spread_text in lib.sh included).
 RECIPE=3
 declare -A CTX=([math]=256 [code]=512 [chat]=256)
 if [ -n "${SWITCHYARD_EXPERT_CTX:-}" ]; then

@@ -560,10 +560,10 @@ fn low_rank_product(d: &switchyard::bundle::in_graph::GraphDelta, n_in: usize, n
     out
 }
 
-/// A bundle opened to serve keeps no tokenizer of its own (the host has one): the library's
-/// copy of the metadata drops it, the file keeps it.
+/// A bundle opened to serve keeps no tokenizer of its own (the host has one): the library never
+/// decodes it, the file keeps it.
 #[test]
-fn a_served_bundle_sheds_the_tokenizer_strings() {
+fn a_served_bundle_never_decodes_the_tokenizer() {
     let Some(smol) = common::smollm2() else { return };
     let t = Tiny::new(GgmlType::Q8_0, Some(&smol));
     let out = t.path("bundle.gguf");

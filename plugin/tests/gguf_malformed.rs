@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard::gguf::{parse_header, write_gguf, GgufFile, TensorInfoOut};
+use switchyard::gguf::{parse_header, parse_header_without, write_gguf, GgufFile, TensorInfoOut};
 
 const LABEL: &str = "t.gguf";
 
@@ -32,6 +32,7 @@ const T_STRING: u32 = 8;
 const T_ARRAY: u32 = 9;
 const T_U32: u32 = 4;
 const T_U64: u32 = 10;
+const T_F32: u32 = 6;
 
 // ggml type ids.
 const F32: u32 = 0;
@@ -392,11 +393,13 @@ fn keys_left_out_are_checked_but_not_kept() {
     };
     let mut spec = Spec::valid();
     spec.kvs.push(kv_str("tokenizer.ggml.model", "gpt2"));
+    spec.kvs.push(kv("tokenizer.ggml.bos_token_id", T_U32, u32le(1)));
+    spec.kvs.push(kv_array("tokenizer.ggml.scores", T_F32, 2, [0.5f32.to_le_bytes(), (-1f32).to_le_bytes()].concat()));
     let bytes = spec.bytes();
     let full = parse_header(&bytes, LABEL).unwrap();
     let f = open_without(&bytes).unwrap();
-    assert!(f.metadata.get("tokenizer.ggml.tokens").is_none() && f.metadata.get("tokenizer.ggml.model").is_none());
-    assert_eq!(f.metadata.len(), full.metadata.len() - 2);
+    assert!(f.metadata.keys().all(|k| !k.starts_with("tokenizer.")));
+    assert_eq!(f.metadata.len(), full.metadata.len() - 4);
     assert_eq!(f.metadata.get("flags"), full.metadata.get("flags"));
     assert_eq!(f.tensors, full.tensors);
     assert_eq!(f.data_offset, full.data_offset);
@@ -410,6 +413,17 @@ fn keys_left_out_are_checked_but_not_kept() {
     long.kvs[2] = kv_array("tokenizer.ggml.tokens", T_STRING, 1 << 40, string(b"a"));
     let e = open_without(&long.bytes()).unwrap_err();
     assert!(e.contains("'tokenizer.ggml.tokens'") && e.contains("cannot fit"), "{e}");
+
+    // general.alignment places the data, so no prefix leaves it out
+    let mut aligned = Spec::valid();
+    aligned.kvs[1] = kv("general.alignment", T_U32, u32le(64));
+    aligned.align = 64;
+    aligned.tensors[1].offset = 64;
+    aligned.data_len = 64 + 96;
+    let full64 = parse_header(&aligned.bytes(), LABEL).unwrap();
+    let without = parse_header_without(&aligned.bytes(), LABEL, "general.").unwrap();
+    assert_eq!((without.alignment, without.data_offset), (64, full64.data_offset));
+    assert!(without.metadata.get("general.architecture").is_none());
 
     // every truncation of the file short of its last tensor's data fails, none panics
     let last = full.tensors.last().unwrap();

@@ -44,10 +44,11 @@ impl GgufFile {
         Self::open_keeping(path.as_ref(), &|_| true)
     }
 
-    /// [`GgufFile::open`] without the metadata keys that start with `prefix`: they are
-    /// bounds-checked but not kept, and nothing is allocated for them. For a reader inside a host
-    /// that parses those keys itself (llama.cpp and `tokenizer.`: some 100k strings, which
-    /// decoded and freed would leave megabytes of the host's heap fragmented).
+    /// [`GgufFile::open`] without the metadata keys that start with `prefix` (`general.alignment`
+    /// is always kept): they are bounds-checked but not kept, and nothing is allocated for their
+    /// values, whose UTF-8 and bool bytes go unchecked. For a reader inside a host that parses
+    /// those keys itself (llama.cpp and `tokenizer.`: some 100k strings, which decoded and freed
+    /// would leave megabytes of the host's heap fragmented).
     pub fn open_without(path: impl AsRef<Path>, prefix: &str) -> Result<GgufFile> {
         Self::open_keeping(path.as_ref(), &|key| !key.starts_with(prefix))
     }

@@ -5,12 +5,12 @@
 //! for it, so a tiny file claiming 2^60 tensors fails at once instead of exhausting memory, and
 //! every read is bounds-checked so no input can make the parser panic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::metadata::Metadata;
 use super::tensor::{check_name, check_shape, pad_to, TensorInfo, MAX_DIMS, MAX_NAME_BYTES};
 use super::value::{Array, Value, ValueType};
-use super::{alignment_from, MAGIC};
+use super::{alignment_from, KEY_ALIGNMENT, MAGIC};
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
 use crate::{bail_invalid, bail_unsupported};
@@ -59,9 +59,9 @@ pub fn parse_header_without(bytes: &[u8], label: &str, prefix: &str) -> Result<G
 }
 
 /// [`parse_header`] plus the name -> position index it builds anyway to find duplicates. Metadata
-/// keys for which `keep` is false are bounds-checked like the others but never decoded into values,
-/// so a reader that does not need them (a host's tokenizer arrays: tens of thousands of strings)
-/// allocates nothing for them.
+/// keys for which `keep` is false (never `general.alignment`) are bounds-checked like the others
+/// but never decoded into values, so a reader that does not need them (a host's tokenizer arrays:
+/// tens of thousands of strings) allocates nothing for them.
 pub(crate) fn parse_with_index(
     bytes: &[u8],
     label: &str,
@@ -94,15 +94,17 @@ pub(crate) fn parse_with_index(
     }
 
     let mut metadata = Metadata::with_capacity(label, n_kv as usize);
-    let mut skipped: Vec<String> = Vec::new();
+    // general.alignment places the tensor data: never left out, whatever the caller's prefix
+    let keep = |key: &str| key == KEY_ALIGNMENT || keep(key);
+    let mut skipped: HashSet<&str> = HashSet::new();
     for i in 0..n_kv {
-        let (key, value) = read_kv(&mut r, i, keep)?;
-        if metadata.contains_key(&key) || skipped.contains(&key) {
+        let (key, value) = read_kv(&mut r, i, &keep)?;
+        if metadata.contains_key(key) || skipped.contains(key) {
             bail_invalid!("{label}: duplicate metadata key '{key}' (key #{i})");
         }
         match value {
             Some(value) => drop(metadata.insert(key, value)),
-            None => skipped.push(key),
+            None => drop(skipped.insert(key)),
         }
     }
     let alignment = alignment_from(&metadata).map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
@@ -199,39 +201,43 @@ fn check_data_layout(
     Ok(())
 }
 
-/// Reads key/value pair number `i`; the value is None (bounds-checked, not decoded) where `keep`
-/// refuses the key.
-fn read_kv(r: &mut Reader<'_>, i: u64, keep: &dyn Fn(&str) -> bool) -> Result<(String, Option<Value>)> {
+/// Reads key/value pair number `i`; the key borrows from the file, and the value is None
+/// (bounds-checked, not decoded) where `keep` refuses the key.
+fn read_kv<'a>(r: &mut Reader<'a>, i: u64, keep: &dyn Fn(&str) -> bool) -> Result<(&'a str, Option<Value>)> {
     let label = r.label;
     let key_bytes = r.string_bytes(&|| format!("metadata key #{i}"))?;
-    let key = match std::str::from_utf8(key_bytes) {
-        Ok(k) => k.to_string(),
-        Err(_) => bail_invalid!("{label}: metadata key #{i} (\"{}\") is not valid UTF-8", key_bytes.escape_ascii()),
+    let Ok(key) = std::str::from_utf8(key_bytes) else {
+        bail_invalid!("{label}: metadata key #{i} (\"{}\") is not valid UTF-8", key_bytes.escape_ascii());
     };
     // ggml asserts on empty keys when it stores them, so such a file would abort llama.cpp.
     if key.is_empty() {
         bail_invalid!("{label}: metadata key #{i} is empty");
     }
+    let kept = keep(key);
     let tag = r.u32(&|| format!("the type of metadata key '{key}'"))?;
-    let value = match value_type(tag, &key, label)? {
+    let value = match value_type(tag, key, label)? {
         ValueType::Array => {
             let elem_tag = r.u32(&|| format!("the element type of metadata key '{key}'"))?;
-            let elem = value_type(elem_tag, &key, label)?;
+            let elem = value_type(elem_tag, key, label)?;
             if elem == ValueType::Array {
                 bail_invalid!("{label}: metadata key '{key}': nested arrays (arrays of arrays) are not supported");
             }
             let n = r.u64(&|| format!("the array length of metadata key '{key}'"))?;
-            if !keep(&key) {
-                skip_values(r, elem, n, &key)?;
+            if !kept {
+                skip_array(r, elem, n, key)?;
                 return Ok((key, None));
             }
-            Value::Array(read_array(r, elem, n, &key)?)
+            Value::Array(read_array(r, elem, n, key)?)
         }
-        ty if !keep(&key) => {
-            skip_values(r, ty, 1, &key)?;
+        ty if !kept => {
+            let what = || format!("the value of metadata key '{key}'");
+            match ty.fixed_size() {
+                Some(size) => r.take(size, &what)?,
+                None => r.string_bytes(&what)?,
+            };
             return Ok((key, None));
         }
-        ty => read_scalar(r, ty, &key)?,
+        ty => read_scalar(r, ty, key)?,
     };
     Ok((key, Some(value)))
 }
@@ -279,28 +285,38 @@ fn to_bool(b: u8, label: &str, key: &str, elem: Option<u64>) -> Result<bool> {
     }
 }
 
-fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<Array> {
-    let label = r.label;
-    let left = r.remaining();
+/// Checks, before anything is sized by `n`, that `n` elements of `elem` can fit in what is left
+/// of the file (a string takes at least its length prefix); the bytes they take when of fixed
+/// size, None for strings.
+fn array_extent(r: &Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<Option<usize>> {
+    let (label, left) = (r.label, r.remaining());
     if elem == ValueType::String {
-        // Each string costs at least its 8-byte length prefix.
         if n > (left / STRING_LEN_BYTES) as u64 {
             bail_invalid!("{label}: metadata key '{key}': array of {n} strings cannot fit in the {left} bytes left");
         }
+        return Ok(None);
+    }
+    let Some(size) = elem.fixed_size() else {
+        bail_invalid!("{label}: metadata key '{key}': unexpected element type {elem}")
+    };
+    match n.checked_mul(size as u64).filter(|&t| t <= left as u64) {
+        Some(total) => Ok(Some(total as usize)),
+        None => bail_invalid!(
+            "{label}: metadata key '{key}': array of {n} {elem} elements cannot fit in the {left} bytes left"
+        ),
+    }
+}
+
+fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<Array> {
+    let label = r.label;
+    let Some(total) = array_extent(r, elem, n, key)? else {
         let mut v = Vec::with_capacity(n as usize);
         for j in 0..n {
             v.push(r.string(&|| format!("element {j} of metadata key '{key}'"))?);
         }
         return Ok(Array::String(v));
-    }
-    let size = elem.fixed_size().unwrap_or(1);
-    let total = n.checked_mul(size as u64).filter(|&t| t <= left as u64);
-    let Some(total) = total else {
-        bail_invalid!(
-            "{label}: metadata key '{key}': array of {n} {elem} elements cannot fit in the {left} bytes left"
-        );
     };
-    let data = r.take(total as usize, &|| format!("the elements of metadata key '{key}'"))?;
+    let data = r.take(total, &|| format!("the elements of metadata key '{key}'"))?;
     Ok(match elem {
         ValueType::U8 => Array::U8(data.to_vec()),
         ValueType::I8 => Array::I8(data.iter().map(|&b| b as i8).collect()),
@@ -321,28 +337,15 @@ fn read_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<
     })
 }
 
-/// Steps over `n` values of type `elem` (a scalar's one, an array's elements) with the bounds
-/// checks of [`read_scalar`] and [`read_array`], allocating nothing for them.
-fn skip_values(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<()> {
-    let label = r.label;
-    match elem.fixed_size() {
+/// Steps over an array [`read_array`] would read, with the same bounds checks and messages,
+/// allocating nothing for its elements (their UTF-8 and bool bytes are not checked).
+fn skip_array(r: &mut Reader<'_>, elem: ValueType, n: u64, key: &str) -> Result<()> {
+    match array_extent(r, elem, n, key)? {
+        Some(total) => drop(r.take(total, &|| format!("the elements of metadata key '{key}'"))?),
         None => {
-            if n > (r.remaining() / STRING_LEN_BYTES) as u64 {
-                bail_invalid!(
-                    "{label}: metadata key '{key}': {n} strings cannot fit in the {} bytes left",
-                    r.remaining()
-                );
-            }
             for j in 0..n {
                 r.string_bytes(&|| format!("element {j} of metadata key '{key}'"))?;
             }
-        }
-        Some(size) => {
-            let left = r.remaining();
-            let Some(total) = n.checked_mul(size as u64).filter(|&t| t <= left as u64) else {
-                bail_invalid!("{label}: metadata key '{key}': {n} {elem} values cannot fit in the {left} bytes left");
-            };
-            r.take(total as usize, &|| format!("the value of metadata key '{key}'"))?;
         }
     }
     Ok(())

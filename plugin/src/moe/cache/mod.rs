@@ -81,7 +81,8 @@ impl MoeCache {
     /// Opens a mixture-of-experts GGUF: every layer's ffn_{gate,up,down}_exps are found and will
     /// be read from it (with their low-precision copies, when `config.t1` uses them).
     pub fn open(path: &Path, config: &MoeCacheConfig) -> Result<MoeCache> {
-        let gguf = GgufFile::open(path)?;
+        // inside llama.cpp, which reads the tokenizer itself (see GgufFile::open_without)
+        let gguf = GgufFile::open_without(path, "tokenizer.")?;
         config.check(gguf.label())?;
         let layout = ExpertLayout::find(&gguf, config.t1 < 1.0)?;
         let n_layer = layout.layers.len();
