@@ -41,7 +41,9 @@ peak() {
         pids+=($!)
         [ "$together" = 1 ] || wait "${pids[-1]}" || { kill "$server"; die "request '$m' failed (log: $LOG)"; }
     done
-    for p in "${pids[@]}"; do wait "$p" || { kill "$server"; die "a request failed (log: $LOG)"; }; done
+    if [ "$together" = 1 ]; then
+        for p in "${pids[@]}"; do wait "$p" || { kill "$server"; die "a request failed (log: $LOG)"; }; done
+    fi
     awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$server/status"
     kill "$server"
     wait "$server" 2>/dev/null || true
