@@ -27,10 +27,7 @@ prompt_ms() {
     # shellcheck disable=SC2086 # SERVER_CMD holds words
     $SERVER_CMD --host 127.0.0.1 --port "$PORT" -t 2 -c 512 -np 1 --no-warmup > /tmp/bench-first-token.log 2>&1 &
     local server=$!
-    for _ in $(seq 600); do
-        curl -sf "127.0.0.1:$PORT/health" > /dev/null 2>&1 && break
-        sleep 0.2
-    done
+    wait_for_server "$PORT" "$server" /tmp/bench-first-token.log
     python3 - "$PORT" "$PROMPT" "$@" <<'EOF' || { kill "$server"; tail -20 /tmp/bench-first-token.log >&2; die "a request failed"; }
 import json, sys, urllib.request
 port, prompt, models = sys.argv[1], sys.argv[2], sys.argv[3:]

@@ -54,10 +54,7 @@ run_load() {
     "$@" --host 127.0.0.1 --port "$PORT" -t 2 -c $((PARALLEL * 512)) -np "$PARALLEL" --no-warmup \
         > /tmp/bench-mixed-load.log 2>&1 &
     local server=$!
-    for _ in $(seq 600); do
-        curl -sf "127.0.0.1:$PORT/health" > /dev/null 2>&1 && break
-        sleep 0.2
-    done
+    wait_for_server "$PORT" "$server" /tmp/bench-mixed-load.log
     local peak=0 rss
     ( while kill -0 "$server" 2>/dev/null; do tree_rss "$server"; sleep 0.2; done ) > /tmp/bench-mixed-rss.txt &
     local sampler=$!

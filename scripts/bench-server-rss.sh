@@ -29,10 +29,7 @@ peak() {
     shift 2
     "$bin/llama-server" -m "$model" -np 4 -c 4096 -t 2 --host 127.0.0.1 --port "$PORT" --no-warmup >"$LOG" 2>&1 &
     local server=$!
-    for _ in $(seq 600); do
-        curl -sf "127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-        sleep 0.2
-    done
+    wait_for_server "$PORT" "$server" "$LOG"
     local pids=()
     for m in "$@"; do
         curl -sf "127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \

@@ -58,11 +58,8 @@ perplexity() {
     local bin="$1" model="$2" file="$3"; shift 3
     "$bin/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks 8 -t "$threads" "$@" 2>&1
 }
-# measured NAME VALUE: VALUE, or a stop naming what produced nothing (an empty cell would
-# otherwise be printed, and cached)
-measured() { [ -n "$2" ] || die "no $1 (llama-perplexity's log did not end in one)"; echo "$2"; }
 ppl() { # MODEL FILE [ARGS...]: the final estimate, from the patched build (it reads bundles)
-    measured "perplexity of $1 on $2 ($*)" "$(perplexity "$SWITCHYARD_LLAMA_PATCHED_BIN" "$@" | ppl_of)"
+    THREADS="$threads" held_out_perplexity "$SWITCHYARD_LLAMA_PATCHED_BIN" "$1" "$2" 8 "$out/perplexity.log" "${@:3}"
 }
 # cached FILE KEY COMMAND...: COMMAND's output, kept in $out/FILE and shown again while KEY is
 # unchanged
@@ -84,8 +81,9 @@ cached() {
 eval_key() {
     local funcs=() files=()
     for a in "$@"; do if declare -F "$a" >/dev/null; then funcs+=("$a"); else files+=("$a"); fi; done
-    (sha256sum "$bundle" "$text"/text-{math,code,chat}-eval.txt "$SWITCHYARD_LLAMA_PATCHED_BIN/llama-perplexity"         "$SWITCHYARD_LLAMA_BIN"/llama-{perplexity,quantize} "${files[@]}" | cut -d' ' -f1
-     echo "$threads"; declare -f perplexity measured "${funcs[@]}") | sha256sum | cut -c1-16
+    (sha256sum "$bundle" "$text"/text-{math,code,chat}-eval.txt "$SWITCHYARD_LLAMA_PATCHED_BIN/llama-perplexity" \
+        "$SWITCHYARD_LLAMA_BIN"/llama-{perplexity,quantize} "${files[@]}" | cut -d' ' -f1
+     echo "$threads"; declare -f perplexity held_out_perplexity ppl_of "${funcs[@]}") | sha256sum | cut -c1-16
 }
 perplexity_table() {
     declare -A base_ppl
@@ -127,9 +125,12 @@ fidelity_table() {
             mv "$standalone.tmp" "$standalone"
         fi
         standalone_bytes=$((standalone_bytes + $(stat -c %s "$standalone")))
-        kl() { # BIN MODEL [ARGS...]: the mean KL from the full expert on its own text
-            measured "KL of $2 ${*:3} from the F32 $e" "$(perplexity "$1" "$2" "$text/text-$e-eval.txt" \
-                --kl-divergence-base "$kld" --kl-divergence "${@:3}" | awk '/^Mean +KLD:/ {print $3; exit}')"
+        kl() { # BIN MODEL [ARGS...]: the mean KL from the full expert on its own text, or a stop
+            local v  # (an empty cell would otherwise be printed, and cached)
+            v="$(perplexity "$1" "$2" "$text/text-$e-eval.txt" --kl-divergence-base "$kld" --kl-divergence "${@:3}" \
+                | awk '/^Mean +KLD:/ {print $3; exit}')"
+            [ -n "$v" ] || die "no KL of $2 ${*:3} from the F32 $e (llama-perplexity's log did not end in one)"
+            echo "$v"
         }
         kl_bundle="$(kl "$SWITCHYARD_LLAMA_PATCHED_BIN" "$bundle" --expert "$e")"
         kl_standalone="$(kl "$SWITCHYARD_LLAMA_BIN" "$standalone")"

@@ -100,6 +100,20 @@ smollm2_f32() {
     echo "$out"
 }
 
+# wait_for_server PORT PID LOG: wait until llama-server (process PID, its output in LOG) answers
+# /health on PORT, for up to 2 minutes; stops with LOG's end if it exits first or never answers.
+wait_for_server() {
+    local port="$1" pid="$2" log="$3"
+    for _ in $(seq 600); do
+        curl -sf "127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "llama-server exited before answering (log: $log)"; }
+        sleep 0.2
+    done
+    kill "$pid" 2>/dev/null || true
+    tail -n 20 "$log" >&2
+    die "llama-server did not answer on port $port in 2 minutes (log: $log)"
+}
+
 # ppl_of [LOG]: the final perplexity llama-perplexity printed (in LOG, or on standard input).
 ppl_of() { sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "${1:-/dev/stdin}"; }
 
@@ -108,13 +122,15 @@ decode_tps_of() { sed -n 's/.*_print: *eval time.* \([0-9.]*\) tokens per second
 
 # held_out_perplexity BIN MODEL FILE CHUNKS LOG [args...]: BIN's llama-perplexity of MODEL over
 # CHUNKS x 512 tokens of FILE ($THREADS threads), its log in LOG; prints the perplexity, or dies
-# with the log's end.
+# with the log's end (a failed run, or one whose log has no final estimate).
 held_out_perplexity() {
-    local bin="$1" model="$2" file="$3" chunks="$4" log="$5" threads="${THREADS:-$(nproc)}"
+    local bin="$1" model="$2" file="$3" chunks="$4" log="$5" threads="${THREADS:-$(nproc)}" ppl
     shift 5
     "$bin/llama-perplexity" -m "$model" -f "$file" -c 512 --chunks "$chunks" -t "$threads" -tb "$threads" "$@" \
         >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "llama-perplexity failed on $model ($file $*)"; }
-    ppl_of "$log"
+    ppl="$(ppl_of "$log")"
+    [ -n "$ppl" ] || { tail -n 20 "$log" >&2; die "no perplexity in $log ($model, $file $*)"; }
+    echo "$ppl"
 }
 
 # interleave_text CHARS OUT FILE...: the first CHARS characters of each FILE, interleaved in

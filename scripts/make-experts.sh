@@ -31,9 +31,10 @@
 # twice over), and math's templates repeat, so more text overfits them
 # (scripts/data/build_text.py, docs/BENCHMARKS.md).
 #
-# Environment: SWITCHYARD_EXPERT_LR (default 3e-6; the demo recipe trains code at its own 4e-6), SWITCHYARD_EXPERT_CTX (tokens per sample
-# for every domain; default 512 for code, 256 for math and chat), SWITCHYARD_EXPERT_CHARS
-# (train on the first N characters of each text set; default all), SWITCHYARD_THREADS (default all cores), SWITCHYARD_TEXT_DATA (the text sets;
+# Environment: SWITCHYARD_EXPERT_LR (default 3e-6; the demo recipe trains code at its own
+# 4e-6), SWITCHYARD_EXPERT_CTX (tokens per sample for every domain; default 512 for code, 256
+# for math and chat), SWITCHYARD_EXPERT_CHARS (train on the first N characters of each text set;
+# default all), SWITCHYARD_THREADS (default all cores), SWITCHYARD_TEXT_DATA (the text sets;
 # default scripts/fetch-data.sh --text), SWITCHYARD_EXPERTS_ONLY (train only these experts, e.g.
 # "math"; the folder is the same, the others are trained by a later run without it),
 # SWITCHYARD_EXPERT_RECIPE=demo (the demo's quick recipe, below).
@@ -81,7 +82,8 @@ fi
 declare -A STRIDE=([math]=$((CTX[math] / 2)) [code]=$((CTX[code] / 2)) [chat]="${CTX[chat]}")
 declare -A LIMIT=([math]="$CHARS" [code]="$CHARS" [chat]="$CHARS")
 declare -A RATE=([math]="$LR" [code]="$LR" [chat]="$LR")
-SPREAD="" # domains whose LIMIT characters are sampled across the text (spread_text), not its head
+# how LIMIT characters are taken: the text's head, or spread across it (spread_text)
+declare -A SAMPLE=([math]=head [code]=head [chat]=head)
 demo=""
 case "${SWITCHYARD_EXPERT_RECIPE:-full}" in
     full) ;;
@@ -95,7 +97,7 @@ case "${SWITCHYARD_EXPERT_RECIPE:-full}" in
         for domain in "${DOMAINS[@]}"; do LIMIT[$domain]="${DEMO_CHARS[$domain]}"; done
         STRIDE[code]="${CTX[code]}"
         RATE[code]=4e-6
-        SPREAD="code"
+        SAMPLE[code]=spread
         demo=" demo:${DEMO_CHARS[math]}/${DEMO_CHARS[code]}/${DEMO_CHARS[chat]} code:${RATE[code]}:spread"
         ;;
     *) die "SWITCHYARD_EXPERT_RECIPE: full or demo, not '$SWITCHYARD_EXPERT_RECIPE'" ;;
@@ -135,11 +137,10 @@ for domain in ${SWITCHYARD_EXPERTS_ONLY:-${DOMAINS[@]}}; do
     fi
     train="$text/text-$domain-train.txt"
     if [ "${LIMIT[$domain]}" -gt 0 ]; then
-        if [[ " $SPREAD " == *" $domain "* ]]; then
-            spread_text "${LIMIT[$domain]}" "$out/.$domain-train.txt" "$train"
-        else
-            head -c "${LIMIT[$domain]}" "$train" >"$out/.$domain-train.txt"
-        fi
+        case "${SAMPLE[$domain]}" in
+            spread) spread_text "${LIMIT[$domain]}" "$out/.$domain-train.txt" "$train" ;;
+            head) head -c "${LIMIT[$domain]}" "$train" >"$out/.$domain-train.txt" ;;
+        esac
         train="$out/.$domain-train.txt"
     fi
     # the trained GGUF and its Hugging Face folder, each as large as the base
